@@ -1,0 +1,286 @@
+r"""Advantage estimators over groups of sampled paths.
+
+Shapes: ``[..., G, T]`` step-level (samples per prompt × action positions) and ``[..., G]``
+path-level; leading dims (usually prompts ``P``) are batch dims. A path of length ``L``
+has items at ``t < L`` and EOS at ``t = L`` (when ``L < T``); ``item_mask`` and
+``eos_mask`` come from :func:`recrl.estimators.path_masks`.
+
+Every step-level estimator returns ``[..., G, T]`` advantages that are 0 off the actions
+and 0 for paths with no item (invalid paths get no gradient). The estimator of the policy
+gradient is then :math:`\hat g = \frac{1}{PG}\sum_{p,g,t} \nabla \log\pi(a_t)\, A_t`, e.g.
+:func:`recrl.estimators.policy_gradient_loss` with ``aggregation="seq_sum"``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+
+from recrl.estimators._checks import check_finite, check_min_rank, check_same_shape
+from recrl.estimators.returns import reward_to_go
+
+
+def _f32(x: jax.typing.ArrayLike) -> jax.Array:
+    return jnp.asarray(x, jnp.result_type(x, jnp.float32))
+
+
+def _check_steps(step_rewards, item_mask, eos_mask) -> tuple[jax.Array, jax.Array, jax.Array]:
+    check_min_rank(step_rewards, "step_rewards", 2)
+    check_same_shape(step_rewards=step_rewards, item_mask=item_mask, eos_mask=eos_mask)
+    check_finite(step_rewards, "step_rewards")
+    return _f32(step_rewards), _f32(item_mask), _f32(eos_mask)
+
+
+def position_baseline(
+    returns: jax.typing.ArrayLike,
+    active: jax.typing.ArrayLike,
+    *,
+    leave_one_out: bool = False,
+) -> jax.Array:
+    r"""Position-specific baseline: the group mean of the returns of samples acting at ``t``.
+
+    .. math:: b_{p,t} = \frac{\sum_g a_{p,g,t} G_{p,g,t}}{\sum_g a_{p,g,t}}
+              \quad (0 \text{ where no sample acts at } t)
+
+    With ``leave_one_out=True`` each sample gets the mean over the *other* active samples
+    (``[..., G, T]`` output); this makes PSAE exactly unbiased, while the plain group mean
+    (the paper's choice) scales each sample's own term by about ``1 - 1/n_t``.
+
+    Args:
+      returns: ``[..., G, T]`` returns ``G_t``.
+      active: ``[..., G, T]`` 1 where the sample has an action (item or EOS) at ``t``.
+      leave_one_out: exclude the sample itself from its baseline.
+
+    Returns:
+      ``[..., T]`` baseline, or ``[..., G, T]`` with ``leave_one_out``.
+    """
+    check_min_rank(returns, "returns", 2)
+    check_same_shape(returns=returns, active=active)
+    g, a = _f32(returns), _f32(active)
+    s = jnp.sum(g * a, axis=-2)
+    n = jnp.sum(a, axis=-2)
+    if not leave_one_out:
+        return jnp.where(n > 0, s / jnp.maximum(n, 1.0), 0.0)
+    s_o = s[..., None, :] - g * a
+    n_o = n[..., None, :] - a
+    return jnp.where(n_o > 0, s_o / jnp.maximum(n_o, 1.0), 0.0)
+
+
+def psae_advantages(
+    step_rewards: jax.typing.ArrayLike,
+    item_mask: jax.typing.ArrayLike,
+    eos_mask: jax.typing.ArrayLike,
+    discount: float = 1.0,
+    *,
+    leave_one_out: bool = False,
+) -> jax.Array:
+    r"""Position-Specific Advantage Estimation (ProRL).
+
+    .. math:: A_{p,g,t} = G_{p,g,t} - b_{p,t}, \qquad
+              G_t = \sum_{l \ge t} \gamma^{l-t} r_l\,\mathrm{item}_l
+
+    at every action (items, and EOS where ``G = 0``), 0 elsewhere; ``b`` is
+    :func:`position_baseline` over the valid samples (at least one item) acting at ``t``.
+    Feed it centred rewards (:func:`center_rewards`) for the full ProRL estimator.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> r = jnp.array([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+      >>> item, eos = path_masks(jnp.array([2, 1]), 3)
+      >>> psae_advantages(r, item, eos)
+      Array([[ 0.5,  0.5,  0. ],
+             [-0.5, -0.5,  0. ]], dtype=float32)
+
+    Args:
+      step_rewards: ``[..., G, T]`` (centred) step rewards.
+      item_mask: ``[..., G, T]`` 1 where the path emits an item.
+      eos_mask: ``[..., G, T]`` 1 where the path emits EOS.
+      discount: ``gamma``.
+      leave_one_out: use the leave-one-out baseline (unbiased; see :func:`position_baseline`).
+
+    Returns:
+      ``[..., G, T]`` advantages.
+    """
+    r, item, eos = _check_steps(step_rewards, item_mask, eos_mask)
+    valid = (jnp.sum(item, axis=-1, keepdims=True) > 0).astype(r.dtype)
+    act = (item + eos) * valid
+    g = reward_to_go(r, item, discount) * item
+    b = position_baseline(g, act, leave_one_out=leave_one_out)
+    if not leave_one_out:
+        b = b[..., None, :]
+    return (g - b) * act
+
+
+def reinforce_advantages(
+    step_rewards: jax.typing.ArrayLike,
+    item_mask: jax.typing.ArrayLike,
+    eos_mask: jax.typing.ArrayLike,
+) -> jax.Array:
+    r"""REINFORCE: the whole path return at every action, :math:`A_t = \sum_l r_l\,\mathrm{item}_l`.
+
+    Args:
+      step_rewards: ``[..., G, T]`` step rewards.
+      item_mask: ``[..., G, T]`` item positions.
+      eos_mask: ``[..., G, T]`` EOS positions.
+
+    Returns:
+      ``[..., G, T]`` advantages (0 off the actions and for paths with no item).
+    """
+    r, item, eos = _check_steps(step_rewards, item_mask, eos_mask)
+    ret = jnp.sum(r * item, axis=-1, keepdims=True)
+    valid = (jnp.sum(item, axis=-1, keepdims=True) > 0).astype(r.dtype)
+    return ret * (item + eos) * valid
+
+
+def rtg_advantages(
+    step_rewards: jax.typing.ArrayLike,
+    item_mask: jax.typing.ArrayLike,
+    eos_mask: jax.typing.ArrayLike,
+    discount: float = 1.0,
+) -> jax.Array:
+    r"""Reward-to-go: :math:`A_t = G_t` at items; EOS has :math:`G = 0`.
+
+    Args:
+      step_rewards: ``[..., G, T]`` step rewards.
+      item_mask: ``[..., G, T]`` item positions.
+      eos_mask: ``[..., G, T]`` EOS positions (their advantage is 0).
+      discount: ``gamma``.
+
+    Returns:
+      ``[..., G, T]`` advantages.
+    """
+    r, item, _ = _check_steps(step_rewards, item_mask, eos_mask)
+    return reward_to_go(r, item, discount) * item
+
+
+def grpo_advantages(
+    path_rewards: jax.typing.ArrayLike,
+    *,
+    scale: Literal["std", "none"] = "std",
+    eps: float = 1e-6,
+    valid: jax.typing.ArrayLike | None = None,
+) -> jax.Array:
+    r"""Group-relative advantages (GRPO; Dr.GRPO with ``scale="none"``).
+
+    .. math:: A_g = \frac{R_g - \bar R}{\operatorname{std}(R) + \epsilon}
+
+    over the valid samples of each group (population std). Groups with fewer than two valid
+    samples, and zero-variance groups, get 0; invalid samples get 0.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> grpo_advantages(jnp.array([[1.0, 0.0, 0.0, 1.0]]), scale="none")
+      Array([[ 0.5, -0.5, -0.5,  0.5]], dtype=float32)
+
+    Args:
+      path_rewards: ``[..., G]`` one reward per sample.
+      scale: ``"std"`` divides by the group std, ``"none"`` does not (Dr.GRPO).
+      eps: added to the std.
+      valid: ``[..., G]`` optional mask of samples that take part.
+
+    Returns:
+      ``[..., G]`` advantages.
+    """
+    check_min_rank(path_rewards, "path_rewards", 1)
+    if scale not in ("std", "none"):
+        raise ValueError(f"`scale` must be 'std' or 'none', got {scale!r}")
+    r = _f32(path_rewards)
+    check_finite(path_rewards, "path_rewards")
+    v = jnp.ones_like(r) if valid is None else _f32(valid)
+    check_same_shape(path_rewards=r, valid=v)
+    n = jnp.sum(v, axis=-1, keepdims=True)
+    mean = jnp.sum(r * v, axis=-1, keepdims=True) / jnp.maximum(n, 1.0)
+    centred = (r - mean) * v
+    if scale == "std":
+        var = jnp.sum(centred**2, axis=-1, keepdims=True) / jnp.maximum(n, 1.0)
+        centred = centred / (jnp.sqrt(var) + eps)
+    return jnp.where(n >= 2, centred, 0.0)
+
+
+def rloo_advantages(
+    path_rewards: jax.typing.ArrayLike, valid: jax.typing.ArrayLike | None = None
+) -> jax.Array:
+    r"""REINFORCE leave-one-out: :math:`A_g = R_g - \frac{1}{n-1}\sum_{g' \ne g} R_{g'}`.
+
+    Args:
+      path_rewards: ``[..., G]`` one reward per sample.
+      valid: ``[..., G]`` optional mask; sums run over valid samples only.
+
+    Returns:
+      ``[..., G]`` advantages (0 in groups with fewer than two valid samples).
+    """
+    check_min_rank(path_rewards, "path_rewards", 1)
+    r = _f32(path_rewards)
+    check_finite(path_rewards, "path_rewards")
+    v = jnp.ones_like(r) if valid is None else _f32(valid)
+    check_same_shape(path_rewards=r, valid=v)
+    n = jnp.sum(v, axis=-1, keepdims=True)
+    s = jnp.sum(r * v, axis=-1, keepdims=True)
+    others = (s - r * v) / jnp.maximum(n - 1.0, 1.0)
+    return jnp.where(n >= 2, (r - others) * v, 0.0)
+
+
+# --------------------------------------------------------------------------------------
+# Registry: step-level estimators by name, all with one signature
+#   fn(step_rewards, item_mask, eos_mask) -> [..., G, T]
+# Stepwise reward centering is applied (or not) to `step_rewards` by the caller; e.g. the
+# ProRL pipeline's "prorl" = centred rewards + "psae", "prorl_no_src" = raw rewards + "psae".
+# --------------------------------------------------------------------------------------
+
+StepAdvantageFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
+_REGISTRY: dict[str, StepAdvantageFn] = {}
+
+
+def register_advantage_estimator(name: str) -> Callable[[StepAdvantageFn], StepAdvantageFn]:
+    """Decorator that registers a step-level advantage estimator under ``name``."""
+
+    def deco(fn: StepAdvantageFn) -> StepAdvantageFn:
+        if name in _REGISTRY:
+            raise ValueError(f"advantage estimator {name!r} is already registered")
+        _REGISTRY[name] = fn
+        return fn
+
+    return deco
+
+
+def get_advantage_estimator(name: str) -> StepAdvantageFn:
+    """Looks up a registered estimator; unknown names list the known ones."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        known = ", ".join(sorted(_REGISTRY))
+        raise ValueError(f"unknown advantage estimator {name!r}; known: {known}") from None
+
+
+def advantage_estimator_names() -> list[str]:
+    """Names of the registered advantage estimators."""
+    return sorted(_REGISTRY)
+
+
+def _path_level(path_fn: Callable[[jax.Array, jax.Array], jax.Array]) -> StepAdvantageFn:
+    """Lifts a group estimator on path returns to every action of the path."""
+
+    def fn(step_rewards, item_mask, eos_mask):
+        r, item, eos = _check_steps(step_rewards, item_mask, eos_mask)
+        valid = (jnp.sum(item, axis=-1) > 0).astype(r.dtype)
+        adv = path_fn(jnp.sum(r * item, axis=-1), valid)
+        return adv[..., None] * (item + eos) * valid[..., None]
+
+    return fn
+
+
+register_advantage_estimator("psae")(psae_advantages)
+register_advantage_estimator("prorl")(psae_advantages)
+register_advantage_estimator("psae_loo")(
+    lambda r, i, e: psae_advantages(r, i, e, leave_one_out=True)
+)
+register_advantage_estimator("reinforce")(reinforce_advantages)
+register_advantage_estimator("rtg")(rtg_advantages)
+register_advantage_estimator("grpo")(_path_level(lambda r, v: grpo_advantages(r, valid=v)))
+register_advantage_estimator("drgrpo")(
+    _path_level(lambda r, v: grpo_advantages(r, scale="none", valid=v))
+)
+register_advantage_estimator("rloo")(_path_level(lambda r, v: rloo_advantages(r, valid=v)))
