@@ -1,0 +1,1 @@
+"""Data: pinned registry fetch, MovieLens loaders and preprocessing."""
