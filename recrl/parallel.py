@@ -4,6 +4,17 @@ The default is the "global view": parameters and optimiser state replicated with
 ``NamedSharding(mesh, P())``, batches split along their leading axis with ``P("data")``, a
 plain ``jax.jit`` step, and XLA inserting the all-reduces. The estimators also take
 ``axis_name=`` so the same math runs inside ``jax.shard_map`` or ``jax.pmap``.
+
+Gradients of an ``axis_name``-aware (already global) loss with respect to replicated
+parameters:
+
+- ``jax.jit`` over sharded arrays: nothing to do, the loss is a plain global mean.
+- ``jax.shard_map`` (``check_vma=True``, the default): ``jax.grad`` already returns the
+  global gradient on every device; do not ``pmean``/``psum`` it again.
+- ``jax.pmap``: the transpose of ``psum`` is a ``psum``, so each device holds ``N`` times its
+  local share; take ``lax.pmean(grad, axis_name)``.
+
+``tests/test_parallel.py`` checks all three against a single-device step.
 """
 
 from __future__ import annotations
