@@ -1,0 +1,261 @@
+"""Autoregressive sampling with a KV cache inside one ``jit`` (``lax.while_loop``).
+
+Each step draws ``y_t ~ softmax(logits_t / τ)`` restricted to the top-p nucleus (or takes the
+argmax when ``τ = 0``), records ``log softmax(logits_t / τ)[y_t]`` (``τ = 1`` for greedy; the
+untruncated distribution, i.e. what ``recrl.models.logprobs`` recomputes at the same
+temperature), and stops a row once it emits a stop token (kept in the output) or after
+``max_new_tokens``. Row ``b`` uses the key ``fold_in(key, b)``, so a row's sample does not depend
+on the rest of the batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from recrl.models.cache import KVCache, init_cache
+from recrl.models.llama import Llama, ParamsLike, merge, positions_from_mask
+from recrl.models.scoring import prefill_prefix
+
+f32 = jnp.float32
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    """Static sampling options (hashable: a ``jit`` static argument).
+
+    Attributes:
+      max_new_tokens: most tokens generated per row.
+      temperature: softmax temperature; 0 means greedy.
+      top_p: nucleus mass in (0, 1]; 1 disables the filter.
+      stop_tokens: ids that end a row (the stop token is part of the output).
+      pad_id: written after a row stopped.
+    """
+
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop_tokens: tuple[int, ...] = ()
+    pad_id: int = 0
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        object.__setattr__(self, "stop_tokens", tuple(int(t) for t in self.stop_tokens))
+
+
+class SampleOutput(NamedTuple):
+    """Generated continuations.
+
+    Attributes:
+      tokens: int32 ``[B, N]``, ``pad_id`` after a row's stop token.
+      logprobs: float32 ``[B, N]``, per-token log-probs (0 after the stop).
+      lengths: int32 ``[B]``, generated tokens per row including the stop token.
+    """
+
+    tokens: jax.Array
+    logprobs: jax.Array
+    lengths: jax.Array
+
+    @property
+    def mask(self) -> jax.Array:
+        """bool ``[B, N]``: True on generated tokens."""
+        return jnp.arange(self.tokens.shape[1])[None, :] < self.lengths[:, None]
+
+
+def top_p_filter(logits: jax.Array, top_p: float) -> jax.Array:
+    """Sets to ``-inf`` every logit outside the smallest set holding probability ``>= top_p``.
+
+    A token is kept when the probability of the strictly more likely tokens is ``< top_p``, so
+    the most likely token is always kept.
+
+    Args:
+      logits: float ``[..., V]``.
+      top_p: nucleus mass in (0, 1].
+
+    Returns:
+      Filtered logits, same shape.
+    """
+    sorted_logits = jnp.sort(logits, axis=-1)[..., ::-1]
+    probs = jax.nn.softmax(sorted_logits, axis=-1)
+    before = jnp.cumsum(probs, axis=-1) - probs
+    cutoff = jnp.min(jnp.where(before < top_p, sorted_logits, jnp.inf), axis=-1, keepdims=True)
+    return jnp.where(logits >= cutoff, logits, -jnp.inf)
+
+
+def choose_tokens(logits: jax.Array, keys: jax.Array, config: SamplingConfig
+                  ) -> tuple[jax.Array, jax.Array]:
+    """Draws one token per row and its log-prob.
+
+    Args:
+      logits: float32 ``[B, V]``.
+      keys: ``[B]`` PRNG keys.
+      config: temperature / top-p.
+
+    Returns:
+      ``(tokens int32 [B], logprobs float32 [B])``.
+    """
+    if config.temperature == 0.0:
+        tok = jnp.argmax(logits, axis=-1)
+        logp = jax.nn.log_softmax(logits, axis=-1)
+    else:
+        scaled = logits / config.temperature
+        logp = jax.nn.log_softmax(scaled, axis=-1)
+        if config.top_p < 1.0:
+            scaled = top_p_filter(scaled, config.top_p)
+        tok = jax.vmap(jax.random.categorical)(keys, scaled)
+    lp = jnp.take_along_axis(logp, tok[:, None], axis=-1)[:, 0]
+    return tok.astype(jnp.int32), lp
+
+
+StepFn = Callable[[jax.Array, jax.Array, jax.Array, KVCache], tuple[jax.Array, KVCache]]
+
+
+def decode(model: Llama, step: StepFn, hidden: jax.Array, next_pos: jax.Array, cache: KVCache,
+           key: jax.Array, config: SamplingConfig) -> SampleOutput:
+    """The sampling loop after a prefill (traceable; called by ``sample``/``sample_group``).
+
+    Args:
+      model: the merged module (for its LM head).
+      step: ``(tokens [B], positions [B], real [B], cache) -> (hidden [B, d], cache)``.
+      hidden: ``[B, d]`` hidden state predicting the first new token.
+      next_pos: int ``[B]`` RoPE position of the first new token.
+      cache: cache with room for ``max_new_tokens`` more slots.
+      key: PRNG key.
+      config: sampling options.
+
+    Returns:
+      ``SampleOutput``.
+    """
+    b, n = hidden.shape[0], config.max_new_tokens
+    row_keys = jax.vmap(jax.random.fold_in, (None, 0))(key, jnp.arange(b))
+    stop = jnp.asarray(config.stop_tokens or (-1,), jnp.int32)
+
+    def cond(state):
+        i, done = state[0], state[5]
+        return (i < n) & ~jnp.all(done)
+
+    def body(state):
+        i, h, cache, toks, lps, done, lengths = state
+        keys = jax.vmap(jax.random.fold_in, (0, None))(row_keys, i)
+        tok, lp = choose_tokens(model.logits(h), keys, config)
+        tok = jnp.where(done, config.pad_id, tok)
+        lp = jnp.where(done, 0.0, lp)
+        toks = jax.lax.dynamic_update_slice(toks, tok[:, None], (0, i))
+        lps = jax.lax.dynamic_update_slice(lps, lp[:, None], (0, i))
+        lengths = lengths + (~done).astype(jnp.int32)
+        real = ~done
+        done = done | jnp.isin(tok, stop)
+        h, cache = step(tok, next_pos + i, real, cache)
+        return i + 1, h, cache, toks, lps, done, lengths
+
+    state = (
+        jnp.zeros((), jnp.int32), hidden, cache, jnp.full((b, n), config.pad_id, jnp.int32),
+        jnp.zeros((b, n), f32), jnp.zeros((b,), bool), jnp.zeros((b,), jnp.int32),
+    )
+    _, _, _, toks, lps, _, lengths = jax.lax.while_loop(cond, body, state)
+    return SampleOutput(tokens=toks, logprobs=lps, lengths=lengths)
+
+
+def _check_length(model: Llama, prompt_len: int, config: SamplingConfig) -> None:
+    total = prompt_len + config.max_new_tokens
+    if total > model.config.max_seq_len:
+        raise ValueError(
+            f"prompt ({prompt_len}) + max_new_tokens ({config.max_new_tokens}) = {total} exceeds "
+            f"max_seq_len={model.config.max_seq_len}"
+        )
+
+
+@functools.partial(jax.jit, static_argnums=0, static_argnames="config")
+def sample(
+    graphdef: nnx.GraphDef,
+    params: ParamsLike,
+    prompt: jax.Array,
+    prompt_mask: jax.Array,
+    key: jax.Array,
+    *,
+    config: SamplingConfig,
+) -> SampleOutput:
+    """Samples one continuation per prompt of a padded batch.
+
+    The cache holds ``P + max_new_tokens`` slots: the prompt is prefilled in one pass, then
+    each step runs one token per row.
+
+    Args:
+      graphdef: model graphdef (static).
+      params: model state or sequence of states.
+      prompt: int ``[B, P]`` (left- or right-padded).
+      prompt_mask: bool ``[B, P]``, real tokens (at least one per row).
+      key: PRNG key; same key, same samples.
+      config: ``SamplingConfig`` (static).
+
+    Returns:
+      ``SampleOutput`` with ``[B, max_new_tokens]`` tokens and log-probs.
+    """
+    model = merge(graphdef, params)
+    b, p = prompt.shape
+    _check_length(model, p, config)
+    mask = prompt_mask.astype(bool)
+    cache = init_cache(model.config, b, p + config.max_new_tokens)
+    hidden, cache = model(prompt, positions_from_mask(mask), mask, cache)
+    last = jnp.max(jnp.where(mask, jnp.arange(p), 0), axis=1)
+    h0 = hidden[jnp.arange(b), last]
+
+    def step(tok, pos, real, cache):
+        h, cache = model(tok[:, None], pos[:, None], real[:, None], cache)
+        return h[:, 0], cache
+
+    return decode(model, step, h0, mask.sum(1).astype(jnp.int32), cache, key, config)
+
+
+@functools.partial(jax.jit, static_argnums=0, static_argnames=("config", "num_samples"))
+def sample_group(
+    graphdef: nnx.GraphDef,
+    params: ParamsLike,
+    prompt: jax.Array,
+    key: jax.Array,
+    *,
+    num_samples: int,
+    config: SamplingConfig,
+    prompt_mask: jax.Array | None = None,
+) -> SampleOutput:
+    """Samples ``num_samples`` continuations of one prompt (a GRPO group), prompt computed once.
+
+    The prompt's keys/values are a shared ``Prefix`` read by every row; the per-row cache only
+    holds the ``max_new_tokens`` generated slots. Row ``g`` equals row ``g`` of ``sample`` on the
+    prompt repeated ``num_samples`` times with the same key.
+
+    Args:
+      graphdef: model graphdef (static).
+      params: model state or sequence of states.
+      prompt: int ``[P]``.
+      key: PRNG key.
+      num_samples: group size ``G`` (static).
+      config: ``SamplingConfig`` (static).
+      prompt_mask: optional bool ``[P]``.
+
+    Returns:
+      ``SampleOutput`` with ``[G, max_new_tokens]`` tokens and log-probs.
+    """
+    model = merge(graphdef, params)
+    _check_length(model, prompt.shape[0], config)
+    prefix = prefill_prefix(model, prompt, prompt_mask)
+    cache = init_cache(model.config, num_samples, config.max_new_tokens)
+    h0 = jnp.broadcast_to(prefix.last_hidden, (num_samples, prefix.last_hidden.shape[-1]))
+    pos0 = jnp.full((num_samples,), prefix.next_position, jnp.int32)
+
+    def step(tok, pos, real, cache):
+        h, cache = model(tok[:, None], pos[:, None], real[:, None], cache, prefix)
+        return h[:, 0], cache
+
+    return decode(model, step, h0, pos0, cache, key, config)

@@ -1,0 +1,240 @@
+"""Per-token log-probabilities of completions: padded batches and shared-prompt batches.
+
+``log π(y_t | x, y_<t) = log softmax(logits(h_{t-1}) / τ)[y_t]`` where ``h_{t-1}`` is the final
+hidden state at the last *real* token before ``y_t`` (so left padding, right padding and padding
+between prompt and completion all give the same numbers). The LM head is applied only at the
+completion slots, never over the prompt.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from recrl.models.cache import Prefix, cache_to_prefix, init_cache
+from recrl.models.llama import Llama, ParamsLike, merge, positions_from_mask
+
+f32 = jnp.float32
+
+
+def _last_real(mask: jax.Array) -> jax.Array:
+    """``out[b, j]`` = largest ``i <= j`` with ``mask[b, i]``, or -1."""
+    idx = jnp.where(mask, jnp.arange(mask.shape[-1]), -1)
+    return jax.lax.cummax(idx, axis=mask.ndim - 1)
+
+
+def _token_logprobs(model: Llama, hidden: jax.Array, targets: jax.Array,
+                    temperature: float | jax.Array) -> jax.Array:
+    """``log softmax(model.logits(hidden) / τ)[targets]`` for ``hidden [..., d]``."""
+    logits = model.logits(hidden) / temperature
+    chosen = jnp.take_along_axis(logits, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    return chosen - jax.nn.logsumexp(logits, axis=-1)
+
+
+def _score_tail(model: Llama, tokens: jax.Array, mask: jax.Array, start: int,
+                temperature: float | jax.Array) -> jax.Array:
+    """Log-probs of ``tokens[:, start:]`` given everything real before each of them."""
+    hidden, _ = model(tokens, positions_from_mask(mask), mask)
+    prev = _last_real(mask)[:, start - 1 : -1]  # last real slot before each scored slot
+    h = jnp.take_along_axis(hidden, jnp.maximum(prev, 0)[..., None], axis=1)
+    lp = _token_logprobs(model, h, tokens[:, start:], temperature)
+    return jnp.where(mask[:, start:] & (prev >= 0), lp, 0.0)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def logprobs(
+    graphdef: nnx.GraphDef,
+    params: ParamsLike,
+    prompt: jax.Array,
+    prompt_mask: jax.Array,
+    completion: jax.Array,
+    completion_mask: jax.Array,
+    temperature: float | jax.Array = 1.0,
+) -> jax.Array:
+    """Per-token log-probs ``log π(y_t | x, y_<t)`` of completions given prompts.
+
+    Args:
+      graphdef: model graphdef (static).
+      params: model state or sequence of states.
+      prompt: int ``[B, P]``, left- or right-padded.
+      prompt_mask: bool ``[B, P]``, True on real prompt tokens (at least one per row).
+      completion: int ``[B, C]``, usually right-padded.
+      completion_mask: bool ``[B, C]``, True on real completion tokens.
+      temperature: logits are divided by it before the softmax (1.0: the model itself).
+
+    Returns:
+      float32 ``[B, C]``, 0 where ``completion_mask`` is False.
+    """
+    model = merge(graphdef, params)
+    tokens = jnp.concatenate([prompt, completion], axis=1)
+    mask = jnp.concatenate([prompt_mask, completion_mask], axis=1).astype(bool)
+    return _score_tail(model, tokens, mask, prompt.shape[1], temperature)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def token_logprobs(
+    graphdef: nnx.GraphDef,
+    params: ParamsLike,
+    tokens: jax.Array,
+    mask: jax.Array | None = None,
+    temperature: float | jax.Array = 1.0,
+) -> jax.Array:
+    """Log-prob of every token given the real tokens before it (teacher forcing).
+
+    Args:
+      graphdef: model graphdef (static).
+      params: model state or sequence of states.
+      tokens: int ``[B, T]``.
+      mask: optional bool ``[B, T]`` (padding anywhere); default all real.
+      temperature: logits divisor.
+
+    Returns:
+      float32 ``[B, T]``; 0 at padding and at each row's first real token (nothing precedes it).
+    """
+    model = merge(graphdef, params)
+    mask = jnp.ones(tokens.shape, bool) if mask is None else mask.astype(bool)
+    lp = _score_tail(model, tokens, mask, 1, temperature)
+    return jnp.concatenate([jnp.zeros_like(lp[:, :1]), lp], axis=1)
+
+
+def sequence_nll(
+    graphdef: nnx.GraphDef,
+    params: ParamsLike,
+    tokens: jax.Array,
+    mask: jax.Array,
+    loss_mask: jax.Array,
+) -> jax.Array:
+    """Mean negative log-likelihood of the target tokens of each sequence.
+
+    ``nll_b = -Σ_t m_bt log π(x_bt | x_b,<t) / max(Σ_t m_bt, 1)`` with ``m = loss_mask``
+    (e.g. the answer tokens of an instruction sample). Differentiable; jit it from the caller.
+
+    Args:
+      graphdef: model graphdef.
+      params: model state or sequence of states.
+      tokens: int ``[B, T]`` (prompt followed by answer, padded).
+      mask: bool ``[B, T]``, real tokens.
+      loss_mask: bool/float ``[B, T]``, tokens whose log-likelihood counts.
+
+    Returns:
+      float32 ``[B]``.
+    """
+    model = merge(graphdef, params)
+    mask = mask.astype(bool)
+    lp = _score_tail(model, tokens, mask, 1, 1.0)
+    w = (loss_mask[:, 1:] * mask[:, 1:]).astype(f32)
+    return -(lp * w).sum(-1) / jnp.maximum(w.sum(-1), 1.0)
+
+
+def prefill_prefix(model: Llama, prompt: jax.Array, prompt_mask: jax.Array | None = None) -> Prefix:
+    """Runs one prompt ``[P]`` and keeps its keys/values as a shared ``Prefix``."""
+    mask = jnp.ones(prompt.shape, bool) if prompt_mask is None else prompt_mask.astype(bool)
+    cache = init_cache(model.config, 1, prompt.shape[0])
+    hidden, cache = model(prompt[None], positions_from_mask(mask[None]), mask[None], cache)
+    last = jnp.max(jnp.where(mask, jnp.arange(mask.shape[0]), 0))
+    return cache_to_prefix(cache, hidden[0, last], mask.sum())
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def prefix_cache(
+    graphdef: nnx.GraphDef, params: ParamsLike, prompt: jax.Array,
+    prompt_mask: jax.Array | None = None,
+) -> Prefix:
+    """The shared ``Prefix`` (keys/values, last hidden state) of one prompt.
+
+    Args:
+      graphdef: model graphdef (static).
+      params: model state or sequence of states.
+      prompt: int ``[P]``.
+      prompt_mask: optional bool ``[P]`` (padding allowed; at least one real token).
+
+    Returns:
+      A ``Prefix`` to pass to ``logprobs_from_prefix`` / ``forward(..., prefix=)``.
+    """
+    return prefill_prefix(merge(graphdef, params), prompt, prompt_mask)
+
+
+def _prefix_logprobs(model: Llama, prefix: Prefix, completions: jax.Array,
+                     completion_mask: jax.Array, temperature: float | jax.Array) -> jax.Array:
+    mask = completion_mask.astype(bool)
+    positions = positions_from_mask(mask, prefix.next_position)
+    hidden, _ = model(completions, positions, mask, None, prefix)
+    n = completions.shape[0]
+    first = jnp.broadcast_to(prefix.last_hidden.astype(hidden.dtype), (n, 1, hidden.shape[-1]))
+    h_all = jnp.concatenate([first, hidden], axis=1)  # slot j+1 holds completion slot j
+    prev = jnp.concatenate([jnp.full((n, 1), -1), _last_real(mask)[:, :-1]], axis=1)
+    h = jnp.take_along_axis(h_all, (prev + 1)[..., None], axis=1)
+    lp = _token_logprobs(model, h, completions, temperature)
+    return jnp.where(mask, lp, 0.0)
+
+
+@functools.partial(jax.jit, static_argnums=0, static_argnames="batch_size")
+def logprobs_from_prefix(
+    graphdef: nnx.GraphDef,
+    params: ParamsLike,
+    prefix: Prefix,
+    completions: jax.Array,
+    completion_mask: jax.Array,
+    temperature: float | jax.Array = 1.0,
+    *,
+    batch_size: int | None = None,
+) -> jax.Array:
+    """Per-token log-probs of ``N`` completions of the prompt held in ``prefix``.
+
+    Args:
+      graphdef: model graphdef (static).
+      params: model state or sequence of states.
+      prefix: from ``prefix_cache`` (computed once, read by every completion).
+      completions: int ``[N, C]`` (right-padded).
+      completion_mask: bool ``[N, C]``.
+      temperature: logits divisor.
+      batch_size: if set, completions are scored in chunks of this many (``lax.map``), which
+        bounds activation memory at ``batch_size · C · vocab`` logits.
+
+    Returns:
+      float32 ``[N, C]``, 0 at padding; equal to ``logprobs`` with the prompt repeated ``N``
+      times.
+    """
+    model = merge(graphdef, params)
+    if batch_size is None:
+        return _prefix_logprobs(model, prefix, completions, completion_mask, temperature)
+
+    def one(args):
+        toks, m = args
+        return _prefix_logprobs(model, prefix, toks[None], m[None], temperature)[0]
+
+    return jax.lax.map(one, (completions, completion_mask), batch_size=batch_size)
+
+
+def score_completions(
+    graphdef: nnx.GraphDef,
+    params: ParamsLike,
+    prompt: jax.Array,
+    completions: jax.Array,
+    completion_mask: jax.Array,
+    *,
+    prompt_mask: jax.Array | None = None,
+    temperature: float = 1.0,
+    batch_size: int | None = None,
+) -> jax.Array:
+    """Per-token log-probs of many completions of one prompt, computing the prompt once.
+
+    Args:
+      graphdef: model graphdef.
+      params: model state or sequence of states.
+      prompt: int ``[P]``.
+      completions: int ``[N, C]`` (right-padded).
+      completion_mask: bool ``[N, C]``.
+      prompt_mask: optional bool ``[P]``.
+      temperature: logits divisor.
+      batch_size: optional chunk size for the completions.
+
+    Returns:
+      float32 ``[N, C]``; sum over ``C`` for sequence log-likelihoods.
+    """
+    prefix = prefix_cache(graphdef, params, prompt, prompt_mask)
+    return logprobs_from_prefix(graphdef, params, prefix, completions, completion_mask,
+                                temperature, batch_size=batch_size)
