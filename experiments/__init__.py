@@ -1,0 +1,1 @@
+"""Launchers: absl-flags entry points, one per experiment."""

@@ -1,0 +1,293 @@
+r"""The length shortcut of ProRL's Theorem 1, reproduced on a tabular path policy.
+
+A policy emits up to ``T`` items, one per position, then EOS. Each item yields two
+reward components (an "interest" gain that decays with position, like IoI, and an
+"acceptance" score, like CTR), both positive on average, plus noise. Without centring,
+appending any item raises the return, so REINFORCE / GRPO / reward-to-go learn to always
+use all ``T`` positions. ProRL centres each component with statistics frozen after the
+first epoch (SRC) and uses position-specific baselines (PSAE); its length settles near the
+length that is optimal for the centred objective, which this script computes exactly.
+
+Launch (the `make demo` configuration)::
+
+    python -m experiments.length_bias --out_dir=runs/length_bias
+
+Writes ``metrics.jsonl`` (per step, mean over seeds), ``summary.md`` (table) and
+``length_bias.png`` (mean path length and advantage variance per step).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Sequence
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import app, flags, logging
+
+from recrl import estimators as est
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list(
+    "estimators", ["reinforce", "grpo", "rtg", "prorl_no_src", "rtg+src", "prorl"],
+    "Runs to compare: a registered advantage estimator name (raw rewards), NAME+src (with "
+    "stepwise reward centring), 'prorl' (= psae+src) or 'prorl_no_src' (= psae).",
+)
+flags.DEFINE_integer("steps", 300, "Policy updates per run.")
+flags.DEFINE_integer("src_steps", 20, "Updates in the first epoch, during which SRC statistics "
+                     "are gathered; frozen afterwards.")
+flags.DEFINE_integer("prompts", 64, "Groups per update (P).")
+flags.DEFINE_integer("samples", 16, "Paths per group (G).")
+flags.DEFINE_integer("max_len", 10, "Maximum path length (T).")
+flags.DEFINE_integer("num_items", 20, "Number of items.")
+flags.DEFINE_float("decay", 0.7, "Per-position decay of the interest gain.")
+flags.DEFINE_float("noise", 0.2, "Std of the reward noise per component.")
+flags.DEFINE_float("init_stop", 0.3, "Initial stop probability per position (t >= 1), like a "
+                   "policy pretrained on short mined paths.")
+flags.DEFINE_float("lr", 0.05, "Adam learning rate.")
+flags.DEFINE_integer("seeds", 3, "Independent seeds per run (vmapped).")
+flags.DEFINE_integer("seed", 0, "Base seed (also draws the item table).")
+flags.DEFINE_string("out_dir", "runs/length_bias", "Output directory.")
+
+
+def parse_run(name: str) -> tuple[str, bool]:
+    """Maps a run name to (registered estimator, use SRC)."""
+    if name == "prorl":
+        return "psae", True
+    if name == "prorl_no_src":
+        return "psae", False
+    base, _, suffix = name.partition("+")
+    if suffix not in ("", "src"):
+        raise ValueError(f"run {name!r}: only the suffix '+src' is understood")
+    est.get_advantage_estimator(base)  # raises with the known names
+    return base, suffix == "src"
+
+
+def item_table(key: jax.Array, num_items: int, max_len: int, decay: float) -> jax.Array:
+    """Mean reward components ``[T, V, 2]``: interest ``g_i decay^t`` and acceptance ``c_i``.
+
+    Acceptance and interest trade off (``g_i ≈ 1.5 − c_i``): the items users accept most
+    move their interest least, as in proactive recommendation.
+    """
+    k1, k2 = jax.random.split(key)
+    c = jax.random.uniform(k1, (num_items,), minval=0.6, maxval=0.8)
+    g = jnp.clip(1.5 - c + 0.2 * jax.random.normal(k2, (num_items,)), 0.05, None)
+    t = jnp.arange(max_len)[:, None]
+    return jnp.stack([g[None, :] * decay**t, jnp.broadcast_to(c, (max_len, num_items))], -1)
+
+
+def log_policy(theta: jax.Array) -> jax.Array:
+    """``[T, V+1]`` log-probabilities; EOS (last action) is not allowed at position 0."""
+    allowed = jnp.ones(theta.shape, bool).at[0, -1].set(False)
+    return jnp.where(allowed, jax.nn.log_softmax(jnp.where(allowed, theta, -1e9), -1), -jnp.inf)
+
+
+def sample_paths(theta: jax.Array, key: jax.Array, n: int) -> tuple[jax.Array, jax.Array]:
+    """Samples ``n`` paths: actions ``[n, T]`` (EOS = V after the end) and lengths ``[n]``."""
+    logpi = log_policy(theta)
+    eos = theta.shape[1] - 1
+    acts = jax.random.categorical(key, logpi[None], shape=(n, theta.shape[0]))
+    stopped = jnp.cumsum(acts == eos, axis=1) > 0
+    lengths = jnp.sum(~stopped, axis=1).astype(jnp.int32)
+    return jnp.where(stopped, eos, acts), lengths
+
+
+def best_centred_length(table: jax.Array, mean: jax.Array, std: jax.Array) -> int:
+    """Length maximising the expected centred return of the best item at every position."""
+    best = jnp.max(est.center_rewards(table, mean, std), axis=1)  # [T]
+    cum = jnp.concatenate([jnp.zeros(1), jnp.cumsum(best)])[1:]
+    return int(jnp.argmax(cum)) + 1
+
+
+def initial_theta(max_len: int, num_items: int, init_stop: float) -> jax.Array:
+    """Logits uniform over items, EOS with probability ``init_stop`` wherever it is allowed."""
+    eos_logit = jnp.log(init_stop * num_items / (1.0 - init_stop))
+    return jnp.zeros((max_len, num_items + 1)).at[:, num_items].set(eos_logit)
+
+
+def rewards_of(table: jax.Array, acts: jax.Array, lengths: jax.Array, key: jax.Array,
+               noise: float) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Noisy reward components ``[n, T, 2]`` (0 off the items) and the path masks."""
+    T, V = table.shape[0], table.shape[1]
+    item, eos = est.path_masks(lengths, T)
+    comps = table[jnp.arange(T), jnp.minimum(acts, V - 1)]
+    comps = comps + noise * jax.random.normal(key, comps.shape)
+    return comps * item[..., None], item, eos
+
+
+def initial_policy_stats(table: jax.Array, theta: jax.Array, key: jax.Array, noise: float,
+                         n: int = 50_000) -> tuple[jax.Array, jax.Array]:
+    """Reward moments under the initial policy: the common yardstick of the summary table."""
+    k1, k2 = jax.random.split(key)
+    acts, lengths = sample_paths(theta, k1, n)
+    comps, item, _ = rewards_of(table, acts, lengths, k2, noise)
+    return est.reward_stats_mean_std(est.reward_stats_update(est.reward_stats_init(2), comps, item))
+
+
+@partial(jax.jit, static_argnames=("name", "use_src", "cfg"))
+def train(key: jax.Array, table: jax.Array, eval_stats: tuple, name: str, use_src: bool,
+          cfg: tuple) -> dict:
+    """Trains one policy; returns per-step metrics and the final SRC statistics.
+
+    ``eval_stats`` (mean, std) centre the reported ``centred_return`` identically for every
+    run; training itself centres with its own first-epoch statistics when ``use_src``.
+    """
+    steps, src_steps, P, G, noise, lr, init_stop = cfg
+    T, V = table.shape[0], table.shape[1]
+    estimator = est.get_advantage_estimator(name)
+    tx = optax.adam(lr)
+    theta = initial_theta(T, V, init_stop)
+
+    def step(carry, i):
+        theta, opt_state, stats, key = carry
+        key, k_path, k_noise = jax.random.split(key, 3)
+        acts, lengths = sample_paths(theta, k_path, P * G)
+        comps, item, eos = rewards_of(table, acts, lengths, k_noise, noise)
+        stats = jax.tree.map(
+            lambda new, old: jnp.where(i < src_steps, new, old),
+            est.reward_stats_update(stats, comps, item), stats,
+        )
+        mean, std = est.reward_stats_mean_std(stats)
+        centred = est.center_rewards(comps, mean, std) * item
+        r = centred if use_src else jnp.sum(comps, -1)
+        shape = (P, G, T)
+        adv = estimator(r.reshape(shape), item.reshape(shape), eos.reshape(shape))
+        act = (item + eos).reshape(shape)
+
+        def loss_fn(theta):
+            lp = log_policy(theta)[jnp.arange(T), acts].reshape(shape)
+            return est.policy_gradient_loss(jnp.where(act > 0, lp, 0.0), adv, act, "seq_sum")
+
+        grads = jax.grad(loss_fn)(theta)
+        updates, opt_state = tx.update(grads, opt_state, theta)
+        theta = optax.apply_updates(theta, updates)
+        n_act = jnp.maximum(act.sum(), 1.0)
+        adv_mean = jnp.sum(adv * act) / n_act
+        metrics = {
+            "length": jnp.mean(lengths.astype(jnp.float32)),
+            "adv_var": jnp.sum((adv - adv_mean) ** 2 * act) / n_act,
+            "raw_return": jnp.mean(jnp.sum(comps, (-1, -2))),
+            "centred_return": jnp.mean(jnp.sum(est.center_rewards(comps, *eval_stats) * item, -1)),
+            "grad_norm": optax.global_norm(grads),
+        }
+        return (theta, opt_state, stats, key), metrics
+
+    init = (theta, tx.init(theta), est.reward_stats_init(2), key)
+    (theta, _, stats, _), metrics = jax.lax.scan(step, init, jnp.arange(steps))
+    return {"metrics": metrics, "stats_mean": stats.mean,
+            "stats_std": est.reward_stats_mean_std(stats)[1]}
+
+
+def run_all(runs: Sequence[str], *, steps: int, src_steps: int, prompts: int, samples: int,
+            max_len: int, num_items: int, decay: float, noise: float, lr: float,
+            init_stop: float, seeds: int, seed: int) -> dict:
+    """Trains every run for ``seeds`` seeds; returns metrics ``[seeds, steps]`` per run."""
+    parsed = {r: parse_run(r) for r in runs}
+    key = jax.random.key(seed)
+    table = item_table(jax.random.fold_in(key, 10_000), num_items, max_len, decay)
+    keys = jax.random.split(key, seeds)
+    if not 0.0 < init_stop < 1.0:
+        raise ValueError(f"init_stop must be in (0, 1), got {init_stop}")
+    cfg = (steps, src_steps, prompts, samples, noise, lr, init_stop)
+    eval_stats = initial_policy_stats(table, initial_theta(max_len, num_items, init_stop),
+                                      jax.random.fold_in(key, 20_000), noise)
+    results = {}
+    for r, (name, use_src) in parsed.items():
+        t0 = time.perf_counter()
+        out = jax.vmap(lambda k, n=name, s=use_src: train(k, table, eval_stats, n, s, cfg))(keys)
+        out = jax.tree.map(np.asarray, out)
+        out["own_optimum"] = np.array([
+            best_centred_length(table, jnp.asarray(m), jnp.asarray(s))
+            for m, s in zip(out["stats_mean"], out["stats_std"], strict=True)
+        ])
+        logging.info("%-14s %d seeds x %d steps in %.1fs", r, seeds, steps,
+                     time.perf_counter() - t0)
+        results[r] = out
+    optimum = best_centred_length(table, *eval_stats)
+    return {"runs": results, "table": np.asarray(table), "centred_optimum": optimum}
+
+
+def summarise(res: dict, max_len: int, tail: int = 20) -> str:
+    """Markdown table: final length, returns, advantage variance (mean ± std over seeds)."""
+    runs = res["runs"]
+    ref_var = float(np.mean(runs[next(iter(runs))]["metrics"]["adv_var"][:, 0]))
+
+    def cell(x: np.ndarray) -> str:
+        return f"{x.mean():.2f} ± {x.std():.2f}"
+
+    lines = [
+        f"Best length under the objective centred with the initial policy's moments: "
+        f"{res['centred_optimum']} (maximum {max_len}). 'own optimum' uses each run's "
+        f"first-epoch SRC statistics instead. Last {tail} steps averaged; ± = std over seeds; "
+        "centred return uses the initial policy's moments for every run.",
+        "",
+        "| run | length | own optimum | raw return | centred return | adv. var (first → last, "
+        "÷ first run's step 0) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, out in runs.items():
+        m = {k: v[:, -tail:].mean(1) for k, v in out["metrics"].items()}
+        v0 = out["metrics"]["adv_var"][:, 0].mean() / ref_var
+        lines.append(
+            f"| {name} | {cell(m['length'])} | {cell(out['own_optimum'])} | "
+            f"{cell(m['raw_return'])} | "
+            f"{cell(m['centred_return'])} | {v0:.2f} → {m['adv_var'].mean() / ref_var:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(res: dict, path: str) -> None:
+    """Mean path length and advantage variance per step, one line per run (band = ±1 std)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for name, out in res["runs"].items():
+        for ax, key in zip(axes, ("length", "adv_var"), strict=True):
+            y = out["metrics"][key]
+            x = np.arange(y.shape[1])
+            (line,) = ax.plot(x, y.mean(0), label=name)
+            ax.fill_between(x, y.mean(0) - y.std(0), y.mean(0) + y.std(0),
+                            color=line.get_color(), alpha=0.15)
+    axes[0].axhline(res["centred_optimum"], color="k", ls=":", lw=1,
+                    label="centred optimum")
+    axes[0].set(xlabel="update", ylabel="mean path length", title="Path length")
+    axes[1].set(xlabel="update", ylabel="variance of advantages", yscale="log",
+                title="Advantage variance")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: Sequence[str]) -> None:
+    del argv
+    os.makedirs(FLAGS.out_dir, exist_ok=True)
+    res = run_all(
+        FLAGS.estimators, steps=FLAGS.steps, src_steps=FLAGS.src_steps, prompts=FLAGS.prompts,
+        samples=FLAGS.samples, max_len=FLAGS.max_len, num_items=FLAGS.num_items,
+        decay=FLAGS.decay, noise=FLAGS.noise, lr=FLAGS.lr,
+        init_stop=FLAGS.init_stop, seeds=FLAGS.seeds, seed=FLAGS.seed,
+    )
+    with open(os.path.join(FLAGS.out_dir, "metrics.jsonl"), "w") as f:
+        for name, out in res["runs"].items():
+            for i in range(FLAGS.steps):
+                row = {k: float(v[:, i].mean()) for k, v in out["metrics"].items()}
+                f.write(json.dumps({"run": name, "step": i, **row}) + "\n")
+    table = summarise(res, FLAGS.max_len)
+    with open(os.path.join(FLAGS.out_dir, "summary.md"), "w") as f:
+        f.write("# Length shortcut (ProRL Theorem 1), tabular policy\n\n" + table + "\n")
+    plot(res, os.path.join(FLAGS.out_dir, "length_bias.png"))
+    print(table)
+    print(f"\nwrote {FLAGS.out_dir}/summary.md, metrics.jsonl, length_bias.png")
+
+
+if __name__ == "__main__":
+    app.run(main)
