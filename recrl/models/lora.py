@@ -108,7 +108,7 @@ def merge_lora(model: Llama) -> int:
             continue
         delta = (lin.lora_a[...].astype(jnp.float32) @ lin.lora_b[...].astype(jnp.float32))
         w = lin.kernel[...]
-        lin.kernel.value = (w.astype(jnp.float32) + lin.lora_scale * delta).astype(w.dtype)
+        lin.kernel[...] = (w.astype(jnp.float32) + lin.lora_scale * delta).astype(w.dtype)
         lin.lora_a, lin.lora_b, lin.lora_scale = None, None, 0.0
         n += 1
     return n

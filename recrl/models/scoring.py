@@ -235,6 +235,8 @@ def score_completions(
     Returns:
       float32 ``[N, C]``; sum over ``C`` for sequence log-likelihoods.
     """
+    if prompt_mask is None:
+        prompt_mask = jnp.ones(prompt.shape, bool)
     prefix = prefix_cache(graphdef, params, prompt, prompt_mask)
     return logprobs_from_prefix(graphdef, params, prefix, completions, completion_mask,
                                 temperature, batch_size=batch_size)

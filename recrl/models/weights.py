@@ -87,7 +87,7 @@ def model_from_weights(cfg: LlamaConfig, weights: Mapping[str, np.ndarray]) -> L
         arr = np.asarray(weights[name])
         if arr.shape != tuple(var.shape):
             raise ValueError(f"{name}: expected shape {tuple(var.shape)}, got {arr.shape}")
-        var.value = jnp.asarray(arr, dtype=cfg.jnp_param_dtype)
+        var.set_value(jnp.asarray(arr, dtype=cfg.jnp_param_dtype))
     return model
 
 
