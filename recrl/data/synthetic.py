@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from recrl.data.movielens import UNKNOWN_YEAR, MovieLens, from_arrays
+from recrl.data.movielens import UNKNOWN_YEAR, MovieLens, arrow_column, from_arrays
 
 #: Genre names used by the generator (a subset of MovieLens genres, with "Drama").
 SYNTHETIC_GENRES = ("Drama", "Comedy", "Action", "Thriller", "Romance", "Adventure",
@@ -157,14 +157,14 @@ def write_atomic_files(ml: MovieLens, directory: str | Path, prefix: str) -> Pat
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    items = ml.items.data.to_pydict()
+    items = {k: arrow_column(ml.items, k).to_pylist() for k in ("title", "year", "genres")}
     write(directory / f"{prefix}.item",
           ["item_id:token", "movie_title:token", "release_year:float", "genre:token"],
           ([raw, title.removesuffix(f" ({year})"), year if year != UNKNOWN_YEAR else "",
             " ".join(gs)]
            for raw, title, year, gs in zip(ml.item_ids, items["title"], items["year"],
                                            items["genres"], strict=True)))
-    inter = ml.interactions.data.to_pydict()
+    inter = {k: ml.column(k).tolist() for k in ("user", "item", "rating", "timestamp")}
     write(directory / f"{prefix}.inter",
           ["user_id:token", "item_id:token", "rating:float", "timestamp:float"],
           ([ml.user_ids[u], ml.item_ids[i], f"{r:g}", t]

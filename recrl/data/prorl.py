@@ -1,0 +1,311 @@
+r"""ProRL preprocessing: k-core, user splits and genre-coherent path mining.
+
+Pipeline (:func:`prepare_prorl`): iterative k-core (users >= 20, items >= 40 interactions)
+to a fixed point; chronological per-user sequences (:func:`recrl.data.sequences.build_sequences`,
+ties keep file order); users split 8:1:1 by seed; path mining per split.
+
+Path mining (:func:`mine_paths`), with the feasibility oracle
+
+.. math:: F(a, b) = \mathbb 1[\mathrm{genres}(a) \cap \mathrm{genres}(b) \setminus
+          \{\text{Drama}\} \neq \emptyset]:
+
+after a user's first ``H = 10`` items the rest of the sequence is cut between consecutive
+items ``a, b`` with ``F(a, b) = 0``; every coherent run of length > 1 is a sample with
+``history`` = the ``H`` items right before the run, ``path`` = the run, ``target`` = its
+last item. Runs longer than ``L_max = 10`` keep their first ``L_max`` items
+(``long_runs="truncate"``, the default: one sample per run, closest to the paper's counts,
+see ``docs/data.md``). ``long_runs="split"`` instead cuts them into consecutive chunks of
+``L_max`` items, each chunk's history being the ``H`` items right before it (the tail of
+the previous chunk), and drops a final chunk of a single item.
+
+Run ``python -m recrl.data.prorl --stats ml-1m`` for the statistics table and timings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from typing import Literal, NamedTuple
+
+import numpy as np
+
+from recrl.data.movielens import MovieLens, load_movielens
+from recrl.data.sequences import Sequences, build_sequences, sample_unseen, split_users
+
+#: Padding value of ``PathSamples.path`` beyond each path's length.
+PAD = -1
+SPLITS = ("train", "val", "test")
+
+
+class PathSamples(NamedTuple):
+    """Mined demonstration paths, fixed-shape int32 arrays (a JAX pytree).
+
+    Attributes:
+      history: ``[N, H]`` the ``H`` items right before the path, oldest first.
+      path: ``[N, L_max]`` the path, padded with :data:`PAD` after ``lengths``.
+      lengths: ``[N]`` path lengths, in ``[2, L_max]``.
+      target: ``[N]`` the path's last item, ``path[n, lengths[n] - 1]``.
+      user: ``[N]`` user rows of :attr:`ProRLData.sequences`.
+      start: ``[N]`` position of ``path[n, 0]`` in the user's sequence (the cut point).
+    """
+
+    history: np.ndarray
+    path: np.ndarray
+    lengths: np.ndarray
+    target: np.ndarray
+    user: np.ndarray
+    start: np.ndarray
+
+
+class UnseenTargets(NamedTuple):
+    """Evaluation prompts with a random target the user never interacted with.
+
+    Attributes:
+      history: ``[N, H]`` history at the cut point (as in the mined paths).
+      target: ``[N]`` an item absent from the user's whole sequence.
+      user: ``[N]`` user rows.
+      start: ``[N]`` cut point (position right after the history).
+    """
+
+    history: np.ndarray
+    target: np.ndarray
+    user: np.ndarray
+    start: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
+class ProRLConfig:
+    """Preprocessing options (defaults: the paper's ML-1M set-up).
+
+    Attributes:
+      min_user, min_item: k-core thresholds.
+      fractions: train / val / test user fractions.
+      seed: user-split seed.
+      history: history length ``H``.
+      max_len: maximum path length ``L_max``.
+      ignore_genres: genres the oracle ignores.
+      long_runs: ``"truncate"`` runs longer than ``max_len`` or ``"split"`` them into chunks.
+    """
+
+    min_user: int = 20
+    min_item: int = 40
+    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    seed: int = 0
+    history: int = 10
+    max_len: int = 10
+    ignore_genres: tuple[str, ...] = ("Drama",)
+    long_runs: Literal["split", "truncate"] = "truncate"
+
+    def __post_init__(self):
+        if self.history < 1 or self.max_len < 2:
+            raise ValueError(f"need history >= 1 and max_len >= 2: {self}")
+        if self.long_runs not in ("split", "truncate"):
+            raise ValueError(f"long_runs must be 'split' or 'truncate', got {self.long_runs!r}")
+        if len(self.fractions) != 3:
+            raise ValueError(f"fractions must be (train, val, test): {self.fractions}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ProRLData:
+    """Everything the ProRL pipeline needs, in compact ids.
+
+    Attributes:
+      sequences: k-cored chronological sequences (row = user, compact item ids).
+      genre_masks: ``[I]`` uint64 genre bitmasks with the ignored genres removed.
+      titles: ``[I]`` display titles.
+      splits: ``{"train", "val", "test"}`` -> sorted user rows.
+      paths: the same keys -> :class:`PathSamples`.
+      config: the options used.
+    """
+
+    sequences: Sequences
+    genre_masks: np.ndarray
+    titles: np.ndarray
+    splits: dict[str, np.ndarray]
+    paths: dict[str, PathSamples]
+    config: ProRLConfig
+
+
+def mine_paths(
+    seqs: Sequences,
+    genre_masks: np.ndarray,
+    users: np.ndarray | None = None,
+    *,
+    history: int = 10,
+    max_len: int = 10,
+    long_runs: Literal["split", "truncate"] = "truncate",
+) -> PathSamples:
+    """Mines genre-coherent paths from users' sequences (vectorised over all interactions).
+
+    Consecutive items ``a, b`` are coherent iff ``genre_masks[a] & genre_masks[b] != 0``.
+    See the module docstring for the cutting rule and the handling of long runs.
+
+    Args:
+      seqs: chronological sequences.
+      genre_masks: ``[I]`` integer bitmasks (ignored genres already removed).
+      users: user rows to mine (default: all), e.g. one split.
+      history: history length ``H``; positions ``< H`` are never in a path.
+      max_len: maximum path length ``L_max``.
+      long_runs: ``"truncate"`` or ``"split"`` runs longer than ``max_len``.
+
+    Returns:
+      :class:`PathSamples`, ordered by user row then position.
+    """
+    items = seqs.items
+    pos, row = seqs.position(), seqs.row_of()
+    eligible = pos >= history
+    if users is not None:
+        chosen = np.zeros(seqs.num_users, bool)
+        chosen[np.asarray(users)] = True
+        eligible &= chosen[row]
+    masks = np.asarray(genre_masks)[items]
+    link = np.zeros(len(items), bool)  # link[j]: item j-1 -> j coherent, both in the region
+    link[1:] = (np.bitwise_and(masks[1:], masks[:-1]) != 0) & (pos[1:] > history)
+    link &= eligible
+    elig = np.flatnonzero(eligible)
+    run_start = ~link[elig]
+    run_id = np.cumsum(run_start) - 1
+    starts = elig[run_start]
+    offset = elig - starts[run_id]  # position inside the run
+    if long_runs == "split":
+        first = offset % max_len == 0
+        sid = np.cumsum(first) - 1
+        start = elig[first]
+        length = np.bincount(sid, minlength=len(start))
+    elif long_runs == "truncate":
+        start = starts
+        length = np.minimum(np.bincount(run_id, minlength=len(starts)), max_len)
+    else:
+        raise ValueError(f"long_runs must be 'split' or 'truncate', got {long_runs!r}")
+    keep = length >= 2
+    start, length = start[keep], length[keep]
+    hist = items[start[:, None] + np.arange(-history, 0)]
+    steps = np.arange(max_len)
+    valid = steps[None, :] < length[:, None]
+    idx = np.where(valid, start[:, None] + steps, 0)
+    path = np.where(valid, items[idx], PAD)
+    return PathSamples(
+        history=hist.astype(np.int32), path=path.astype(np.int32),
+        lengths=length.astype(np.int32), target=items[start + length - 1].astype(np.int32),
+        user=row[start].astype(np.int32), start=pos[start].astype(np.int32),
+    )
+
+
+def prepare_prorl(ml: MovieLens, config: ProRLConfig | None = None) -> ProRLData:
+    """k-core, chronological sequences, 8:1:1 user split and path mining.
+
+    Args:
+      ml: the dataset (:func:`~recrl.data.movielens.load_movielens` or synthetic).
+      config: options (default :class:`ProRLConfig`).
+
+    Returns:
+      :class:`ProRLData`.
+    """
+    config = config or ProRLConfig()
+    seqs = build_sequences(ml, min_user=config.min_user, min_item=config.min_item)
+    masks = ml.genre_masks(ignore=config.ignore_genres)[seqs.item_ids]
+    splits = dict(zip(SPLITS, split_users(seqs.num_users, config.fractions, seed=config.seed),
+                      strict=True))
+    paths = {k: mine_paths(seqs, masks, u, history=config.history, max_len=config.max_len,
+                           long_runs=config.long_runs) for k, u in splits.items()}
+    return ProRLData(seqs, masks, ml.titles()[seqs.item_ids], splits, paths, config)
+
+
+def random_unseen_targets(data: ProRLData, split: str = "test", *, seed: int = 0
+                          ) -> UnseenTargets:
+    """The paper's stated protocol: each mined cut point of ``split`` gets a random target.
+
+    For every mined path of the split (same user, history and cut point), the target is
+    drawn uniformly from the items the user never interacted with (over the whole
+    sequence, so it is neither in the history nor in the future).
+
+    Args:
+      data: the preprocessed data.
+      split: ``"train"``, ``"val"`` or ``"test"``.
+      seed: sampling seed.
+
+    Returns:
+      :class:`UnseenTargets` aligned with ``data.paths[split]``.
+    """
+    p = data.paths[split]
+    target = sample_unseen(data.sequences, p.user, 1, seed=seed)[:, 0]
+    return UnseenTargets(p.history, target, p.user, p.start)
+
+
+def prorl_stats(data: ProRLData) -> dict:
+    """Dataset and path statistics.
+
+    Args:
+      data: the preprocessed data.
+
+    Returns:
+      ``{"users", "items", "interactions", "splits": {name: {"users", "interactions",
+      "paths", "mean_length", "length_hist": {length: count}}}}``.
+    """
+    seqs = data.sequences
+    out = {"users": seqs.num_users, "items": seqs.num_items,
+           "interactions": len(seqs.items), "splits": {}}
+    for name, users in data.splits.items():
+        p = data.paths[name]
+        hist = np.bincount(p.lengths, minlength=data.config.max_len + 1)
+        out["splits"][name] = {
+            "users": len(users), "interactions": int(seqs.lengths[users].sum()),
+            "paths": len(p.lengths),
+            "mean_length": float(p.lengths.mean()) if len(p.lengths) else 0.0,
+            "length_hist": {k: int(hist[k]) for k in range(2, len(hist))},
+        }
+    return out
+
+
+def format_stats(stats: dict) -> str:
+    """A plain-text table of :func:`prorl_stats`."""
+    names = list(stats["splits"])
+    lines = [f"users {stats['users']:,}  items {stats['items']:,}  "
+             f"interactions {stats['interactions']:,}", "",
+             f"{'':14s}" + "".join(f"{n:>10s}" for n in names)]
+    for key in ("users", "interactions", "paths", "mean_length"):
+        vals = [stats["splits"][n][key] for n in names]
+        cells = "".join(f"{v:>10.2f}" if isinstance(v, float) else f"{v:>10,}" for v in vals)
+        lines.append(f"{key:14s}" + cells)
+    for k in stats["splits"][names[0]]["length_hist"]:
+        lines.append(f"{'length ' + str(k):14s}"
+                     + "".join(f"{stats['splits'][n]['length_hist'][k]:>10,}" for n in names))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: ``python -m recrl.data.prorl --stats ml-1m`` prints the stats and timings."""
+    parser = argparse.ArgumentParser(description="ProRL preprocessing statistics")
+    parser.add_argument("--stats", default="ml-1m",
+                        help="ml-1m, ml-100k or synthetic (default ml-1m)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--min-user", type=int, default=20)
+    parser.add_argument("--min-item", type=int, default=40)
+    parser.add_argument("--long-runs", choices=("truncate", "split"), default="truncate")
+    args = parser.parse_args(argv)
+    t0 = time.perf_counter()
+    if args.stats == "synthetic":
+        from recrl.data.synthetic import synthetic_movielens
+        ml = synthetic_movielens(1000, 2000, min_len=20, max_len=300, seed=args.seed)
+    else:
+        try:
+            ml = load_movielens(args.stats)
+        except (ValueError, FileNotFoundError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+    t1 = time.perf_counter()
+    config = ProRLConfig(min_user=args.min_user, min_item=args.min_item, seed=args.seed,
+                         long_runs=args.long_runs)
+    data = prepare_prorl(ml, config)
+    t2 = time.perf_counter()
+    print(f"{args.stats}: {config}")
+    print(format_stats(prorl_stats(data)))
+    print(f"\ntime: load {t1 - t0:.2f} s, k-core + split + mining {t2 - t1:.2f} s, "
+          f"total {t2 - t0:.2f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
