@@ -13,6 +13,13 @@ import jax.numpy as jnp
 
 from recrl.estimators._checks import check_finite, check_min_rank, check_same_shape, check_shape
 
+# Horizons up to this length use a triangular matmul for reward-to-go; longer ones (token
+# level) a reverse cumulative sum or scan, which are O(T) instead of O(T^2).
+_MATMUL_MAX_T = 64
+# Up to this many reward components, centring is unrolled per component (faster on CPU than
+# a reduction over a short minor axis).
+_UNROLL_MAX_K = 8
+
 
 def reward_to_go(
     rewards: jax.typing.ArrayLike,
@@ -40,6 +47,13 @@ def reward_to_go(
     check_same_shape(rewards=rewards, mask=mask)
     check_finite(rewards, "rewards")
     r = jnp.asarray(rewards) * jnp.asarray(mask, dtype=jnp.result_type(rewards, jnp.float32))
+    T = r.shape[-1]
+    if T <= _MATMUL_MAX_T:
+        # G = r @ D^T with D[t, l] = gamma^(l - t) for l >= t: one small matmul, which XLA
+        # runs faster than a cumulative sum or a scan for the short horizons of path policies.
+        lag = jnp.arange(T)[None, :] - jnp.arange(T)[:, None]
+        d = jnp.where(lag >= 0, jnp.asarray(discount, r.dtype) ** jnp.maximum(lag, 0), 0.0)
+        return jnp.einsum("...l,tl->...t", r, d, precision=jax.lax.Precision.HIGHEST)
     if isinstance(discount, int | float) and discount == 1.0:
         return jnp.flip(jnp.cumsum(jnp.flip(r, -1), axis=-1), -1)
 
@@ -120,8 +134,11 @@ def center_rewards(
         weights = jnp.ones((k,), jnp.result_type(rewards, jnp.float32))
     check_shape(weights, "weights", (k,), "one entry per reward component")
     check_finite(rewards, "rewards")
-    z = (jnp.asarray(rewards) - mean) / jnp.maximum(std, min_std)
-    return jnp.sum(z * weights, axis=-1)
+    r = jnp.asarray(rewards)
+    scale = jnp.asarray(weights) / jnp.maximum(jnp.asarray(std), min_std)
+    if k <= _UNROLL_MAX_K:
+        return sum((r[..., i] - mean[i]) * scale[i] for i in range(k))
+    return jnp.einsum("...k,k->...", r - mean, scale, precision=jax.lax.Precision.HIGHEST)
 
 
 class RewardStats(NamedTuple):

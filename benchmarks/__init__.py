@@ -1,0 +1,1 @@
+"""Benchmarks: timing and quality comparisons, each printing ratios against a named reference."""
