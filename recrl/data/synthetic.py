@@ -37,6 +37,7 @@ def synthetic_movielens(
     drift: float = 0.4,
     taste_scale: float = 2.0,
     drama_rate: float = 0.35,
+    drama_only_rate: float = 0.1,
     tie_rate: float = 0.2,
     seed: int = 0,
     name: str = "synthetic",
@@ -52,6 +53,7 @@ def synthetic_movielens(
       taste_scale: ``σ0``, spread of the initial taste logits (larger = more focused).
       drama_rate: probability that an item also gets "Drama" (MovieLens-like: Drama is
         on many films, which is why ProRL ignores it).
+      drama_only_rate: probability that an item's only genre is "Drama".
       tie_rate: probability that an interaction has the previous one's timestamp.
       seed: random seed (the output is a deterministic function of all arguments).
       name: dataset name.
@@ -68,12 +70,16 @@ def synthetic_movielens(
     rng = np.random.default_rng(seed)
     genres = SYNTHETIC_GENRES[:num_genres]
     popularity = 1.0 / (1.0 + rng.permutation(num_items)) ** 0.7
-    # Item genres: 1-3 non-Drama genres, plus Drama with probability drama_rate.
+    # Item genres: Drama alone (drama_only_rate), else 1-3 other genres plus Drama with
+    # probability drama_rate.
     has = np.zeros((num_items, num_genres), bool)
     for i in range(num_items):
         k = 1 + rng.binomial(2, 0.3)
         has[i, 1 + rng.choice(num_genres - 1, size=min(k, num_genres - 1), replace=False)] = True
     has[:, 0] |= rng.random(num_items) < drama_rate
+    drama_only = rng.random(num_items) < drama_only_rate
+    has[drama_only] = False
+    has[drama_only, 0] = True
     by_genre = [np.flatnonzero(has[:, g]) for g in range(num_genres)]
     cum = [np.cumsum(popularity[ids]) for ids in by_genre]
 
