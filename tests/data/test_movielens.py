@@ -144,7 +144,7 @@ def test_real_ml1m_slice(ml1m_dir, tmp_path):
 
 
 def test_real_ml100k(ml100k_dir):
-    ml = load_movielens("ml-100k")
+    ml = load_movielens("ml-100k", download=True)  # cached: the fetch is a no-op
     assert (ml.num_users, ml.num_items, ml.interactions.num_rows) == (943, 1682, 100_000)
     raw = dict(zip(ml.item_ids, range(ml.num_items), strict=True))
     assert ml.items[raw["1"]]["title"] == "Toy Story (1995)"
