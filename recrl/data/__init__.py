@@ -55,7 +55,7 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> object:
     if name in _EXPORTS:
         return getattr(importlib.import_module(f"recrl.data.{_EXPORTS[name]}"), name)
     raise AttributeError(f"module 'recrl.data' has no attribute {name!r}")
