@@ -1,0 +1,1 @@
+"""ProRL: proactive recommendation with a frozen user simulator (recrl.prs)."""
