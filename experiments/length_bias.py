@@ -173,7 +173,7 @@ def train(key: jax.Array, table: jax.Array, eval_stats: tuple, name: str, use_sr
             "adv_var": jnp.sum((adv - adv_mean) ** 2 * act) / n_act,
             "raw_return": jnp.mean(jnp.sum(comps, (-1, -2))),
             "centred_return": jnp.mean(jnp.sum(est.center_rewards(comps, *eval_stats) * item, -1)),
-            "grad_norm": optax.global_norm(grads),
+            "grad_norm": optax.tree.norm(grads),
         }
         return (theta, opt_state, stats, key), metrics
 

@@ -1,0 +1,77 @@
+"""Jitted rollouts of the path policy: temperature sampling and greedy decoding.
+
+One prefill of the fixed-length prompt, then ``T`` cached decode steps inside
+``lax.scan``. EOS is not allowed as the first action (a path has at least one item); after
+EOS the path is padded.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from recrl.prs.policy import PathPolicy, make_prompt
+
+
+class Paths(NamedTuple):
+    """Generated paths.
+
+    Attributes:
+      path: ``[B, T]`` item ids, ``PAD`` after the path's end.
+      lengths: ``[B]`` number of items (1..T).
+      logp: ``[B, T]`` log-probability (temperature 1) of each action taken (items and the
+        EOS at ``t = L``), 0 after EOS.
+    """
+
+    path: jax.Array
+    lengths: jax.Array
+    logp: jax.Array
+
+
+def generate(policy: PathPolicy, history: jax.Array, target: jax.Array, key: jax.Array | None,
+             temperature: float = 1.0, greedy: bool = False) -> Paths:
+    """Samples (or greedily decodes) one path per prompt.
+
+    Args:
+      policy: the policy module (call inside ``jit`` after ``nnx.merge``, or eagerly).
+      history: ``[B, H]`` history items.
+      target: ``[B]`` target items.
+      key: PRNG key (ignored when ``greedy``).
+      temperature: sampling temperature (> 0).
+      greedy: take the arg-max action at every step.
+
+    Returns:
+      :class:`Paths`.
+    """
+    cfg = policy.cfg
+    if not greedy and key is None:
+        raise ValueError("sampling needs a PRNG `key` (or pass greedy=True)")
+    key = jax.random.key(0) if key is None else key
+    b = history.shape[0]
+    logits0, cache = policy.prefill(make_prompt(cfg, history, target))
+    eos_col = jnp.arange(cfg.num_items + 1) == cfg.eos
+
+    def step(carry, t):
+        logits, cache, done, key = carry
+        logits = jnp.where((t == 0) & eos_col, -1e9, logits)
+        logp_all = jax.nn.log_softmax(logits, -1)
+        key, sub = jax.random.split(key)
+        if greedy:
+            a = jnp.argmax(logits, -1)
+        else:
+            a = jax.random.categorical(sub, logits / temperature, axis=-1)
+        a = a.astype(jnp.int32)
+        logp = jnp.where(done, 0.0, jnp.take_along_axis(logp_all, a[:, None], -1)[:, 0])
+        emit = jnp.where(done | (a == cfg.eos), cfg.pad, a)
+        now_done = done | (a == cfg.eos)
+        pos = jnp.minimum(cfg.prompt_len + t, cfg.seq_len - 1)
+        next_logits, cache = policy.decode(emit, pos, cache)
+        return (next_logits, cache, now_done, key), (emit, logp, ~now_done)
+
+    init = (logits0, cache, jnp.zeros((b,), bool), key)
+    _, (path, logp, alive) = jax.lax.scan(step, init, jnp.arange(cfg.max_len))
+    path, logp = path.T, logp.T
+    lengths = jnp.sum(alive.T, axis=1).astype(jnp.int32)
+    return Paths(path=path, lengths=lengths, logp=logp)
