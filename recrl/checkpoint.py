@@ -7,11 +7,25 @@ directory and renames), so a run killed mid-save keeps its previous checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Orbax logs every save phase at INFO; keep launcher logs readable."""
+    level = logging.get_verbosity()
+    logging.set_verbosity(min(level, logging.WARNING))  # absl: larger = more verbose
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)
 
 
 class Checkpointer:
@@ -26,11 +40,13 @@ class Checkpointer:
     def __init__(self, directory: str | os.PathLike, max_to_keep: int | None = 3):
         self.directory = os.path.abspath(os.fspath(directory))
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
-        self._manager = ocp.CheckpointManager(self.directory, options=options)
+        with _quiet():
+            self._manager = ocp.CheckpointManager(self.directory, options=options)
 
     def latest_step(self) -> int | None:
         """The newest saved step, or None."""
-        return self._manager.latest_step()
+        with _quiet():
+            return self._manager.latest_step()
 
     def all_steps(self) -> list[int]:
         """All saved steps, oldest first."""
@@ -41,8 +57,9 @@ class Checkpointer:
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(dict(meta or {}))
         )
-        self._manager.save(step, args=args, force=True)
-        self._manager.wait_until_finished()
+        with _quiet():
+            self._manager.save(step, args=args, force=True)
+            self._manager.wait_until_finished()
 
     def restore(self, like: Any, step: int | None = None) -> tuple[Any, dict[str, Any]]:
         """Restores ``(state, meta)`` at ``step`` (default: latest) into the structure of ``like``.
@@ -59,18 +76,20 @@ class Checkpointer:
                 f" (saved steps: {steps or 'none'})"
             )
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
-        out = self._manager.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
-            ),
-        )
+        with _quiet():
+            out = self._manager.restore(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
+                ),
+            )
         return out["state"], dict(out["meta"] or {})
 
     def close(self) -> None:
         """Flushes pending writes and releases the manager."""
-        self._manager.wait_until_finished()
-        self._manager.close()
+        with _quiet():
+            self._manager.wait_until_finished()
+            self._manager.close()
 
     def __enter__(self) -> Checkpointer:
         return self

@@ -1,0 +1,131 @@
+"""Report of a ProRL run: results table beside the paper's numbers, and training plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# ML-1M, SASRec evaluator, @1 (ProRL paper, main table and estimator ablation)
+PAPER = {
+    "pretrained": {"ctr": 0.867, "coherence": None, "ioi": 0.860, "ior": 254.4},
+    "ipg": {"ctr": 0.446, "coherence": 0.373, "ioi": 2.254, "ior": 169.3},
+    "prorl": {"ctr": 0.854, "coherence": 0.842, "ioi": 2.850, "ior": 728.2},
+    "prorl_no_src": {"ctr": 0.973, "coherence": None, "ioi": 1.237, "ior": 650.0},
+    "prorl_no_psae": {"ctr": 0.746, "coherence": None, "ioi": 2.556, "ior": 695.9},
+    "reinforce": {"ctr": 0.581, "coherence": None, "ioi": 1.626, "ior": 329.8},
+    "grpo": {"ctr": 0.633, "coherence": None, "ioi": 1.483, "ior": 284.9},
+    "rtg": {"ctr": 0.694, "coherence": None, "ioi": 2.383, "ior": 675.7},
+}
+COLS = [("sasrec/ctr@1", "CTR"), ("sasrec/coherence@1", "Coh"), ("sasrec/ioi@1", "IoI"),
+        ("sasrec/ior@1", "IoR"), ("sasrec/length@1", "len"), ("gru4rec/ioi@1", "IoI (GRU)"),
+        ("gru4rec/ior@1", "IoR (GRU)"), ("sasrec/ioi@K", "IoI@K"), ("diversity@K", "div@K"),
+        ("unseen/sasrec/ioi@1", "IoI unseen")]
+
+
+def _fmt(vals: list[float]) -> str:
+    if not vals:
+        return "–"
+    a = np.asarray(vals, float)
+    big = np.abs(a).mean() >= 10
+    if len(a) == 1:
+        return f"{a[0]:.1f}" if big else f"{a[0]:.3f}"
+    return f"{a.mean():.1f} ± {a.std():.1f}" if big else f"{a.mean():.3f} ± {a.std():.3f}"
+
+
+def _paper(name: str) -> str:
+    p = PAPER.get(name)
+    if not p:
+        return "–"
+    cell = lambda v, d: "–" if v is None else f"{v:.{d}f}"
+    return (f"{cell(p['ctr'], 3)} / {cell(p['coherence'], 3)} / {cell(p['ioi'], 3)} / "
+            f"{cell(p['ior'], 1)}")
+
+
+def results_table(results: dict) -> str:
+    """Markdown table: every method (mean ± std over seeds) and baseline, with the paper."""
+    by_method: dict[str, list[dict]] = {}
+    for r in results["runs"]:
+        by_method.setdefault(r["method"], []).append(r["test"])
+    head = "| system | " + " | ".join(c for _, c in COLS) + " | paper CTR / Coh / IoI / IoR |"
+    lines = [head, "|" + "---|" * (len(COLS) + 2)]
+    for name, m in results.get("baselines", {}).items():
+        lines.append(f"| {name} | " + " | ".join(_fmt([m[k]] if k in m else [])
+                                                  for k, _ in COLS) + f" | {_paper(name)} |")
+    for name, tests in by_method.items():
+        cells = [_fmt([t[k] for t in tests if k in t]) for k, _ in COLS]
+        lines.append(f"| **{name}** ({len(tests)} seeds) | " + " | ".join(cells)
+                     + f" | {_paper(name)} |")
+    return "\n".join(lines)
+
+
+def training_curves(results: dict) -> dict[str, dict[str, np.ndarray]]:
+    """Per method: epoch-level curves ``[seeds, epochs]`` of length, adv. variance, val IoI."""
+    curves: dict[str, dict[str, list]] = {}
+    keys = {"length": "train_length", "adv_var": "train_adv_var", "val_ioi": "val_ioi@1"}
+    for r in results["runs"]:
+        c = curves.setdefault(r["method"], {k: [] for k in keys})
+        for k, src in keys.items():
+            c[k].append([row[src] for row in r["history"]])
+    return {m: {k: np.asarray(v) for k, v in c.items()} for m, c in curves.items()}
+
+
+def plot_curves(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = training_curves(results)
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    titles = {"length": "mean path length (train samples)", "adv_var": "advantage variance",
+              "val_ioi": "validation IoI@1 (greedy)"}
+    for method, c in curves.items():
+        for ax, key in zip(axes, titles, strict=True):
+            y = c[key]
+            x = np.arange(1, y.shape[1] + 1)
+            (line,) = ax.plot(x, y.mean(0), marker="o", label=method)
+            if y.shape[0] > 1:
+                ax.fill_between(x, y.mean(0) - y.std(0), y.mean(0) + y.std(0),
+                                color=line.get_color(), alpha=0.15)
+    for ax, (key, title) in zip(axes, titles.items(), strict=True):
+        ax.set(xlabel="epoch", title=title)
+        if key == "adv_var":
+            ax.set_yscale("log")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(out: Path, results: dict[str, Any]) -> str:
+    """Writes ``report.md`` and ``training.png`` into ``out``; returns the markdown."""
+    plot_curves(results, out / "training.png")
+    cfg = results.get("config", {})
+    text = "\n".join([
+        f"# ProRL on {cfg.get('dataset', '?')} ({cfg.get('variant', '?')} config)",
+        "",
+        "Test split, mined targets, greedy paths (@1) unless marked; @K = best of K sampled "
+        "paths; div = 1 − mean pairwise Jaccard of the K paths; 'GRU' = the unseen GRU4Rec "
+        "evaluator; 'unseen' = random targets the user never interacted with. Checkpoints "
+        "selected on validation IoI@1. ± = std over seeds.",
+        "",
+        results_table(results),
+        "",
+        "![training curves](training.png)",
+        "",
+        "Run configuration: `config.json`; per-step metrics: `metrics.jsonl`; TensorBoard: "
+        "`tb/`.",
+    ])
+    (out / "report.md").write_text(text + "\n")
+    (out / "results_table.md").write_text(results_table(results) + "\n")
+    return text
+
+
+if __name__ == "__main__":
+    import sys
+
+    d = Path(sys.argv[1])
+    print(write_report(d, json.loads((d / "results.json").read_text())))
