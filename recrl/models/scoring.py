@@ -44,7 +44,13 @@ def _score_tail(model: Llama, tokens: jax.Array, mask: jax.Array, start: int,
     return jnp.where(mask[:, start:] & (prev >= 0), lp, 0.0)
 
 
-@functools.partial(jax.jit, static_argnums=0)
+def _chunked(fn, args, batch_size):
+    """``fn`` on rows of ``args`` in rematerialised chunks (bounded logits memory, also in grad)."""
+    one = jax.checkpoint(lambda row: jax.tree.map(lambda x: x[0], fn(*[a[None] for a in row])))
+    return jax.lax.map(one, args, batch_size=batch_size)
+
+
+@functools.partial(jax.jit, static_argnums=0, static_argnames="batch_size")
 def logprobs(
     graphdef: nnx.GraphDef,
     params: ParamsLike,
@@ -53,6 +59,8 @@ def logprobs(
     completion: jax.Array,
     completion_mask: jax.Array,
     temperature: float | jax.Array = 1.0,
+    *,
+    batch_size: int | None = None,
 ) -> jax.Array:
     """Per-token log-probs ``log π(y_t | x, y_<t)`` of completions given prompts.
 
@@ -64,14 +72,22 @@ def logprobs(
       completion: int ``[B, C]``, usually right-padded.
       completion_mask: bool ``[B, C]``, True on real completion tokens.
       temperature: logits are divided by it before the softmax (1.0: the model itself).
+      batch_size: if set, rows are processed ``batch_size`` at a time under ``jax.checkpoint``
+        (``lax.map``), bounding the ``[rows, C, vocab]`` logits held at once, in the forward
+        pass and in its gradient.
 
     Returns:
       float32 ``[B, C]``, 0 where ``completion_mask`` is False.
     """
     model = merge(graphdef, params)
-    tokens = jnp.concatenate([prompt, completion], axis=1)
-    mask = jnp.concatenate([prompt_mask, completion_mask], axis=1).astype(bool)
-    return _score_tail(model, tokens, mask, prompt.shape[1], temperature)
+
+    def score(prompt, prompt_mask, completion, completion_mask):
+        tokens = jnp.concatenate([prompt, completion], axis=1)
+        mask = jnp.concatenate([prompt_mask, completion_mask], axis=1).astype(bool)
+        return _score_tail(model, tokens, mask, prompt.shape[1], temperature)
+
+    args = (prompt, prompt_mask, completion, completion_mask)
+    return score(*args) if batch_size is None else _chunked(score, args, batch_size)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -191,22 +207,18 @@ def logprobs_from_prefix(
       completions: int ``[N, C]`` (right-padded).
       completion_mask: bool ``[N, C]``.
       temperature: logits divisor.
-      batch_size: if set, completions are scored in chunks of this many (``lax.map``), which
-        bounds activation memory at ``batch_size · C · vocab`` logits.
+      batch_size: if set, completions are scored ``batch_size`` at a time under
+        ``jax.checkpoint`` (``lax.map``), bounding logits memory at ``batch_size · C · vocab``.
 
     Returns:
       float32 ``[N, C]``, 0 at padding; equal to ``logprobs`` with the prompt repeated ``N``
       times.
     """
     model = merge(graphdef, params)
+    score = lambda c, m: _prefix_logprobs(model, prefix, c, m, temperature)
     if batch_size is None:
-        return _prefix_logprobs(model, prefix, completions, completion_mask, temperature)
-
-    def one(args):
-        toks, m = args
-        return _prefix_logprobs(model, prefix, toks[None], m[None], temperature)[0]
-
-    return jax.lax.map(one, (completions, completion_mask), batch_size=batch_size)
+        return score(completions, completion_mask)
+    return _chunked(score, (completions, completion_mask), batch_size)
 
 
 def score_completions(

@@ -1,7 +1,9 @@
 """Log-prob scoring: NumPy reference, padding invariance, shared-prompt prefix reuse."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from recrl.models import (
     logprobs,
@@ -12,7 +14,7 @@ from recrl.models import (
     sequence_nll,
     token_logprobs,
 )
-from tests.models.conftest import ref_kwargs, ref_weights
+from tests.models.conftest import make_tiny, ref_kwargs, ref_weights
 from tests.models.reference import log_softmax, np_forward, np_token_logprobs
 
 PROMPTS = [[3, 14, 15, 92, 65], [35, 89], [7, 9, 3]]
@@ -99,3 +101,22 @@ def test_shared_prompt_scoring_equals_repeated_prompt(tiny_tied):
     chunked = np.asarray(logprobs_from_prefix(graphdef, state, prefix, comp, cmask, batch_size=3))
     _check(chunked, ref, comps)
 
+
+
+def test_chunked_logprobs_and_their_gradient_equal_unchunked():
+    model = make_tiny(tied=False, n_layers=1)
+    graphdef, state = nnx.split(model)
+    prompt, pmask = pad_batch(PROMPTS, side="left")
+    comp, cmask = pad_batch(COMPLETIONS, side="right")
+
+    def total(st, batch_size):
+        lp = logprobs(graphdef, st, prompt, pmask, comp, cmask, batch_size=batch_size)
+        return (lp * jnp.arange(1.0, 5.0)).sum(), lp
+
+    (v1, lp1), g1 = jax.value_and_grad(total, has_aux=True)(state, None)
+    (v2, lp2), g2 = jax.value_and_grad(total, has_aux=True)(state, 2)  # 3 rows: 2 + 1
+    np.testing.assert_allclose(lp2, lp1, atol=1e-5)
+    np.testing.assert_allclose(v2, v1, rtol=1e-5)
+    _check(np.asarray(lp2), _reference(model, PROMPTS, COMPLETIONS), COMPLETIONS)
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)

@@ -1,0 +1,136 @@
+"""recrl.models throughput: sampling and scoring tokens/s, KV cache vs recomputation.
+
+    python -m benchmarks.lm                      # SmolLM2-135M (GGUF, fetched if needed)
+    python -m benchmarks.lm --model tiny         # a 2-block random model (seconds)
+    python -m benchmarks.lm --dtype bfloat16 --batch 1 4 16 --new 32
+
+Rows (compile time excluded: every call is run once before it is timed):
+  sample          ``sample`` on a padded batch of B copies of a chat prompt, N new tokens
+                  (no stop token, so every row generates N): generated tokens / s.
+  sample_group    ``sample_group``: the same B rows as one group sharing the prompt's prefix.
+  greedy          ``sample`` with temperature 0 (the cached run the baseline is compared to).
+  recompute       the same greedy generation without a KV cache: every step reruns the full
+                  forward over the [B, P + N] buffer (one compiled loop). ``cache x`` =
+                  recompute time / ``greedy`` time.
+  score           ``logprobs`` of B completions (C tokens) with the prompt repeated per row:
+                  completion tokens / s.
+  score_prefix    ``score_completions``: the prompt's KV computed once and shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import platform
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from recrl import models
+
+QUESTION = [{"role": "user", "content": "Name three famous landmarks in Paris and explain "
+                                        "briefly why each of them is worth a visit."}]
+
+
+def _timeit(fn, repeats: int) -> float:
+    jax.block_until_ready(fn())  # compile + warm up
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn())
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+@functools.partial(jax.jit, static_argnums=(0, 4))
+def greedy_recompute(graphdef, params, prompt, prompt_mask, n_new: int):
+    """Greedy decoding without a cache: each step runs the whole [B, P + N] buffer."""
+    model = models.merge(graphdef, params)
+    b, p = prompt.shape
+    tokens = jnp.concatenate([prompt, jnp.zeros((b, n_new), prompt.dtype)], axis=1)
+    mask = jnp.concatenate([prompt_mask, jnp.zeros((b, n_new), bool)], axis=1)
+
+    def step(i, carry):
+        tokens, mask = carry
+        hidden, _ = model(tokens, models.positions_from_mask(mask), mask)
+        nxt = jnp.argmax(model.logits(hidden[:, p + i - 1]), axis=-1).astype(tokens.dtype)
+        tokens = jax.lax.dynamic_update_slice(tokens, nxt[:, None], (0, p + i))
+        mask = jax.lax.dynamic_update_slice(mask, jnp.ones((b, 1), bool), (0, p + i))
+        return tokens, mask
+
+    return jax.lax.fori_loop(0, n_new, step, (tokens, mask))[0]
+
+
+def load(name: str, dtype: str):
+    if name == "tiny":
+        cfg = models.tiny_config(dtype=dtype, param_dtype=dtype, vocab_size=512)
+        model = models.create_model(cfg)
+        ids = list(np.random.default_rng(0).integers(3, 512, size=40))
+        return model, ids, "tiny random (2 blocks, d=64)"
+    path = models.smollm2_path()
+    model = models.load_gguf(path, dtype=dtype, param_dtype=dtype)
+    tok = models.Tokenizer.from_gguf(path)
+    return model, tok.encode_chat(QUESTION), "SmolLM2-135M-Instruct (GGUF Q4_1, dequantised)"
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", choices=["smollm2", "tiny"], default="smollm2")
+    ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    ap.add_argument("--batch", type=int, nargs="+", default=[1, 4, 16])
+    ap.add_argument("--new", type=int, default=32, help="new tokens per sampled row")
+    ap.add_argument("--completion", type=int, default=64, help="scored completion length")
+    ap.add_argument("--repeats", type=int, default=1, help="timed runs after the warm-up")
+    ap.add_argument("--recompute-max-batch", type=int, default=4,
+                    help="run the no-cache baseline only up to this batch size (it is slow)")
+    args = ap.parse_args(argv)
+
+    t0 = time.perf_counter()
+    model, prompt_ids, desc = load(args.model, args.dtype)
+    load_s = time.perf_counter() - t0
+    graphdef, params = nnx.split(model)
+    p = len(prompt_ids)
+    print(f"# {desc}, {args.dtype}; prompt {p} tokens; loaded in {load_s:.1f} s")
+    print(f"# {jax.devices()[0].device_kind} x{len(jax.devices())}, {os.cpu_count()} CPU cores,"
+          f" {platform.machine()}, jax {jax.__version__}", flush=True)
+    rng = np.random.default_rng(0)
+    cfg = models.SamplingConfig(max_new_tokens=args.new, temperature=1.0, top_p=0.95)
+    print(f"\n{'op':14s} {'batch':>5s} {'tokens':>7s} {'seconds':>8s} {'tokens/s':>9s}  note")
+
+    def row(op, b, n, t, note=""):
+        print(f"{op:14s} {b:5d} {n:7d} {t:8.3f} {n / t:9.1f}  {note}", flush=True)
+
+    part = functools.partial
+    prompt_1d = jnp.asarray(prompt_ids)
+    greedy = models.SamplingConfig(max_new_tokens=args.new, temperature=0.0)
+    for b in args.batch:
+        prompt, pmask = models.pad_batch([prompt_ids] * b)
+        key = jax.random.key(0)
+        t = _timeit(part(models.sample, graphdef, params, prompt, pmask, key, config=cfg),
+                    args.repeats)
+        row("sample", b, b * args.new, t)
+        t = _timeit(part(models.sample_group, graphdef, params, prompt_1d, key, num_samples=b,
+                         config=cfg), args.repeats)
+        row("sample_group", b, b * args.new, t)
+        if b <= args.recompute_max_batch:
+            t_c = _timeit(part(models.sample, graphdef, params, prompt, pmask, key,
+                               config=greedy), args.repeats)
+            row("greedy", b, b * args.new, t_c)
+            t_r = _timeit(part(greedy_recompute, graphdef, params, prompt, pmask, args.new),
+                          args.repeats)
+            row("recompute", b, b * args.new, t_r, f"cache x{t_r / t_c:.1f} vs greedy")
+        comp = rng.integers(3, model.config.vocab_size, size=(b, args.completion))
+        cmask = np.ones(comp.shape, bool)
+        t_sc = _timeit(part(models.logprobs, graphdef, params, prompt, pmask, comp, cmask),
+                       args.repeats)
+        row("score", b, b * args.completion, t_sc)
+        t_sp = _timeit(part(models.score_completions, graphdef, params, prompt_1d, comp, cmask),
+                       args.repeats)
+        row("score_prefix", b, b * args.completion, t_sp, f"x{t_sc / t_sp:.1f} vs score")
+
+if __name__ == "__main__":
+    main()
