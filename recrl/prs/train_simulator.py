@@ -103,9 +103,9 @@ def leave_one_out(seqs: Sequences, users: np.ndarray, max_len: int
 
 @jax.jit
 def _ranks(h: jax.Array, emb: jax.Array, target: jax.Array, exclude: jax.Array) -> jax.Array:
-    logits = jnp.where(exclude, -jnp.inf, h @ emb.T)
-    s_target = jnp.take_along_axis(h @ emb.T, target[:, None], axis=1)
-    return 1 + jnp.sum(logits > s_target, axis=1)
+    logits = h @ emb.T
+    s_target = jnp.take_along_axis(logits, target[:, None], axis=1)
+    return 1 + jnp.sum(jnp.where(exclude, False, logits > s_target), axis=1)
 
 
 def ranking_metrics(ranks: np.ndarray, k: int = 10) -> dict[str, float]:
