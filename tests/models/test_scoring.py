@@ -113,8 +113,9 @@ def test_chunked_logprobs_and_their_gradient_equal_unchunked():
         lp = logprobs(graphdef, st, prompt, pmask, comp, cmask, batch_size=batch_size)
         return (lp * jnp.arange(1.0, 5.0)).sum(), lp
 
-    (v1, lp1), g1 = jax.value_and_grad(total, has_aux=True)(state, None)
-    (v2, lp2), g2 = jax.value_and_grad(total, has_aux=True)(state, 2)  # 3 rows: 2 + 1
+    vg = jax.jit(jax.value_and_grad(total, has_aux=True), static_argnums=1)
+    (v1, lp1), g1 = vg(state, None)
+    (v2, lp2), g2 = vg(state, 1)  # 3 chunks of 1 row
     np.testing.assert_allclose(lp2, lp1, atol=1e-5)
     np.testing.assert_allclose(v2, v1, rtol=1e-5)
     _check(np.asarray(lp2), _reference(model, PROMPTS, COMPLETIONS), COMPLETIONS)
