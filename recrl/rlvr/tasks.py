@@ -1,0 +1,278 @@
+r"""Verifiable multi-step arithmetic with a checkable scratchpad, splits, scoring, tokenizers.
+
+A problem is a left-nested expression such as ``((3+4)*2)-5``; its reference solution writes
+one line per operation and a final answer line::
+
+    3+4=7
+    7*2=14
+    14-5=9
+    answer: 9
+
+Every intermediate line can be checked, so a trace may reach the right answer through wrong
+steps (a *flawed* trace). Rewards are binary on the final answer; malformed output scores 0
+and is counted, never raised.
+
+Step correctness of a trace with parsed steps :math:`s_1..s_n` against the reference steps
+:math:`s^*_1..s^*_K`:
+
+.. math:: \mathrm{SC} = \frac{|\{i \le \min(n, K) : s_i = s^*_i\}|}{\max(n, K)}
+
+(a step is the tuple ``(a, op, b, a op b)``; an arithmetically wrong line never matches).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import re
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import numpy as np
+
+OPS = ("+", "-", "*")
+_STEP = re.compile(r"^\s*(-?\d+)\s*([+\-*])\s*(-?\d+)\s*=\s*(-?\d+)\s*$")
+_ANSWER = re.compile(r"(?:answer\s*:|####)\s*(-?\d+)", re.IGNORECASE)
+Step = tuple[int, str, int, int]
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """One question with its reference scratchpad.
+
+    Attributes:
+      question: the expression, e.g. ``"((3+4)*2)-5"``.
+      answer: its integer value.
+      steps: reference steps ``(a, op, b, c)`` in evaluation order.
+      solution: the reference trace text (step lines, then ``answer: N``).
+    """
+
+    question: str
+    answer: int
+    steps: tuple[Step, ...] = ()
+    solution: str = ""
+
+
+def _apply(a: int, op: str, b: int) -> int:
+    return a + b if op == "+" else a - b if op == "-" else a * b
+
+
+def format_steps(steps: Sequence[Step], answer: int) -> str:
+    """Scratchpad text: ``"a op b = c"`` lines then ``"answer: <answer>"``."""
+    lines = [f"{a}{op}{b}={c}" for a, op, b, c in steps]
+    return "\n".join([*lines, f"answer: {answer}"])
+
+
+def make_problem(rng: random.Random, num_ops: int = 3, max_operand: int = 9,
+                 max_value: int = 99) -> Problem:
+    """Draws one left-nested problem with ``num_ops`` operations, values in ``[0, max_value]``.
+
+    ``-`` is only used when the result stays >= 0 and ``*`` only when it stays <= max_value
+    (otherwise ``+`` or ``-`` is drawn instead).
+    """
+    value = rng.randint(1, max_operand)
+    expr, steps = str(value), []
+    for k in range(num_ops):
+        b = rng.randint(1, max_operand)
+        op = rng.choice(OPS)
+        if op == "*" and value * b > max_value:
+            op = "-"
+        if op == "-" and b > value:
+            op = "+"
+        if op == "+" and value + b > max_value:
+            op = "-" if b <= value else "*"
+            b = b if op == "-" else 1
+        c = _apply(value, op, b)
+        steps.append((value, op, b, c))
+        expr = f"({expr}{op}{b})" if k < num_ops - 1 else f"{expr}{op}{b}"
+        value = c
+    return Problem(expr, value, tuple(steps), format_steps(steps, value))
+
+
+class Splits(NamedTuple):
+    """Pairwise-disjoint problem sets (by question text)."""
+
+    train: list[Problem]
+    demo: list[Problem]
+    probe: list[Problem]
+    eval: list[Problem]
+
+
+def make_splits(n_train: int, n_demo: int, n_probe: int, n_eval: int, *, seed: int = 0,
+                num_ops: Sequence[int] = (2, 3), max_operand: int = 9) -> Splits:
+    """Generates unique questions and deals them into train / demo / probe / eval.
+
+    Raises:
+      ValueError: if the generator cannot produce enough distinct questions.
+    """
+    rng = random.Random(seed)
+    need = n_train + n_demo + n_probe + n_eval
+    seen: dict[str, Problem] = {}
+    tries = 0
+    while len(seen) < need:
+        tries += 1
+        if tries > 50 * need + 1000:
+            raise ValueError(f"only {len(seen)} distinct questions for {need} requested; "
+                             "raise max_operand or num_ops")
+        p = make_problem(rng, rng.choice(list(num_ops)), max_operand)
+        seen.setdefault(p.question, p)
+    probs = list(seen.values())
+    rng.shuffle(probs)
+    a, b, c = n_train, n_train + n_demo, n_train + n_demo + n_probe
+    return Splits(probs[:a], probs[a:b], probs[b:c], probs[c:need])
+
+
+# ------------------------------------------------------------------------------- scoring
+
+
+def extract_answer(text: str) -> int | None:
+    """The integer after the last ``answer:`` (or ``####``) marker; None if there is none."""
+    found = _ANSWER.findall(text or "")
+    if not found:
+        return None
+    try:
+        return int(found[-1])
+    except ValueError:  # pragma: no cover - the regex only matches integers
+        return None
+
+
+def parse_steps(text: str) -> list[Step]:
+    """Step lines ``a op b = c`` of a trace, in order (other lines are ignored)."""
+    out = []
+    for line in (text or "").splitlines():
+        m = _STEP.match(line)
+        if m:
+            out.append((int(m[1]), m[2], int(m[3]), int(m[4])))
+    return out
+
+
+def answer_reward(text: str, problem: Problem) -> float:
+    """Binary verifiable reward: 1 if the extracted answer equals ``problem.answer``."""
+    got = extract_answer(text)
+    return float(got is not None and got == problem.answer)
+
+
+def step_correctness(text: str, problem: Problem) -> float:
+    r"""Fraction of reference steps reproduced in place (formula in the module docstring)."""
+    got = parse_steps(text)
+    ref = list(problem.steps)
+    denom = max(len(got), len(ref))
+    if denom == 0:
+        return 0.0
+    hits = sum(1 for s, r in zip(got, ref, strict=False) if s == r and _apply(*s[:3]) == s[3])
+    return hits / denom
+
+
+class Scores(NamedTuple):
+    """Scores of a batch of traces.
+
+    Attributes:
+      reward: float ``[N]`` binary answer rewards.
+      step_correctness: float ``[N]``.
+      malformed: bool ``[N]``: no answer could be extracted (reward 0).
+    """
+
+    reward: np.ndarray
+    step_correctness: np.ndarray
+    malformed: np.ndarray
+
+
+def score_traces(texts: Sequence[str], problems: Sequence[Problem]) -> Scores:
+    """Scores ``texts[i]`` against ``problems[i]``; never raises on malformed text."""
+    if len(texts) != len(problems):
+        raise ValueError(f"{len(texts)} traces for {len(problems)} problems")
+    r = np.array([answer_reward(t, p) for t, p in zip(texts, problems, strict=True)], np.float32)
+    sc = np.array([step_correctness(t, p) for t, p in zip(texts, problems, strict=True)],
+                  np.float32)
+    bad = np.array([extract_answer(t) is None for t in texts], bool)
+    return Scores(r, sc, bad)
+
+
+# ----------------------------------------------------------------------------- prompting
+
+
+def format_example(question: str, solution: str) -> str:
+    """One demonstration block ``"Q: <question>\\nA: <solution>\\n\\n"``."""
+    return f"Q: {question}\nA: {solution}\n\n"
+
+
+def format_prompt(question: str, demos: Sequence[Problem] = ()) -> str:
+    """Prompt text: demonstration blocks, then ``"Q: <question>\\nA: "``."""
+    return "".join(format_example(d.question, d.solution) for d in demos) + f"Q: {question}\nA: "
+
+
+class CharTokenizer:
+    """Character-level tokenizer for tiny CPU models (pad 0, bos 1, eos 2, then characters).
+
+    Unknown characters map to ``?``; ``decode`` stops at nothing and skips special ids.
+    """
+
+    CHARS = "0123456789+-*=() \n:?#QAanswer"
+
+    def __init__(self) -> None:
+        chars = sorted(set(self.CHARS))
+        self.pad_id, self.bos_id, self.eos_id = 0, 1, 2
+        self._id = {c: i + 3 for i, c in enumerate(chars)}
+        self._char = {i: c for c, i in self._id.items()}
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of ids (3 specials + characters)."""
+        return 3 + len(self._id)
+
+    def encode(self, text: str, *, add_bos: bool = False) -> list[int]:
+        """Ids of ``text`` (one per character)."""
+        ids = [self._id.get(c, self._id["?"]) for c in text]
+        return ([self.bos_id] if add_bos else []) + ids
+
+    def decode(self, ids: Sequence[int] | np.ndarray) -> str:
+        """Text of ``ids`` without special tokens."""
+        return "".join(self._char.get(int(i), "") for i in ids)
+
+
+def encode_prompt(tok, question: str, demos: Sequence[Problem] = ()) -> list[int]:
+    """Prompt ids (bos + :func:`format_prompt`); works for ``CharTokenizer`` and SmolLM2's."""
+    return tok.encode(format_prompt(question, demos), add_bos=tok.bos_id is not None)
+
+
+def encode_solution(tok, solution: str) -> list[int]:
+    """Completion ids of a solution, terminated by ``eos``."""
+    return tok.encode(solution) + [tok.eos_id]
+
+
+def decode_completion(tok, ids: Sequence[int] | np.ndarray, length: int) -> str:
+    """Text of the first ``length`` generated ids (stop token dropped)."""
+    return tok.decode([int(i) for i in np.asarray(ids)[:length] if int(i) != tok.eos_id])
+
+
+# ------------------------------------------------------------------------ reasoning-gym
+
+
+def reasoning_gym_available() -> bool:
+    """Whether ``reasoning_gym`` is importable."""
+    try:
+        import reasoning_gym  # noqa: F401
+    except Exception:  # any import failure means "not available"
+        return False
+    return True
+
+
+def reasoning_gym_problems(name: str, size: int, seed: int = 0) -> list[Problem]:
+    """Problems from a reasoning-gym dataset (``basic_arithmetic``, ``chain_sum``,
+    ``gsm_symbolic``). ``gsm_symbolic``'s ``metadata.answer_cot`` becomes the solution
+    (its ``#### N`` line is rewritten to ``answer: N``); the others get ``answer: N``.
+    Non-integer answers are skipped. Steps are empty (step correctness is built-in only).
+    """
+    import reasoning_gym
+
+    out = []
+    for item in reasoning_gym.create_dataset(name, size=size, seed=seed):
+        try:
+            ans = int(float(str(item["answer"]).strip()))
+        except ValueError:
+            continue
+        cot = (item.get("metadata") or {}).get("answer_cot")
+        sol = (re.sub(r"####\s*(-?\d+)", r"answer: \1", cot.strip()) if cot
+               else f"answer: {ans}")
+        out.append(Problem(item["question"], ans, (), sol))
+    return out
