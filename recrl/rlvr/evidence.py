@@ -1,0 +1,167 @@
+r"""Explicit Evidence Gain of (question, trace) pairs over a probe set, batched and jitted.
+
+For a trace ``r`` of question ``q`` and probes ``e = (e_q, e_r)``:
+
+.. math::
+    \Delta_e(q, r) = \log\pi(e_r \mid \mathrm{demo}(q, r), e_q) - \log\pi(e_r \mid e_q),\qquad
+    \mathrm{EG} = \operatorname{mean}_e \Delta_e,\qquad
+    \mathrm{EG}^{tok} = \operatorname{mean}_e \Delta_e / |e_r|
+
+with ``demo(q, r) = "Q: q\nA: r\n\n"`` (:func:`recrl.rlvr.tasks.format_example`) placed
+before the probe prompt ``"Q: e_q\nA: "``. Sharing:
+
+- ``log π(e_r | e_q)`` is computed once per probe (one padded batch of ``E`` rows);
+- for each trace the demo prefix ``bos + demo(q, r)`` is run once (``prefix_cache``) and all
+  ``E`` probe continuations ``e_q ++ e_r`` attend to its keys/values
+  (``logprobs_from_prefix``); only the ``e_r`` tokens are summed.
+
+Cost per trace: one prefix pass plus ``E`` continuations of length ``|e_q| + |e_r|``
+instead of ``E`` full passes over ``|demo| + |e_q| + |e_r|`` tokens.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from recrl import estimators, models
+from recrl.rlvr import tasks
+
+
+class ProbeSet(NamedTuple):
+    """Tokenised probes.
+
+    Attributes:
+      prompt: int ``[E, Pq]`` ``bos + "Q: e_q\nA: "``, left-padded (the bare condition).
+      prompt_mask: bool ``[E, Pq]``.
+      answer: int ``[E, R]`` ``e_r + eos``, right-padded.
+      answer_mask: bool ``[E, R]``.
+      cont: int ``[E, C]`` ``"Q: e_q\nA: " ++ e_r + eos`` (no bos), right-padded: the
+        continuation scored after a demo prefix.
+      cont_mask: bool ``[E, C]``.
+      cont_answer: bool ``[E, C]`` True on the ``e_r`` tokens of ``cont``.
+      num_tokens: int ``[E]`` ``|e_r|`` (eos included).
+    """
+
+    prompt: np.ndarray
+    prompt_mask: np.ndarray
+    answer: np.ndarray
+    answer_mask: np.ndarray
+    cont: np.ndarray
+    cont_mask: np.ndarray
+    cont_answer: np.ndarray
+    num_tokens: np.ndarray
+
+
+def encode_probes(tok, probes: Sequence[tasks.Problem], pad_id: int = 0) -> ProbeSet:
+    """Tokenises probes ``(e_q, e_r = reference solution)`` for :func:`evidence_gain_batch`."""
+    bos = [tok.bos_id] if tok.bos_id is not None else []
+    qs = [tok.encode(tasks.format_prompt(p.question)) for p in probes]
+    rs = [tasks.encode_solution(tok, p.solution) for p in probes]
+    prompt, prompt_mask = models.pad_batch([bos + q for q in qs], pad_id=pad_id, side="left")
+    answer, answer_mask = models.pad_batch(rs, pad_id=pad_id, side="right")
+    cont, cont_mask = models.pad_batch([q + r for q, r in zip(qs, rs, strict=True)],
+                                       pad_id=pad_id, side="right")
+    cont_answer = np.zeros(cont.shape, bool)
+    for i, (q, r) in enumerate(zip(qs, rs, strict=True)):
+        cont_answer[i, len(q):len(q) + len(r)] = True
+    return ProbeSet(prompt, prompt_mask, answer, answer_mask, cont, cont_mask, cont_answer,
+                    np.array([len(r) for r in rs], np.int32))
+
+
+def encode_demos(tok, questions: Sequence[str], traces: Sequence[str],
+                 pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``bos + demo(q, r)`` for each pair, left-padded: int ``[N, D]`` and bool mask."""
+    bos = [tok.bos_id] if tok.bos_id is not None else []
+    seqs = [bos + tok.encode(tasks.format_example(q, r))
+            for q, r in zip(questions, traces, strict=True)]
+    return models.pad_batch(seqs, pad_id=pad_id, side="left")
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def probe_logp_without(graphdef: nnx.GraphDef, params, probes: ProbeSet) -> jax.Array:
+    r"""``[E]`` :math:`\log\pi(e_r \mid e_q)` (summed over ``e_r`` tokens), one batch."""
+    lp = models.logprobs(graphdef, params, probes.prompt, probes.prompt_mask, probes.answer,
+                         probes.answer_mask)
+    return jnp.sum(lp, axis=1)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def probe_logp_with_demos(graphdef: nnx.GraphDef, params, demos: jax.Array,
+                          demo_mask: jax.Array, probes: ProbeSet) -> jax.Array:
+    r"""``[N, E]`` :math:`\log\pi(e_r \mid \mathrm{demo}_n, e_q)`: one prefix per demo,
+    shared by its ``E`` probe continuations (``lax.map`` over demos bounds memory)."""
+
+    def one(args):
+        demo, mask = args
+        prefix = models.prefix_cache(graphdef, params, demo, mask)
+        lp = models.logprobs_from_prefix(graphdef, params, prefix, probes.cont, probes.cont_mask)
+        return jnp.sum(jnp.where(probes.cont_answer, lp, 0.0), axis=1)
+
+    return jax.lax.map(one, (demos, demo_mask))
+
+
+class EvidenceResult(NamedTuple):
+    """Evidence Gain of ``N`` traces over ``E`` probes.
+
+    Attributes:
+      eg: ``[N]`` summed-log-likelihood EG.
+      eg_per_token: ``[N]`` EG with each ``Δ_e`` divided by ``|e_r|``.
+      log_weight: ``[N]`` exact ``log mean_e exp Δ_e`` (>= ``eg``).
+      delta: ``[N, E]`` per-probe ``Δ_e``.
+      logp_with: ``[N, E]``.
+      logp_without: ``[E]``.
+    """
+
+    eg: jax.Array
+    eg_per_token: jax.Array
+    log_weight: jax.Array
+    delta: jax.Array
+    logp_with: jax.Array
+    logp_without: jax.Array
+
+
+def evidence_gain_batch(graphdef: nnx.GraphDef, params, tok, questions: Sequence[str],
+                        traces: Sequence[str], probes: ProbeSet | Sequence[tasks.Problem],
+                        *, logp_without: jax.Array | None = None) -> EvidenceResult:
+    r"""Explicit EG of each ``(questions[n], traces[n])`` over the probe set.
+
+    Uses :func:`recrl.estimators.evidence_gain` on
+    ``ℓ⁺ = probe_logp_with_demos`` and ``ℓ⁻ = probe_logp_without`` (pass ``logp_without`` to
+    reuse it across batches with the same parameters).
+
+    Args:
+      graphdef: model graphdef.
+      params: model state(s).
+      tok: tokenizer (``CharTokenizer`` or ``recrl.models.Tokenizer``).
+      questions: ``N`` question texts.
+      traces: ``N`` trace texts (the demonstration solutions).
+      probes: a ``ProbeSet`` or problems to encode.
+      logp_without: optional precomputed ``[E]`` bare log-likelihoods.
+
+    Returns:
+      An :class:`EvidenceResult`.
+    """
+    if not isinstance(probes, ProbeSet):
+        probes = encode_probes(tok, probes)
+    probes = ProbeSet(*(jnp.asarray(x) for x in probes))
+    if logp_without is None:
+        logp_without = probe_logp_without(graphdef, params, probes)
+    demos, mask = encode_demos(tok, questions, traces)
+    with_demo = probe_logp_with_demos(graphdef, params, jnp.asarray(demos), jnp.asarray(mask),
+                                      probes)
+    n_tok = probes.num_tokens
+    return EvidenceResult(
+        eg=estimators.evidence_gain(with_demo, logp_without),
+        eg_per_token=estimators.evidence_gain(with_demo, logp_without, num_tokens=n_tok),
+        log_weight=estimators.evidence_log_weight(with_demo, logp_without),
+        delta=with_demo - logp_without[None, :],
+        logp_with=with_demo,
+        logp_without=logp_without,
+    )
