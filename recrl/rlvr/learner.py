@@ -1,0 +1,423 @@
+r"""GRPO / Dr.GRPO / DAPO learner with in-context demonstration groups and EG reweighting.
+
+Per prompt ``q`` a group of ``G`` rollouts: ``K`` sampled on ``demo_k ++ q`` (``K`` distinct
+demonstrations), ``G − K`` on the bare ``q``; all ``G`` share one group advantage
+
+.. math:: A_g = w_g\,\frac{R_g - \bar R}{\operatorname{std}(R) + \epsilon}
+
+(Dr.GRPO: without the std)
+
+with ``w_g = 1`` or, in EG-reweighted mode, ``w_g = G_c softmax_{correct}(EG/τ)`` on correct
+rollouts (1 on the others). The update recomputes ``log π(y_t | prompt_g, y_<t)`` on the same
+(demo-augmented) prompt the rollout was sampled from. Loss (all from ``recrl.estimators``):
+
+.. math:: L = L^{clip}_{\epsilon_{lo},\epsilon_{hi},c}(\rho, A)
+          + \beta\,\mathrm{agg}(\mathrm{KL}_{k}) + \lambda\,\mathrm{mean}_{R=1}(-\log\pi)
+
+Dynamic sampling (DAPO) drops groups whose rewards are all equal and draws again, up to a
+round limit; missing groups are filled with dropped ones marked invalid (zero weight).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import random
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from recrl import estimators as est
+from recrl import models
+from recrl.rlvr import evidence, tasks
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "grpo": dict(advantage_scale="std", eps_low=0.2, eps_high=0.2, dual_clip=None,
+                 aggregation="seq_mean_token_mean", dynamic_sampling=False),
+    "drgrpo": dict(advantage_scale="none", eps_low=0.2, eps_high=0.2, dual_clip=None,
+                   aggregation="seq_sum", dynamic_sampling=False),
+    "dapo": dict(advantage_scale="std", eps_low=0.2, eps_high=0.28, dual_clip=10.0,
+                 aggregation="token_mean", dynamic_sampling=True),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class LearnerConfig:
+    """Hyper-parameters (hashable; validated on creation). Build with :func:`preset`.
+
+    Attributes:
+      group_size: ``G`` rollouts per prompt.
+      num_demo: ``K`` of the ``G`` rollouts conditioned on a distinct demonstration (0: plain).
+      prompts_per_step: groups per update.
+      max_prompt_len, max_new_tokens: static token budgets (prompts are left-padded to
+        ``max_prompt_len``; longer prompts raise).
+      temperature: sampling temperature (log-probs are recomputed at the same τ).
+      advantage_scale: ``std`` (GRPO/DAPO) or ``none`` (Dr.GRPO).
+      eps_low, eps_high, dual_clip, aggregation: clipped-surrogate options.
+      dynamic_sampling, max_sampling_rounds: DAPO group filtering and refill limit.
+      kl_coef, kl_kind: optional KL to the initial policy (``k1``/``k3``); 0 disables.
+      nll_coef: optional ``λ`` of the NLL term on correct rollouts (0 disables).
+      eg_reweight, eg_temperature: multiply advantages by EG weights (needs probes).
+      lr, warmup_steps, weight_decay, grad_clip: AdamW with linear warm-up.
+      ppo_epochs: updates per sampled batch.
+    """
+
+    group_size: int = 8
+    num_demo: int = 0
+    prompts_per_step: int = 4
+    max_prompt_len: int = 128
+    max_new_tokens: int = 48
+    temperature: float = 1.0
+    advantage_scale: Literal["std", "none"] = "std"
+    eps_low: float = 0.2
+    eps_high: float = 0.28
+    dual_clip: float | None = 10.0
+    aggregation: str = "token_mean"
+    dynamic_sampling: bool = True
+    max_sampling_rounds: int = 3
+    kl_coef: float = 0.0
+    kl_kind: Literal["k1", "k3"] = "k3"
+    nll_coef: float = 0.0
+    eg_reweight: bool = False
+    eg_temperature: float = 1.0
+    lr: float = 1e-6
+    warmup_steps: int = 10
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    ppo_epochs: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.num_demo <= self.group_size:
+            raise ValueError(f"num_demo={self.num_demo} must be in [0, group_size]")
+        if self.group_size < 2 or self.prompts_per_step < 1 or self.max_sampling_rounds < 1:
+            raise ValueError("need group_size >= 2, prompts_per_step >= 1 and "
+                             "max_sampling_rounds >= 1")
+        if self.aggregation not in est.AGGREGATIONS:
+            raise ValueError(f"unknown aggregation {self.aggregation!r}")
+        if self.kl_kind not in ("k1", "k3"):
+            raise ValueError(f"kl_kind must be k1 or k3, got {self.kl_kind!r}")
+
+
+def preset(name: str, **changes: Any) -> LearnerConfig:
+    """``grpo`` / ``drgrpo`` / ``dapo`` defaults (see ``PRESETS``) with ``changes``."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown algorithm {name!r}; known: {', '.join(PRESETS)}")
+    return LearnerConfig(**{**PRESETS[name], **changes})
+
+
+class Rollouts(NamedTuple):
+    """A batch of ``P`` groups of ``G`` rollouts (arrays only; jit-friendly).
+
+    Attributes:
+      prompt, prompt_mask: ``[P, G, L]`` the prompt each rollout was sampled from.
+      completion, completion_mask: ``[P, G, C]``.
+      old_logp: ``[P, G, C]`` behaviour log-probs.
+      reward: ``[P, G]`` binary rewards.
+      step_correct: ``[P, G]`` step-correctness scores.
+      demo: ``[P, G]`` int index of the demonstration in the pool, −1 for bare prompts.
+      valid: ``[P]`` groups that take part in the update.
+      weight: ``[P, G]`` advantage multipliers (EG weights; 1 by default).
+    """
+
+    prompt: Any
+    prompt_mask: Any
+    completion: Any
+    completion_mask: Any
+    old_logp: Any
+    reward: Any
+    step_correct: Any
+    demo: Any
+    valid: Any
+    weight: Any
+
+
+def concat_rollouts(parts: Sequence[Rollouts]) -> Rollouts:
+    """Concatenates batches along the group axis."""
+    return Rollouts(*(np.concatenate([np.asarray(x) for x in xs]) for xs in zip(*parts,
+                                                                               strict=True)))
+
+
+def select_groups(r: Rollouts, idx: np.ndarray) -> Rollouts:
+    """The groups ``idx`` of ``r``."""
+    return Rollouts(*(np.asarray(x)[idx] for x in r))
+
+
+def build_prompts(tok, problems: Sequence[tasks.Problem], demo_pool: Sequence[tasks.Problem],
+                  group_size: int, num_demo: int,
+                  rng: random.Random) -> tuple[list[list[list[int]]], np.ndarray]:
+    """Prompt ids per rollout: ``num_demo`` distinct demos (drawn per group), then bare ones.
+
+    Returns:
+      ``prompts[p][g]`` token lists and ``demo [P, G]`` pool indices (−1: bare).
+    """
+    if num_demo > len(demo_pool):
+        raise ValueError(f"num_demo={num_demo} > {len(demo_pool)} demonstrations")
+    prompts, demo = [], np.full((len(problems), group_size), -1, np.int32)
+    for p, prob in enumerate(problems):
+        picks = rng.sample(range(len(demo_pool)), num_demo)
+        demo[p, :num_demo] = picks
+        prompts.append([tasks.encode_prompt(tok, prob.question, [demo_pool[i]]) for i in picks]
+                       + [tasks.encode_prompt(tok, prob.question)] * (group_size - num_demo))
+    return prompts, demo
+
+
+RewardFn = Callable[[str, tasks.Problem], float]
+
+
+def sample_rollouts(graphdef: nnx.GraphDef, params, tok, problems: Sequence[tasks.Problem],
+                    demo_pool: Sequence[tasks.Problem], key: jax.Array, cfg: LearnerConfig,
+                    rng: random.Random, reward_fn: RewardFn = tasks.answer_reward,
+                    ) -> tuple[Rollouts, list[str]]:
+    """Samples one group per problem (``models.sample`` on the padded ``P·G`` prompts), decodes
+    and scores the completions (malformed text gets reward 0).
+
+    Returns:
+      ``Rollouts`` and the ``P·G`` decoded texts (row-major).
+    """
+    n, g = len(problems), cfg.group_size
+    prompts, demo = build_prompts(tok, problems, demo_pool, g, cfg.num_demo, rng)
+    flat = [ids for row in prompts for ids in row]
+    pt, pm = models.pad_batch(flat, pad_id=tok.pad_id, side="left", length=cfg.max_prompt_len)
+    scfg = models.SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                                 stop_tokens=(tok.eos_id,), pad_id=tok.pad_id)
+    out = models.sample(graphdef, params, jnp.asarray(pt), jnp.asarray(pm), key, config=scfg)
+    toks, lens = np.asarray(out.tokens), np.asarray(out.lengths)
+    texts = [tasks.decode_completion(tok, toks[i], int(lens[i])) for i in range(n * g)]
+    probs = [problems[i // g] for i in range(n * g)]
+    reward = np.array([reward_fn(t, p) for t, p in zip(texts, probs, strict=True)], np.float32)
+    sc = tasks.score_traces(texts, probs).step_correctness
+    shape = (n, g)
+    r = Rollouts(pt.reshape(*shape, -1), pm.reshape(*shape, -1), toks.reshape(*shape, -1),
+                 np.asarray(out.mask).reshape(*shape, -1),
+                 np.asarray(out.logprobs).reshape(*shape, -1), reward.reshape(shape),
+                 sc.reshape(shape), demo, np.ones(n, bool), np.ones(shape, np.float32))
+    return r, texts
+
+
+class SamplingStats(NamedTuple):
+    """Dynamic-sampling bookkeeping: draws made, informative groups kept, groups dropped,
+    invalid fillers used to reach the batch size."""
+
+    rounds: int
+    kept: int
+    dropped: int
+    filled: int
+
+
+def collect_groups(draw: Callable[[], Rollouts], num_groups: int, *, dynamic: bool,
+                   max_rounds: int) -> tuple[Rollouts, SamplingStats]:
+    """Draws batches until ``num_groups`` groups with non-constant rewards are kept (DAPO).
+
+    Without ``dynamic`` one draw is returned as is. Otherwise groups whose rewards are all
+    equal are dropped; after ``max_rounds`` draws the batch is filled with dropped groups
+    marked ``valid = False`` (they carry zero advantage and zero loss weight).
+    """
+    first = draw()
+    if not dynamic:
+        return first, SamplingStats(1, len(first.reward), 0, 0)
+    kept, dropped, rounds, batch = [], [], 0, first
+    while True:
+        rounds += 1
+        r = np.asarray(batch.reward)
+        informative = r.max(axis=1) > r.min(axis=1)
+        kept.append(select_groups(batch, np.flatnonzero(informative)))
+        dropped.append(select_groups(batch, np.flatnonzero(~informative)))
+        n_kept = sum(len(k.reward) for k in kept)
+        if n_kept >= num_groups or rounds >= max_rounds:
+            break
+        batch = draw()
+    good = concat_rollouts(kept)
+    bad = concat_rollouts(dropped)
+    n_fill = max(num_groups - len(good.reward), 0)
+    filler = select_groups(bad, np.arange(n_fill))
+    filler = filler._replace(valid=np.zeros(n_fill, bool))
+    out = select_groups(concat_rollouts([good, filler]), np.arange(num_groups))
+    return out, SamplingStats(rounds, min(len(good.reward), num_groups), len(bad.reward), n_fill)
+
+
+def advantages(batch: Rollouts, cfg: LearnerConfig) -> jax.Array:
+    r"""``[P, G]`` group advantages ``w_g (R_g − mean R)/(std R + ε)`` over valid groups."""
+    valid = jnp.broadcast_to(jnp.asarray(batch.valid, jnp.float32)[:, None], batch.reward.shape)
+    adv = est.grpo_advantages(batch.reward, scale=cfg.advantage_scale, valid=valid)
+    return adv * jnp.asarray(batch.weight, jnp.float32)
+
+
+def loss_terms(logp: jax.Array, batch: Rollouts, cfg: LearnerConfig,
+               ref_logp: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Total loss and its parts from per-token ``logp [P, G, C]`` (see the module formula)."""
+    mask = jnp.asarray(batch.completion_mask, jnp.float32) * jnp.asarray(
+        batch.valid, jnp.float32)[:, None, None]
+    adv = jnp.broadcast_to(advantages(batch, cfg)[..., None], logp.shape)
+    pg = est.clipped_surrogate_loss(logp, batch.old_logp, adv, mask, cfg.eps_low, cfg.eps_high,
+                                    cfg.dual_clip, cfg.aggregation)
+    parts = {"pg_loss": pg}
+    total = pg
+    if cfg.kl_coef > 0:
+        kl = est.aggregate_loss(est.kl_penalty(logp, ref_logp, cfg.kl_kind), mask,
+                                cfg.aggregation)
+        total, parts["kl"] = total + cfg.kl_coef * kl, kl
+    if cfg.nll_coef > 0:
+        correct = mask * (jnp.asarray(batch.reward) > 0)[..., None]
+        nll = est.aggregate_loss(-logp, correct, "token_mean")
+        total, parts["nll"] = total + cfg.nll_coef * nll, nll
+    return total, parts
+
+
+def rollout_logprobs(graphdef: nnx.GraphDef, params, batch: Rollouts,
+                     temperature: float = 1.0) -> jax.Array:
+    """``[P, G, C]`` log-probs of each completion given its own (demo-augmented) prompt."""
+    p, g, c = batch.completion.shape
+    flat = lambda x: jnp.asarray(x).reshape(p * g, -1)
+    lp = models.logprobs(graphdef, params, flat(batch.prompt), flat(batch.prompt_mask),
+                         flat(batch.completion), flat(batch.completion_mask), temperature)
+    return lp.reshape(p, g, c)
+
+
+def make_optimizer(cfg: LearnerConfig) -> optax.GradientTransformation:
+    """AdamW (linear warm-up to ``lr``, weight decay) after global-norm clipping."""
+    sched = optax.linear_schedule(0.0, cfg.lr, max(cfg.warmup_steps, 1))
+    return optax.chain(optax.clip_by_global_norm(cfg.grad_clip),
+                       optax.adamw(sched, weight_decay=cfg.weight_decay))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 4, 5), donate_argnums=(2,))
+def train_step(graphdef: nnx.GraphDef, params, opt_state, batch: Rollouts,
+               cfg: LearnerConfig, tx: optax.GradientTransformation,
+               ref_logp: jax.Array | None = None):
+    """One optimiser step on ``batch``; returns ``(params, opt_state, metrics)``."""
+
+    def loss_fn(p):
+        lp = rollout_logprobs(graphdef, p, batch, cfg.temperature)
+        total, parts = loss_terms(lp, batch, cfg, ref_logp)
+        return total, parts
+
+    (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **parts}
+    return params, opt_state, metrics
+
+
+def pass_at_k(num_samples: int, num_correct: int, k: int) -> float:
+    r"""Unbiased :math:`\mathrm{pass@}k = 1 - \binom{n-c}{k}/\binom{n}{k}`."""
+    if num_samples - num_correct < k:
+        return 1.0
+    return 1.0 - float(np.prod(1.0 - k / np.arange(num_samples - num_correct + 1,
+                                                    num_samples + 1)))
+
+
+def evaluate(graphdef: nnx.GraphDef, params, tok, problems: Sequence[tasks.Problem],
+             key: jax.Array, *, k: int = 4, max_new_tokens: int = 48, max_prompt_len: int = 64,
+             temperature: float = 1.0) -> dict[str, float]:
+    r"""Zero-shot evaluation (no demonstration) on held-out problems.
+
+    ``greedy_acc``: accuracy of the greedy answer; ``avg@k``: mean accuracy of ``k`` samples at
+    ``temperature`` (= pass@1 estimated from ``k`` samples); ``pass@k`` (unbiased);
+    ``step_correct``: mean step correctness of the samples; ``malformed``: fraction with no
+    extractable answer.
+    """
+    ids = [tasks.encode_prompt(tok, p.question) for p in problems]
+    pt, pm = models.pad_batch(ids, pad_id=tok.pad_id, side="left", length=max_prompt_len)
+    rep = lambda x: jnp.asarray(np.repeat(x, k, axis=0))
+    out = {}
+    for name, temp, reps in (("greedy", 0.0, 1), ("sampled", temperature, k)):
+        scfg = models.SamplingConfig(max_new_tokens=max_new_tokens, temperature=temp,
+                                     stop_tokens=(tok.eos_id,), pad_id=tok.pad_id)
+        prompt = rep(pt) if reps > 1 else jnp.asarray(pt)
+        mask = rep(pm) if reps > 1 else jnp.asarray(pm)
+        o = models.sample(graphdef, params, prompt, mask, key, config=scfg)
+        toks, lens = np.asarray(o.tokens), np.asarray(o.lengths)
+        texts = [tasks.decode_completion(tok, toks[i], int(lens[i])) for i in range(len(toks))]
+        probs = [problems[i // reps] for i in range(len(toks))]
+        s = tasks.score_traces(texts, probs)
+        out[name] = s
+    corr = out["sampled"].reward.reshape(len(problems), k)
+    return {
+        "greedy_acc": float(out["greedy"].reward.mean()),
+        f"avg@{k}": float(corr.mean()),
+        f"pass@{k}": float(np.mean([pass_at_k(k, int(c), k) for c in corr.sum(1)])),
+        "step_correct": float(out["sampled"].step_correctness.mean()),
+        "malformed": float(out["sampled"].malformed.mean()),
+    }
+
+
+def eg_weights(graphdef: nnx.GraphDef, params, tok, problems: Sequence[tasks.Problem],
+               texts: Sequence[str], reward: np.ndarray, probes: evidence.ProbeSet,
+               temperature: float = 1.0) -> np.ndarray:
+    r"""``[P, G]`` explicit EG weights: ``G_c · softmax_{correct}(EG/τ)`` on correct rollouts
+    (mean 1 over them, via ``estimators.evidence_gain_weights``), 1 on incorrect ones."""
+    p, g = reward.shape
+    qs = [problems[i // g].question for i in range(p * g)]
+    eg = evidence.evidence_gain_batch(graphdef, params, tok, qs, texts, probes).eg
+    correct = jnp.asarray(reward > 0)
+    w = est.evidence_gain_weights(eg.reshape(p, g), temperature, valid=correct)
+    return np.asarray(jnp.where(correct, w, 1.0), np.float32)
+
+
+class Learner:
+    """Sampling + dynamic filtering + (optional EG weights) + jitted update, one call a step.
+
+    Attributes:
+      params, opt_state: current state (``params`` is an ``nnx.State``).
+      history: list of per-step metric dicts.
+    """
+
+    def __init__(self, graphdef: nnx.GraphDef, params, tok, cfg: LearnerConfig,
+                 demo_pool: Sequence[tasks.Problem] = (),
+                 probes: Sequence[tasks.Problem] | None = None,
+                 reward_fn: RewardFn = tasks.answer_reward, seed: int = 0):
+        if cfg.eg_reweight and not probes:
+            raise ValueError("eg_reweight needs a probe set")
+        self.graphdef, self.params, self.tok, self.cfg = graphdef, params, tok, cfg
+        self.demo_pool, self.reward_fn = list(demo_pool), reward_fn
+        self.probes = evidence.encode_probes(tok, probes) if probes else None
+        self.tx = make_optimizer(cfg)
+        self.opt_state = self.tx.init(params)
+        self.ref_params = params if cfg.kl_coef > 0 else None
+        self.rng = random.Random(seed)
+        self.history: list[dict[str, float]] = []
+
+    def _draw(self, problems_fn: Callable[[int], Sequence[tasks.Problem]],
+              key: jax.Array) -> Callable[[], Rollouts]:
+        keys = iter(jax.random.split(key, self.cfg.max_sampling_rounds))
+
+        def draw() -> Rollouts:
+            probs = problems_fn(self.cfg.prompts_per_step)
+            r, texts = sample_rollouts(self.graphdef, self.params, self.tok, probs,
+                                       self.demo_pool, next(keys), self.cfg, self.rng,
+                                       self.reward_fn)
+            if self.cfg.eg_reweight:
+                r = r._replace(weight=eg_weights(self.graphdef, self.params, self.tok, probs,
+                                                 texts, r.reward, self.probes,
+                                                 self.cfg.eg_temperature))
+            return r
+
+        return draw
+
+    def step(self, problems_fn: Callable[[int], Sequence[tasks.Problem]],
+             key: jax.Array) -> dict[str, float]:
+        """Samples a batch (``problems_fn(n)`` gives ``n`` training problems), updates, logs."""
+        cfg = self.cfg
+        batch, stats = collect_groups(self._draw(problems_fn, key), cfg.prompts_per_step,
+                                      dynamic=cfg.dynamic_sampling,
+                                      max_rounds=cfg.max_sampling_rounds)
+        ref_logp = (rollout_logprobs(self.graphdef, self.ref_params, batch, cfg.temperature)
+                    if self.ref_params is not None else None)
+        for _ in range(cfg.ppo_epochs):
+            self.params, self.opt_state, m = train_step(self.graphdef, self.params,
+                                                        self.opt_state, batch, cfg, self.tx,
+                                                        ref_logp)
+        demo = np.asarray(batch.demo) >= 0
+        r = np.asarray(batch.reward)
+        out = {k: float(v) for k, v in m.items()}
+        out.update(reward=float(r.mean()), step_correct=float(np.mean(batch.step_correct)),
+                   reward_demo=float(r[demo].mean()) if demo.any() else float("nan"),
+                   reward_bare=float(r[~demo].mean()) if (~demo).any() else float("nan"),
+                   **stats._asdict())
+        self.history.append(out)
+        return out
