@@ -10,7 +10,7 @@ from nbclient import NotebookClient
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 NOTEBOOKS = sorted((ROOT / "colab").glob("*.ipynb"))
 # a line each notebook must print when it ran to the end
-EXPECTED = {"estimators.ipynb": "| prorl |"}
+EXPECTED = {"estimators.ipynb": "| prorl |", "prorl.ipynb": "| **prorl** (1 seeds) |"}
 
 
 def test_there_are_notebooks():
