@@ -240,9 +240,21 @@ def encode_solution(tok, solution: str) -> list[int]:
     return tok.encode(solution) + [tok.eos_id]
 
 
+STOP_STRINGS = ("\n\n", "\nQ:")
+
+
+def truncate_trace(text: str, stops: Sequence[str] = STOP_STRINGS) -> str:
+    """``text`` up to the first stop string (a few-shot model that runs on into the next
+    ``Q:`` block is cut where its own answer ends)."""
+    cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=len(text))
+    return text[:cut]
+
+
 def decode_completion(tok, ids: Sequence[int] | np.ndarray, length: int) -> str:
-    """Text of the first ``length`` generated ids (stop token dropped)."""
-    return tok.decode([int(i) for i in np.asarray(ids)[:length] if int(i) != tok.eos_id])
+    """Text of the first ``length`` generated ids (stop token dropped), truncated by
+    :func:`truncate_trace`."""
+    ids = [int(i) for i in np.asarray(ids)[:length] if int(i) != tok.eos_id]
+    return truncate_trace(tok.decode(ids))
 
 
 # ------------------------------------------------------------------------ reasoning-gym

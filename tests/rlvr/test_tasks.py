@@ -89,6 +89,8 @@ def test_char_tokenizer_round_trip_and_prompts():
     assert sol[-1] == tok.eos_id
     assert tasks.decode_completion(tok, sol + [0, 0], len(sol)) == p.solution
     assert max(ids) < tok.vocab_size
+    run_on = tok.encode(p.solution + "\n\nQ: 1+1\nA: answer: 2")
+    assert tasks.decode_completion(tok, run_on, len(run_on)) == p.solution
 
 
 @pytest.mark.skipif(not tasks.reasoning_gym_available(),
