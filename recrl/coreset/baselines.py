@@ -1,0 +1,115 @@
+"""Coreset baselines: random, EL2N, GraNd, CCS, k-center greedy, DEALRec-style, full data.
+
+Every function returns sorted unique pool indices (``int64``) of length ``n`` (all for
+``full``). Score-based methods take the score per pool sample (EL2N: mean per-token
+``||softmax − onehot||₂`` of the answer; GraNd: per-sample gradient norm).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _check(num: int, n: int) -> None:
+    if not 1 <= n <= num:
+        raise ValueError(f"budget n={n} must be in [1, pool size {num}]")
+
+
+def _finite(scores: np.ndarray, name: str) -> np.ndarray:
+    s = np.asarray(scores, np.float64)
+    if s.ndim != 1 or not np.all(np.isfinite(s)):
+        raise ValueError(f"{name} must be a finite 1-D array; got shape {s.shape}")
+    return s
+
+
+def random_subset(num: int, n: int, seed: int = 0) -> np.ndarray:
+    """Uniform subset of size ``n`` without replacement."""
+    _check(num, n)
+    return np.sort(np.random.default_rng(seed).choice(num, n, replace=False))
+
+
+def full_data(num: int) -> np.ndarray:
+    """Every pool index."""
+    return np.arange(num, dtype=np.int64)
+
+
+def top_score(scores: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """The ``n`` highest scores (EL2N, GraNd); equal scores in a seeded random order."""
+    s = _finite(scores, "scores")
+    _check(s.shape[0], n)
+    jitter = np.random.default_rng(seed).random(s.shape[0])
+    return np.sort(np.lexsort((jitter, -s))[:n])
+
+
+el2n = top_score
+grand = top_score
+
+
+def stratified(scores: np.ndarray, n: int, *, bins: int = 50, prune_hard: float = 0.0,
+               seed: int = 0) -> np.ndarray:
+    """Coverage-centric stratified sampling (CCS, Zheng et al. 2023).
+
+    Drop the ``prune_hard`` fraction with the highest scores, cut the score range into
+    ``bins`` equal-width strata, then repeatedly give each non-empty stratum an equal share
+    of the remaining budget (smallest strata first, each capped at its size) and sample
+    uniformly inside each stratum.
+    """
+    s = _finite(scores, "scores")
+    num = s.shape[0]
+    _check(num, n)
+    rng = np.random.default_rng(seed)
+    keep = np.argsort(-s, kind="stable")[int(prune_hard * num):]
+    if keep.shape[0] < n:
+        keep = np.argsort(-s, kind="stable")[num - n:]
+    edges = np.linspace(s[keep].min(), s[keep].max(), bins + 1)
+    which = np.clip(np.searchsorted(edges, s[keep], side="right") - 1, 0, bins - 1)
+    strata = [keep[which == b] for b in range(bins) if np.any(which == b)]
+    strata.sort(key=len)
+    chosen, budget = [], n
+    for i, st in enumerate(strata):
+        take = min(len(st), budget // (len(strata) - i))
+        chosen.append(rng.choice(st, take, replace=False))
+        budget -= take
+    out = np.concatenate(chosen)
+    if out.shape[0] < n:  # rounding leftovers: uniform over the rest
+        rest = np.setdiff1d(keep, out)
+        out = np.concatenate([out, rng.choice(rest, n - out.shape[0], replace=False)])
+    return np.sort(out)
+
+
+def ccs(scores: np.ndarray, n: int, *, prune_hard: float = 0.1, bins: int = 50,
+        seed: int = 0) -> np.ndarray:
+    """CCS on a difficulty score (default 10 % hardest pruned, 50 strata)."""
+    return stratified(scores, n, bins=bins, prune_hard=prune_hard, seed=seed)
+
+
+def dealrec(grad_norms: np.ndarray, n: int, *, influence: np.ndarray | None = None,
+            gamma: float = 1.0, bins: int = 50, seed: int = 0) -> np.ndarray:
+    r"""DEALRec-style: score :math:`s_i = I_i + \gamma\,\|\nabla\ell_i\|` (influence
+    + effort), then coverage-stratified sampling over ``s`` (no pruning).
+
+    Without an influence estimate the score is the effort term alone.
+    """
+    g = _finite(grad_norms, "grad_norms")
+    score = gamma * g if influence is None else _finite(influence, "influence") + gamma * g
+    return stratified(score, n, bins=bins, prune_hard=0.0, seed=seed)
+
+
+def kcenter_greedy(features: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    r"""k-center greedy (Sener & Savarese 2018): start at a seeded random point, then add
+    :math:`\arg\max_i \min_{s\in S}\|x_i - x_s\|` until ``n`` points are chosen."""
+    x = np.asarray(features, np.float32)
+    if x.ndim != 2 or not np.all(np.isfinite(x)):
+        raise ValueError(f"features must be a finite [N, d] array; got shape {x.shape}")
+    num = x.shape[0]
+    _check(num, n)
+    sq = np.einsum("nd,nd->n", x, x)
+    first = int(np.random.default_rng(seed).integers(num))
+    chosen = [first]
+    dist = np.maximum(sq - 2 * x @ x[first] + sq[first], 0.0)
+    for _ in range(n - 1):
+        nxt = int(np.argmax(dist))
+        chosen.append(nxt)
+        np.minimum(dist, np.maximum(sq - 2 * x @ x[nxt] + sq[nxt], 0.0), out=dist)
+        dist[chosen] = -1.0
+    return np.sort(np.asarray(chosen, np.int64))

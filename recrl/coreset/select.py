@@ -1,0 +1,67 @@
+"""GORACS entry point: ``select(pool_features, val_features, grad_norms, n)``."""
+
+from __future__ import annotations
+
+import time
+from typing import NamedTuple
+
+import numpy as np
+
+from recrl.coreset import objective
+from recrl.coreset.itra import itra as run_itra
+
+
+class Selection(NamedTuple):
+    """Selected pool rows and how POO evolved."""
+
+    indices: np.ndarray  # [n] sorted pool indices
+    trace: np.ndarray  # POO after init and after each accepted swap (per label: concatenated)
+    seconds: float
+    checks: int
+
+
+def select(pool_features: np.ndarray, val_features: np.ndarray,
+           grad_norms: np.ndarray | None, n: int, *, lam: float = 0.1,
+           max_iters: int = 100, cut: int = 10, max_checks: int = 20,
+           epsilon: float = 0.01, threshold: float = 1e-4, verify: str = "sinkhorn",
+           pool_labels: np.ndarray | None = None,
+           val_labels: np.ndarray | None = None) -> Selection:
+    r"""GORACS: minimise :math:`\mathrm{POO}(S) = W_d(\mu_S,\mu_V) - \lambda\,
+    \mathrm{mean}_{i\in S}\hat g_i` over :math:`|S| = n` with ITRA.
+
+    Label-enhanced variant (binary click task) when ``pool_labels``/``val_labels`` are given:
+    the budget is split by the validation positive rate, :math:`n_1 = \mathrm{round}(n\,
+    \bar y_V)` (clipped to what each label's pool holds), and ITRA runs per label (= an
+    infinite cost across labels). The cost is normalised once on the whole pool.
+    """
+    objective.check_inputs(pool_features, val_features, grad_norms, n)
+    t0 = time.perf_counter()
+    cost = np.asarray(objective.cost_matrix(pool_features, val_features,
+                                            grad_norms, lam))
+    tb = None if grad_norms is None else np.asarray(grad_norms, np.float64)
+    kw = dict(max_iters=max_iters, cut=cut, max_checks=max_checks, epsilon=epsilon,
+              threshold=threshold, verify=verify)
+    if pool_labels is None and val_labels is None:
+        r = run_itra(cost, n, tie_break=tb, **kw)
+        return Selection(np.sort(r.indices), r.trace, time.perf_counter() - t0, r.checks)
+    if pool_labels is None or val_labels is None:
+        raise ValueError("give both pool_labels and val_labels (or neither)")
+    pl, vl = np.asarray(pool_labels).astype(bool), np.asarray(val_labels).astype(bool)
+    if pl.shape != (cost.shape[0],) or vl.shape != (cost.shape[1],):
+        raise ValueError(f"label shapes {pl.shape}, {vl.shape} do not match the pool "
+                         f"({cost.shape[0]}) and validation ({cost.shape[1]}) sizes")
+    n_pos = int(np.clip(round(n * vl.mean()), n - (~pl).sum(), pl.sum()))
+    parts, traces, checks = [], [], 0
+    for lab, k in ((True, n_pos), (False, n - n_pos)):
+        rows, cols = np.flatnonzero(pl == lab), np.flatnonzero(vl == lab)
+        if k == 0:
+            continue
+        if cols.size == 0:  # no validation sample of this label: nothing to match
+            cols = np.arange(cost.shape[1])
+        r = run_itra(cost[np.ix_(rows, cols)], k, tie_break=None if tb is None else tb[rows],
+                      **kw)
+        parts.append(rows[r.indices])
+        traces.append(r.trace)
+        checks += r.checks
+    return Selection(np.sort(np.concatenate(parts)), np.concatenate(traces),
+                     time.perf_counter() - t0, checks)

@@ -1,0 +1,103 @@
+"""ITRA: lazy greedy vs a plain loop, tie handling, dual estimates, verified swaps."""
+
+import math
+
+import numpy as np
+import pytest
+
+from recrl import coreset
+
+
+def _cost(n_pool=40, n_val=16, seed=0, lam=0.1):
+    rng = np.random.default_rng(seed)
+    p, v, g = rng.normal(size=(n_pool, 4)), rng.normal(size=(n_val, 4)), rng.random(n_pool)
+    return np.asarray(coreset.cost_matrix(p, v, g, lam), np.float64), g
+
+
+def _plain_greedy(c, n, tb):
+    """Reference: evaluate every row every step (no laziness), same tie rule."""
+    first = np.lexsort((-tb, c.sum(1)))[0]
+    chosen, m = [first], c[first].copy()
+    while len(chosen) < n:
+        gains = np.maximum(m[None] - c, 0).sum(1)
+        gains[chosen] = -np.inf
+        if gains.max() <= 0:
+            break
+        best = np.lexsort((-tb, -gains))[0]
+        chosen.append(best)
+        m = np.minimum(m, c[best])
+    return chosen
+
+
+def test_lazy_greedy_equals_plain_greedy():
+    c, g = _cost(n_pool=60, n_val=30, seed=1)
+    got, k = coreset.greedy_init(c, 12, g, block=2)
+    want = _plain_greedy(c, 12, g)
+    assert k == len(want) == 12
+    np.testing.assert_array_equal(got, want)
+
+
+def test_ties_are_not_broken_by_index():
+    # 2 validation points: after two picks every gain is 0, the rest is a tie on gains
+    c, g = _cost(n_pool=30, n_val=2, seed=2)
+    sel, k = coreset.greedy_init(c, 6, g)
+    assert k <= 3 and len(set(sel.tolist())) == 6  # first row + at most 2 argmins
+    perm = np.random.default_rng(0).permutation(30)  # row order must not matter
+    sel_p, _ = coreset.greedy_init(c[perm], 6, g[perm])
+    np.testing.assert_array_equal(np.sort(perm[sel_p]), np.sort(sel))
+    res = coreset.itra(c, 6, tie_break=g, max_iters=0)
+    perm_res = coreset.itra(c[perm], 6, tie_break=g[perm], max_iters=0)
+    np.testing.assert_array_equal(np.sort(perm[perm_res.indices]), np.sort(res.indices))
+
+
+def test_dual_scores_maximise_the_concave_estimate():
+    c, _ = _cost(seed=3)
+    sel = np.arange(0, 40, 5)
+    _value, u, _ = coreset.poo_exact(c, sel, return_duals=True)
+    f, _y = coreset.dual_scores(c.astype(np.float32), sel, u.astype(np.float32),
+                               rank=math.ceil(16 / 8))
+    fv = (c[sel] - u[:, None]).min(0)
+    gaps = c - fv[None]
+
+    def estimate(i, yy):
+        return yy / len(sel) + np.minimum(0, gaps[i] - yy).sum() / c.shape[1]
+
+    for i in range(c.shape[0]):
+        grid = np.concatenate([gaps[i], np.linspace(gaps[i].min() - 1, gaps[i].max() + 1, 50)])
+        best = max(estimate(i, yy) for yy in grid)
+        assert f[i] == pytest.approx(best, abs=1e-5)
+    # a member's estimate is its dual value / |S| (it is its own R-th nearest "gap")
+    np.testing.assert_allclose(np.asarray(f)[sel], u / len(sel), atol=1e-5)
+
+
+@pytest.mark.parametrize("verify", ["exact", "sinkhorn"])
+def test_every_accepted_swap_strictly_lowers_poo(verify):
+    c, _g = _cost(n_pool=40, n_val=16, seed=4)
+    init = np.arange(8)  # a poor start so refinement has work to do
+    sel, trace, checks = coreset.refine(c, init, max_iters=6, cut=6, max_checks=12,
+                                        verify=verify, epsilon=0.01, threshold=1e-6)
+    assert len(trace) >= 2 and checks >= len(trace) - 1
+    assert np.all(np.diff(trace) < 0)
+    if verify == "exact":
+        assert trace[-1] == pytest.approx(coreset.poo_exact(c, sel), abs=1e-9)
+    else:
+        assert trace[-1] == pytest.approx(
+            coreset.poo_sinkhorn(c, sel, threshold=1e-6), abs=1e-4)
+    assert coreset.poo_exact(c, sel) < coreset.poo_exact(c, init)
+    assert len(set(sel.tolist())) == 8
+
+
+def test_select_beats_random_and_label_variant_respects_labels():
+    rng = np.random.default_rng(5)
+    p, v, g = rng.normal(size=(60, 4)), rng.normal(size=(20, 4)) + 0.5, rng.random(60)
+    out = coreset.select(p, v, g, 8, max_iters=3, max_checks=6)
+    c = np.asarray(coreset.cost_matrix(p, v, g, 0.1))
+    rand = [coreset.poo_exact(c, coreset.random_subset(60, 8, s)) for s in range(10)]
+    assert coreset.poo_exact(c, out.indices) < min(rand)
+    assert np.all(np.diff(out.trace) < 0)
+    pl, vl = rng.random(60) < 0.5, np.arange(20) < 15  # 75 % positive validation
+    lab = coreset.select(p, v, g, 8, max_iters=2, max_checks=4, pool_labels=pl,
+                         val_labels=vl)
+    assert pl[lab.indices].sum() == 6 and len(set(lab.indices.tolist())) == 8
+    with pytest.raises(ValueError, match="both"):
+        coreset.select(p, v, g, 8, pool_labels=pl)

@@ -1,0 +1,105 @@
+"""POO objective: cost normalisation, Sinkhorn vs exact OT, assignment and lower bounds."""
+
+import itertools
+
+import numpy as np
+import pytest
+from scipy.optimize import linear_sum_assignment
+
+from recrl import coreset
+
+
+def _data(n_pool=24, n_val=12, d=5, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n_pool, d)), rng.normal(size=(n_val, d)), rng.random(n_pool) + 0.1
+
+
+def test_cost_matrix_by_hand():
+    p, v, g = _data()
+    dist = np.sqrt(((p[:, None, :] - v[None]) ** 2).sum(-1))
+    want = dist / dist.max() - 0.3 * (g / g.max())[:, None]
+    np.testing.assert_allclose(coreset.cost_matrix(p, v, g, 0.3), want, atol=2e-6)
+    np.testing.assert_allclose(coreset.cost_matrix(p, v), dist / dist.max(), atol=2e-6)
+
+
+def test_sinkhorn_approaches_exact_as_epsilon_shrinks():
+    p, v, g = _data()
+    c = np.asarray(coreset.cost_matrix(p, v, g, 0.1))
+    subset = np.arange(0, 24, 3)
+    exact = coreset.poo_exact(c, subset)
+    errs = [abs(coreset.poo_sinkhorn(c, subset, epsilon=e, threshold=1e-6) - exact)
+            for e in (0.3, 0.03, 0.003)]
+    assert errs[0] > errs[1] > errs[2] or errs[2] < 1e-5
+    assert errs[2] < 2e-3
+
+
+def test_exact_equals_assignment_when_sizes_match():
+    p, v, g = _data(n_pool=10, n_val=10)
+    c = np.asarray(coreset.cost_matrix(p, v, g, 0.1), np.float64)
+    r, col = linear_sum_assignment(c)
+    assert coreset.poo_exact(c) == pytest.approx(c[r, col].mean(), abs=1e-9)
+    assert coreset.poo_sinkhorn(c, epsilon=0.003, threshold=1e-6) == pytest.approx(
+        c[r, col].mean(), abs=2e-3)
+
+
+def test_poo_is_distance_ot_minus_gradient_term_and_above_semi_relaxed():
+    p, v, g = _data(seed=1)
+    lam, subset = 0.5, np.array([1, 4, 5, 9, 13, 20])
+    c = np.asarray(coreset.cost_matrix(p, v, g, lam), np.float64)
+    d = np.asarray(coreset.cost_matrix(p, v), np.float64)
+    ghat = g / g.max()
+    assert coreset.poo_exact(c, subset) == pytest.approx(
+        coreset.poo_exact(d, subset) - lam * ghat[subset].mean(), abs=1e-6)
+    assert coreset.semi_relaxed(c, subset) <= coreset.poo_exact(c, subset) + 1e-12
+    # semi-relaxed value by brute force: every column to its nearest member
+    assert coreset.semi_relaxed(c, subset) == pytest.approx(
+        np.mean([min(c[i, j] for i in subset) for j in range(c.shape[1])]))
+
+
+def test_exact_duals_are_feasible_and_tight():
+    p, v, g = _data(seed=2)
+    c = np.asarray(coreset.cost_matrix(p, v, g, 0.1), np.float64)[:6]
+    value, u, w = coreset.poo_exact(c, return_duals=True)
+    assert np.all(u[:, None] + w[None, :] <= c + 1e-9)
+    assert value == pytest.approx(u.mean() + w.mean(), abs=1e-9)
+
+
+@pytest.mark.parametrize("case", ["n_too_big", "empty_val", "nan_pool", "nan_grad", "dims",
+                                  "grad_shape", "negative_grad"])
+def test_clear_errors(case):
+    p, v, g = _data()
+    kwargs = dict(pool_features=p, val_features=v, grad_norms=g, n=5)
+    msg = {"n_too_big": "exceeds the pool size", "empty_val": "validation set is empty",
+           "nan_pool": "NaN", "nan_grad": "NaN", "dims": "dimensions differ",
+           "grad_shape": "shape", "negative_grad": "non-negative"}[case]
+    if case == "n_too_big":
+        kwargs["n"] = 25
+    elif case == "empty_val":
+        kwargs["val_features"] = v[:0]
+    elif case == "nan_pool":
+        p = p.copy()
+        p[3, 1] = np.nan
+        kwargs["pool_features"] = p
+    elif case == "nan_grad":
+        kwargs["grad_norms"] = np.where(np.arange(24) == 2, np.nan, g)
+    elif case == "dims":
+        kwargs["val_features"] = v[:, :4]
+    elif case == "grad_shape":
+        kwargs["grad_norms"] = g[:-1]
+    else:
+        kwargs["grad_norms"] = -g
+    with pytest.raises(ValueError, match=msg):
+        coreset.select(**kwargs)
+
+
+def test_brute_force_semi_relaxed_bounds_greedy():
+    p, v, g = _data(n_pool=9, n_val=7, seed=3)
+    c = np.asarray(coreset.cost_matrix(p, v, g, 0.1), np.float64)
+    n = 3
+    best = min(coreset.semi_relaxed(c, np.array(s))
+               for s in itertools.combinations(range(9), n))
+    init, _ = coreset.greedy_init(c, n, g)
+    assert best <= coreset.semi_relaxed(c, init) + 1e-12
+    # facility location greedy guarantee: gain >= (1 - 1/e) of the optimal gain
+    base = c.max(0).mean()  # value with no facility (every column at its worst row)
+    assert base - coreset.semi_relaxed(c, init) >= (1 - 1 / np.e) * (base - best) - 1e-9
