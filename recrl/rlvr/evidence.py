@@ -75,13 +75,16 @@ def encode_probes(tok, probes: Sequence[tasks.Problem], pad_id: int = 0) -> Prob
                     np.array([len(r) for r in rs], np.int32))
 
 
-def encode_demos(tok, questions: Sequence[str], traces: Sequence[str],
-                 pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """``bos + demo(q, r)`` for each pair, left-padded: int ``[N, D]`` and bool mask."""
+def encode_demos(tok, questions: Sequence[str], traces: Sequence[str], pad_id: int = 0,
+                 length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``bos + demo(q, r)`` for each pair, left-padded to ``length`` (default: longest):
+    int ``[N, D]`` and bool mask. A fixed ``length`` keeps one compiled shape."""
     bos = [tok.bos_id] if tok.bos_id is not None else []
     seqs = [bos + tok.encode(tasks.format_example(q, r))
             for q, r in zip(questions, traces, strict=True)]
-    return models.pad_batch(seqs, pad_id=pad_id, side="left")
+    if length is not None:
+        seqs = [s[-length:] for s in seqs]  # keep the end of an over-long demo
+    return models.pad_batch(seqs, pad_id=pad_id, side="left", length=length)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -129,7 +132,8 @@ class EvidenceResult(NamedTuple):
 
 def evidence_gain_batch(graphdef: nnx.GraphDef, params, tok, questions: Sequence[str],
                         traces: Sequence[str], probes: ProbeSet | Sequence[tasks.Problem],
-                        *, logp_without: jax.Array | None = None) -> EvidenceResult:
+                        *, logp_without: jax.Array | None = None,
+                        demo_length: int | None = None) -> EvidenceResult:
     r"""Explicit EG of each ``(questions[n], traces[n])`` over the probe set.
 
     Uses :func:`recrl.estimators.evidence_gain` on
@@ -144,6 +148,7 @@ def evidence_gain_batch(graphdef: nnx.GraphDef, params, tok, questions: Sequence
       traces: ``N`` trace texts (the demonstration solutions).
       probes: a ``ProbeSet`` or problems to encode.
       logp_without: optional precomputed ``[E]`` bare log-likelihoods.
+      demo_length: pad (or left-truncate) demos to this many tokens (one compiled shape).
 
     Returns:
       An :class:`EvidenceResult`.
@@ -153,7 +158,7 @@ def evidence_gain_batch(graphdef: nnx.GraphDef, params, tok, questions: Sequence
     probes = ProbeSet(*(jnp.asarray(x) for x in probes))
     if logp_without is None:
         logp_without = probe_logp_without(graphdef, params, probes)
-    demos, mask = encode_demos(tok, questions, traces)
+    demos, mask = encode_demos(tok, questions, traces, length=demo_length)
     with_demo = probe_logp_with_demos(graphdef, params, jnp.asarray(demos), jnp.asarray(mask),
                                       probes)
     n_tok = probes.num_tokens

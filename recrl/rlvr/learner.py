@@ -348,12 +348,14 @@ def evaluate(graphdef: nnx.GraphDef, params, tok, problems: Sequence[tasks.Probl
 
 def eg_weights(graphdef: nnx.GraphDef, params, tok, problems: Sequence[tasks.Problem],
                texts: Sequence[str], reward: np.ndarray, probes: evidence.ProbeSet,
-               temperature: float = 1.0) -> np.ndarray:
+               temperature: float = 1.0, demo_length: int | None = None) -> np.ndarray:
     r"""``[P, G]`` explicit EG weights: ``G_c · softmax_{correct}(EG/τ)`` on correct rollouts
-    (mean 1 over them, via ``estimators.evidence_gain_weights``), 1 on incorrect ones."""
+    (mean 1 over them, via ``estimators.evidence_gain_weights``), 1 on incorrect ones.
+    ``demo_length`` fixes the padded demo length (one compiled shape across steps)."""
     p, g = reward.shape
     qs = [problems[i // g].question for i in range(p * g)]
-    eg = evidence.evidence_gain_batch(graphdef, params, tok, qs, texts, probes).eg
+    eg = evidence.evidence_gain_batch(graphdef, params, tok, qs, texts, probes,
+                                      demo_length=demo_length).eg
     correct = jnp.asarray(reward > 0)
     w = est.evidence_gain_weights(eg.reshape(p, g), temperature, valid=correct)
     return np.asarray(jnp.where(correct, w, 1.0), np.float32)
@@ -394,7 +396,9 @@ class Learner:
             if self.cfg.eg_reweight:
                 r = r._replace(weight=eg_weights(self.graphdef, self.params, self.tok, probs,
                                                  texts, r.reward, self.probes,
-                                                 self.cfg.eg_temperature))
+                                                 self.cfg.eg_temperature,
+                                                 self.cfg.max_prompt_len
+                                                 + self.cfg.max_new_tokens + 8))
             return r
 
         return draw

@@ -1,0 +1,62 @@
+r"""In-Context RLVR: EG as a quality signal, GRPO vs IC-GRPO vs EG-reweighted GRPO, costs.
+
+Variants (the part after ``:``)::
+
+    python -m experiments.icrlvr --config=experiments/configs/icrlvr.py:smollm2   # GPU, real
+    python -m experiments.icrlvr --config=experiments/configs/icrlvr.py:tiny_cpu  # 2-core budget
+    python -m experiments.icrlvr --config=experiments/configs/icrlvr.py:tiny      # tests
+
+Override any field on the command line, e.g. ``--config.rl.steps=40``. Outputs go to
+``--out_dir`` (default ``runs/icrlvr``): ``results.json``, ``report.md``, ``curves.png``.
+"""
+
+import ml_collections
+
+METHODS = ("grpo", "ic_grpo", "eg_grpo")
+
+
+def get_config(variant: str = "tiny_cpu") -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.variant = variant
+    c.seeds = (0, 1, 2)
+    c.methods = METHODS
+    c.parts = ("quality", "training")  # which experiments to run
+    c.data = ml_collections.ConfigDict(dict(
+        n_train=512, n_demo=256, n_probe=16, n_eval=128, num_ops=(2, 3), max_operand=9, seed=0))
+    # policy for the training comparison: "tiny" (char-level, random init + SFT) or "smollm2"
+    c.model = ml_collections.ConfigDict(dict(kind="tiny", dim=64, n_layers=2, n_heads=4,
+                                             n_kv_heads=2, ffn_dim=192))
+    c.sft = ml_collections.ConfigDict(dict(steps=300, batch_size=32, lr=3e-3))
+    c.rl = ml_collections.ConfigDict(dict(
+        algorithm="dapo", steps=30, prompts_per_step=8, group_size=8, num_demo=6,
+        max_prompt_len=96, max_new_tokens=40, lr=1e-4, warmup_steps=3, temperature=1.0,
+        eval_every=10, eg_probes=4, eg_temperature=1.0, dynamic_sampling=True,
+        max_sampling_rounds=2))
+    c.eval = ml_collections.ConfigDict(dict(k=4, max_problems=64))
+    # EG as a quality signal: traces sampled few-shot from `model` ("smollm2" or "policy")
+    c.quality = ml_collections.ConfigDict(dict(
+        model="smollm2", n_questions=24, samples=4, shots=2, n_probes=8, temperature=0.7,
+        max_new_tokens=40))
+
+    if variant == "smollm2":
+        c.model.update(kind="smollm2")
+        c.data.update(n_probe=100)
+        c.quality.update(n_questions=512, samples=8, n_probes=100)
+        c.rl.update(steps=200, prompts_per_step=32, lr=1e-6, warmup_steps=10, eg_probes=16,
+                    max_prompt_len=256, max_new_tokens=64)
+        c.eval.update(k=8, max_problems=128)
+    elif variant == "tiny_cpu":
+        pass
+    elif variant == "tiny":
+        c.seeds = (0,)
+        c.data.update(n_train=64, n_demo=16, n_probe=4, n_eval=8)
+        c.model.update(dim=32, n_layers=1, n_heads=2, n_kv_heads=1, ffn_dim=64)
+        c.sft.update(steps=10, batch_size=8)
+        c.rl.update(steps=2, prompts_per_step=2, group_size=4, num_demo=2, eval_every=2,
+                    eg_probes=2, max_new_tokens=16, max_sampling_rounds=1)
+        c.eval.update(k=2, max_problems=4)
+        c.quality.update(model="policy", n_questions=4, samples=2, n_probes=2,
+                         max_new_tokens=16)
+    else:
+        raise ValueError(f"unknown variant {variant!r}; known: smollm2, tiny_cpu, tiny")
+    return c
