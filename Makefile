@@ -1,6 +1,8 @@
 # recrl: two commands on a fresh machine.
-#   make demo   the main job (real data end to end once the ProRL pipeline lands; now the
-#               length-shortcut experiment of ProRL's Theorem 1)
+#   make demo   the main job: ProRL end to end on real MovieLens-1M (fetch, SASRec simulator,
+#               GRU4Rec evaluator, path mining, pretraining, RL for ProRL and REINFORCE,
+#               baselines, report in runs/prorl_demo/report.md)
+#   make demo-toy  the length-shortcut experiment of ProRL's Theorem 1 (~3 min)
 #   make test   ruff + the test suite (slow tests need RECRL_SLOW=1)
 SHELL := /bin/bash
 VENV ?= .venv
@@ -8,7 +10,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.recrl-installed
 OUT ?= runs
 
-.PHONY: install demo test test-slow lint bench clean
+.PHONY: install demo demo-toy test test-slow lint bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $$(tools/find-python) -m venv $(VENV)
@@ -19,6 +21,9 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
+	$(PY) -m experiments.prorl --config=experiments/configs/prorl.py:demo --out_dir=$(OUT)/prorl_demo
+
+demo-toy: $(STAMP)
 	$(PY) -m experiments.length_bias --out_dir=$(OUT)/length_bias
 
 lint: $(STAMP)
@@ -32,6 +37,7 @@ test-slow: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.estimators
+	$(PY) -m benchmarks.prorl_step --steps 3
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache
