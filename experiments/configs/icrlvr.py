@@ -26,10 +26,10 @@ def get_config(variant: str = "tiny_cpu") -> ml_collections.ConfigDict:
     # policy for the training comparison: "tiny" (char-level, random init + SFT) or "smollm2"
     c.model = ml_collections.ConfigDict(dict(kind="tiny", dim=64, n_layers=2, n_heads=4,
                                              n_kv_heads=2, ffn_dim=192))
-    c.sft = ml_collections.ConfigDict(dict(steps=300, batch_size=32, lr=3e-3))
+    c.sft = ml_collections.ConfigDict(dict(steps=600, batch_size=32, lr=3e-3))
     c.rl = ml_collections.ConfigDict(dict(
-        algorithm="dapo", steps=30, prompts_per_step=8, group_size=8, num_demo=6,
-        max_prompt_len=96, max_new_tokens=40, lr=1e-4, warmup_steps=3, temperature=1.0,
+        algorithm="dapo", steps=40, prompts_per_step=8, group_size=8, num_demo=6,
+        max_prompt_len=96, max_new_tokens=40, lr=3e-4, warmup_steps=3, temperature=1.0,
         eval_every=10, eg_probes=4, eg_temperature=1.0, dynamic_sampling=True,
         max_sampling_rounds=2))
     c.eval = ml_collections.ConfigDict(dict(k=4, max_problems=64))
@@ -55,7 +55,7 @@ def get_config(variant: str = "tiny_cpu") -> ml_collections.ConfigDict:
         c.rl.update(steps=2, prompts_per_step=2, group_size=4, num_demo=2, eval_every=2,
                     eg_probes=2, max_new_tokens=16, max_sampling_rounds=1)
         c.eval.update(k=2, max_problems=4)
-        c.quality.update(model="policy", n_questions=4, samples=2, n_probes=2,
+        c.quality.update(model="policy", shots=0, n_questions=4, samples=2, n_probes=2,
                          max_new_tokens=16)
     else:
         raise ValueError(f"unknown variant {variant!r}; known: smollm2, tiny_cpu, tiny")

@@ -1,0 +1,46 @@
+"""experiments/icrlvr at the tiny size, and its Spearman helper."""
+
+import json
+
+import numpy as np
+import pytest
+
+from experiments import icrlvr
+from experiments.configs.icrlvr import get_config
+
+
+def test_spearman_by_hand():
+    # ranks x = (1, 2, 3, 4), y = (1, 3, 2, 4): d^2 = 2, rho = 1 - 6*2/(4*15) = 0.8
+    assert icrlvr.spearman(np.array([1, 2, 3, 4]), np.array([10, 30, 20, 40])) == pytest.approx(0.8)
+    # ties get average ranks: x ranks (1.5, 1.5, 3), y (1, 2, 3) -> Pearson of ranks
+    r = np.corrcoef([1.5, 1.5, 3], [1, 2, 3])[0, 1]
+    assert icrlvr.spearman(np.array([5, 5, 7]), np.array([1, 2, 3])) == pytest.approx(r)
+    assert np.isnan(icrlvr.spearman(np.array([1, 1, 1]), np.array([1, 2, 3])))
+
+
+def _check(res, out, methods):
+    assert [r["method"] for r in res["runs"]] == list(methods)
+    for r in res["runs"]:
+        assert [c["step"] for c in r["curve"]] == [0, 2]
+        assert all(np.isfinite(h["loss"]) for h in r["history"])
+    assert res["quality"]["n_traces"] == 8
+    text = (out / "report.md").read_text()
+    assert "## (a) EG as a quality signal" in text and "| ic_grpo | 1 |" in text
+    assert json.loads((out / "results.json").read_text())["variant"] == "tiny"
+    assert (out / "curves.png").stat().st_size > 0
+
+
+@pytest.mark.slow  # ~40 s of XLA compiles on 2 idle cores (2 min under load)
+def test_tiny_run_in_context(tmp_path):
+    cfg = get_config("tiny")
+    cfg.methods = ("ic_grpo",)
+    res = icrlvr.run(cfg, str(tmp_path))
+    _check(res, tmp_path, cfg.methods)
+    assert res["runs"][0]["max_prompt_len"] > 48  # the demo-augmented prompts
+
+
+@pytest.mark.slow
+def test_tiny_run_all_methods(tmp_path):
+    cfg = get_config("tiny")
+    res = icrlvr.run(cfg, str(tmp_path))
+    _check(res, tmp_path, cfg.methods)
