@@ -108,13 +108,16 @@ def _solve(cost: jax.Array, init_f: jax.Array | None, init_g: jax.Array | None,
     prob = linear_problem.LinearProblem(geom, a=jnp.full((n,), 1.0 / n),
                                         b=jnp.full((m,), 1.0 / m))
     solver = sinkhorn.Sinkhorn(threshold=threshold, max_iterations=max_iterations)
-    init = None if init_f is None else (init_f, init_g)
-    out = solver(prob, init=init)
+    out = solver(prob, init=(init_f, init_g))
     value = jnp.sum(out.matrix * cost)  # transport cost of the entropic plan
     return POOResult(value, out.f, out.g, out.converged, out.n_iters, geom.epsilon)
 
 
-@jax.jit(static_argnames=("epsilon", "threshold", "max_iterations"))
+@jax.jit(static_argnames=("max_iterations",))
+def _poo_rows(cost, rows, init_f, init_g, epsilon, threshold, max_iterations):
+    return _solve(cost[rows], init_f, init_g, epsilon, threshold, max_iterations)
+
+
 def poo_sinkhorn_rows(cost: jax.Array, rows: jax.Array, init_f: jax.Array | None = None,
                       init_g: jax.Array | None = None, *, epsilon: float = 0.01,
                       threshold: float = 1e-4, max_iterations: int = 2000) -> POOResult:
@@ -123,9 +126,15 @@ def poo_sinkhorn_rows(cost: jax.Array, rows: jax.Array, init_f: jax.Array | None
     Solves :math:`\min_\pi \langle\pi, C_S\rangle + \varepsilon\,\mathrm{KL}(\pi\|ab)` with
     uniform ``a = 1/|S|``, ``b = 1/|V|`` and ``ε = epsilon · std(C_S)``; ``init_f/init_g``
     warm-start the potentials (e.g. the previous solve's, with a swapped row's entry
-    replaced). Returns :class:`POOResult`.
+    replaced; zeros when ``None``). ``epsilon`` and ``threshold`` are traced, so changing
+    them does not recompile. Returns :class:`POOResult`.
     """
-    return _solve(cost[rows], init_f, init_g, epsilon, threshold, max_iterations)
+    rows = jnp.asarray(rows)
+    if init_f is None:
+        init_f = jnp.zeros(rows.shape[0], jnp.float32)
+        init_g = jnp.zeros(cost.shape[1], jnp.float32)
+    return _poo_rows(cost, rows, init_f, init_g, jnp.float32(epsilon), jnp.float32(threshold),
+                     max_iterations)
 
 
 def poo_sinkhorn(cost: jax.typing.ArrayLike, subset: np.ndarray | None = None, *,
