@@ -18,6 +18,7 @@ PAPER = {
     "reinforce": {"ctr": 0.581, "coherence": None, "ioi": 1.626, "ior": 329.8},
     "grpo": {"ctr": 0.633, "coherence": None, "ioi": 1.483, "ior": 284.9},
     "rtg": {"ctr": 0.694, "coherence": None, "ioi": 2.383, "ior": 675.7},
+    "a2c": {"ctr": 0.857, "coherence": None, "ioi": 1.695, "ior": 527.5},
 }
 COLS = [("sasrec/ctr@1", "CTR"), ("sasrec/coherence@1", "Coh"), ("sasrec/ioi@1", "IoI"),
         ("sasrec/ior@1", "IoR"), ("sasrec/length@1", "len"), ("gru4rec/ioi@1", "IoI (GRU)"),

@@ -12,7 +12,7 @@ Override any field on the command line, e.g. ``--config.rl.epochs=3``.
 
 import ml_collections
 
-PAPER_METHODS = ("prorl", "reinforce", "grpo", "rtg", "prorl_no_src", "prorl_no_psae")
+PAPER_METHODS = ("prorl", "reinforce", "grpo", "rtg", "a2c", "prorl_no_src", "prorl_no_psae")
 
 
 def get_config(variant: str = "ml1m_cpu") -> ml_collections.ConfigDict:

@@ -140,10 +140,13 @@ class PathPolicy(nnx.Module):
         table = self.embed.embedding[...][: self.cfg.num_items + 1]
         return self.norm(x) @ table.T + self.out_bias[...]
 
-    def __call__(self, tokens: jax.Array, rngs: nnx.Rngs | None = None) -> jax.Array:
+    def __call__(self, tokens: jax.Array, rngs: nnx.Rngs | None = None,
+                 return_hidden: bool = False) -> jax.Array | tuple[jax.Array, jax.Array]:
         """Causal logits ``[B, S, N + 1]`` for tokens ``[B, S]`` starting at position 0.
 
-        Dropout is active exactly when ``rngs`` (with a ``dropout`` stream) is given.
+        Dropout is active exactly when ``rngs`` (with a ``dropout`` stream) is given. With
+        ``return_hidden`` also the final hidden states ``[B, S, dim]`` (the state features
+        an actor-critic's value head reads).
         """
         positions = jnp.arange(tokens.shape[1])
         det = rngs is None
@@ -151,7 +154,7 @@ class PathPolicy(nnx.Module):
         for blk in self.blocks:
             k, v = blk.kv(x)
             x = blk(x, k, v, positions, det, rngs)
-        return self._logits(x)
+        return (self._logits(x), x) if return_hidden else self._logits(x)
 
     def prefill(self, prompt: jax.Array) -> tuple[jax.Array, KVCache]:
         """Runs the prompt ``[B, H + 2]``; returns the first action's logits and the cache."""
@@ -201,7 +204,8 @@ def action_tokens(cfg: PolicyConfig, path: jax.Array, lengths: jax.Array) -> jax
 
 
 def path_logits(policy: PathPolicy, history: jax.Array, target: jax.Array, path: jax.Array,
-                lengths: jax.Array, rngs: nnx.Rngs | None = None) -> jax.Array:
+                lengths: jax.Array, rngs: nnx.Rngs | None = None, return_hidden: bool = False
+                ) -> jax.Array | tuple[jax.Array, jax.Array]:
     """Teacher-forced logits ``[B, T, N + 1]`` of every action of the given paths.
 
     Position ``t`` holds the distribution of action ``t`` given the prompt and
@@ -214,8 +218,10 @@ def path_logits(policy: PathPolicy, history: jax.Array, target: jax.Array, path:
     prompt = make_prompt(cfg, history, target)
     inputs = action_tokens(cfg, path, lengths)[:, : T - 1]
     inputs = jnp.where(inputs == cfg.eos, cfg.pad, inputs)
-    logits = policy(jnp.concatenate([prompt, inputs], axis=1), rngs)
-    return logits[:, cfg.prompt_len - 1:]
+    out = policy(jnp.concatenate([prompt, inputs], axis=1), rngs, return_hidden)
+    if return_hidden:
+        return out[0][:, cfg.prompt_len - 1:], out[1][:, cfg.prompt_len - 1:]
+    return out[:, cfg.prompt_len - 1:]
 
 
 def action_log_probs(logits: jax.Array, actions: jax.Array, eos_first_allowed: bool = False

@@ -46,7 +46,11 @@ METHODS: dict[str, tuple[str, bool]] = {
     "rtg": ("rtg", True),
     "grpo": ("grpo", True),
     "rloo": ("rloo", True),
+    "a2c": ("rtg", True),  # reward-to-go minus a learned MLP value of the policy's state
 }
+CRITIC_METHODS = frozenset({"a2c"})
+_CRITIC_HIDDEN = 64
+_CRITIC_LR = 1e-3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,6 +106,22 @@ class RLState(NamedTuple):
     collect_stats: jax.Array  # bool: SRC statistics still being gathered
     step: jax.Array
     skipped: jax.Array  # batches skipped for non-finite rewards
+    critic: Any  # MLP value head (A2C only; carried but unused by the other methods)
+    critic_opt: Any
+
+
+def init_critic(key: jax.Array, dim: int, hidden: int = _CRITIC_HIDDEN) -> dict:
+    """A 2-layer MLP value head on the policy's (stop-gradient) hidden state."""
+    k1, k2 = jax.random.split(key)
+    return {"w1": jax.random.normal(k1, (dim, hidden)) / jnp.sqrt(dim),
+            "b1": jnp.zeros((hidden,)),
+            "w2": jax.random.normal(k2, (hidden, 1)) * 0.01, "b2": jnp.zeros((1,))}
+
+
+def critic_values(critic: dict, feats: jax.Array) -> jax.Array:
+    """``V(s_t)`` for features ``[..., dim]`` → ``[...]``."""
+    h = jax.nn.relu(feats @ critic["w1"] + critic["b1"])
+    return (h @ critic["w2"] + critic["b2"])[..., 0]
 
 
 def make_optimizer(cfg: RLConfig) -> optax.GradientTransformation:
@@ -114,11 +134,13 @@ def make_optimizer(cfg: RLConfig) -> optax.GradientTransformation:
 def init_state(policy: PathPolicy, cfg: RLConfig) -> tuple[RLState, Any]:
     """Initial state from a pretrained policy (also the KL reference); returns (state, graph)."""
     graphdef, params, rest = nnx.split(policy, nnx.Param, ...)
+    critic = init_critic(jax.random.key(0), policy.cfg.dim)
     state = RLState(
         params=params, opt_state=make_optimizer(cfg).init(params),
         ref_params=jax.tree.map(jnp.copy, params),
         stats=est.reward_stats_init(len(COMPONENTS)), collect_stats=jnp.array(True),
         step=jnp.array(0, jnp.int32), skipped=jnp.array(0, jnp.int32),
+        critic=critic, critic_opt=optax.adam(_CRITIC_LR).init(critic),
     )
     return state, (graphdef, rest)
 
@@ -141,6 +163,8 @@ def make_train_step(graph: Any, score_fn: Callable[..., Any], cfg: RLConfig
     estimator = est.get_advantage_estimator(cfg.estimator)
     weights = jnp.asarray(cfg.reward_weights, jnp.float32)
     G = cfg.samples
+    use_critic = cfg.method in CRITIC_METHODS
+    critic_tx = optax.adam(_CRITIC_LR)
 
     def policy_of(params):
         return nnx.merge(graphdef, params, rest)
@@ -173,6 +197,20 @@ def make_train_step(graph: Any, score_fn: Callable[..., Any], cfg: RLConfig
         adv = adv.reshape(item.shape)
         act_mask = item + eos
         acts = action_tokens(policy.cfg, paths.path, paths.lengths)
+        critic, critic_opt, critic_loss = state.critic, state.critic_opt, jnp.zeros(())
+        if use_critic:  # A2C: subtract V(s_t) at every action (reward-to-go is 0 at EOS)
+            _, feats = path_logits(policy, hist, tgt, paths.path, paths.lengths,
+                                   return_hidden=True)
+            feats = jax.lax.stop_gradient(feats)
+
+            def critic_loss_fn(c):
+                err = (adv - critic_values(c, feats)) * act_mask
+                return jnp.sum(err**2) / jnp.maximum(act_mask.sum(), 1.0)
+
+            critic_loss, c_grads = jax.value_and_grad(critic_loss_fn)(critic)
+            adv = (adv - critic_values(critic, feats)) * act_mask
+            c_updates, critic_opt = critic_tx.update(c_grads, critic_opt, critic)
+            critic = optax.apply_updates(critic, c_updates)
         ref_logits = jax.lax.stop_gradient(
             path_logits(policy_of(state.ref_params), hist, tgt, paths.path, paths.lengths))
 
@@ -193,6 +231,7 @@ def make_train_step(graph: Any, score_fn: Callable[..., Any], cfg: RLConfig
             params=keep(params, state.params), opt_state=keep(opt_state, state.opt_state),
             ref_params=state.ref_params, stats=stats, collect_stats=state.collect_stats,
             step=state.step + 1, skipped=state.skipped + (~finite).astype(jnp.int32),
+            critic=keep(critic, state.critic), critic_opt=keep(critic_opt, state.critic_opt),
         )
         n_act = jnp.maximum(act_mask.sum(), 1.0)
         adv_mean = jnp.sum(adv * act_mask) / n_act
@@ -203,6 +242,7 @@ def make_train_step(graph: Any, score_fn: Callable[..., Any], cfg: RLConfig
             "adv_var": jnp.sum((adv - adv_mean) ** 2 * act_mask) / n_act,
             "centred_return": jnp.mean(centred.sum(-1)),
             "finite": finite,
+            "critic_loss": critic_loss,
             **{f"step_{c}": jnp.sum(comps[..., i]) / n_items_f for i, c in enumerate(COMPONENTS)},
             "path_ioi": jnp.mean(comps[..., 0].sum(-1)),
             "path_ior": jnp.mean(comps[..., 1].sum(-1)),

@@ -84,3 +84,17 @@ def test_sharded_step_equals_single_device():
         parallel.shard_batch(hist, mesh), parallel.shard_batch(tgt, mesh), jax.random.key(3)))
     for a, b in zip(jax.tree.leaves((s1, m1)), jax.tree.leaves((s4, m4)), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+
+
+def test_a2c_trains_its_critic_and_uses_it():
+    state, step, hist, tgt = _setup(method="a2c", samples=4)
+    table = fake_sim.make_table(N)
+    losses = []
+    key = jax.random.key(0)
+    for _ in range(6):
+        key, sub = jax.random.split(key)
+        new, m = step(state, table, hist, tgt, sub)
+        losses.append(float(m["critic_loss"]))
+        assert not np.allclose(np.asarray(new.critic["w2"]), np.asarray(state.critic["w2"]))
+        state = new
+    assert np.isfinite(losses).all() and min(losses[3:]) < losses[0]
