@@ -1,4 +1,4 @@
-"""The ProRL launcher end to end at the tiny (synthetic) size, including a killed-and-resumed run."""
+"""The ProRL launcher end to end at the tiny (synthetic) size, with a killed-and-resumed run."""
 
 import json
 import shutil
