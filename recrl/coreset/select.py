@@ -23,7 +23,7 @@ class Selection(NamedTuple):
 def select(pool_features: np.ndarray, val_features: np.ndarray,
            grad_norms: np.ndarray | None, n: int, *, lam: float = 0.1,
            max_iters: int = 100, cut: int = 10, max_checks: int = 20,
-           epsilon: float = 0.01, threshold: float = 1e-4, verify: str = "sinkhorn",
+           epsilon: float = 0.05, threshold: float = 1e-3, verify: str = "sinkhorn",
            pool_labels: np.ndarray | None = None,
            val_labels: np.ndarray | None = None) -> Selection:
     r"""GORACS: minimise :math:`\mathrm{POO}(S) = W_d(\mu_S,\mu_V) - \lambda\,

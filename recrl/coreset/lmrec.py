@@ -1,0 +1,178 @@
+r"""The LM recommender of GORACS: sample encoding, selection features, LoRA fine-tuning,
+ranking / click evaluation.
+
+* gradient feature :math:`g_i = \|\nabla_\phi \ell(z_i;\phi_0)\|` over a parameter subset
+  (default: the last block's ``v_proj.lora_b``), ``ℓ`` = mean NLL of the answer tokens;
+* embedding :math:`h_i` = mean over real tokens of the final hidden state (pre-head);
+* ranking: score of a candidate title = :math:`\sum_t \log\pi(y_t\mid x, y_{<t})`;
+  HR@K = 1[rank < K], NDCG@K = 1[rank < K] / log2(rank + 2), rank = number of negatives
+  scoring at least the target (ties count against the target);
+* click: :math:`p = \sigma(\log\pi(\text{Yes}) - \log\pi(\text{No}))`, AUC (Mann–Whitney,
+  ties ½) and log-loss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from tqdm.auto import tqdm
+
+from recrl import models
+
+
+class ByteTokenizer:
+    """UTF-8 bytes as tokens (vocabulary 256; the CPU fallback for ``tiny_config``)."""
+
+    pad_id = 0
+
+    def encode(self, text: str) -> list[int]:
+        """Bytes of ``text`` (NUL bytes dropped)."""
+        return [b for b in text.encode("utf-8") if b]
+
+
+def encode_pairs(encode: Callable[[str], list[int]], prompts: Sequence[str],
+                 answers: Sequence[str], *, max_prompt: int = 256, max_answer: int = 32
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Tokenises prompt + answer, right-padded: ``(tokens int32, mask, loss_mask) [N, T]``.
+
+    The prompt keeps its last ``max_prompt`` tokens, the answer its first ``max_answer``;
+    ``loss_mask`` marks the answer tokens.
+    """
+    seqs, lens = [], []
+    for p, a in zip(prompts, answers, strict=True):
+        pt, at = encode(p)[-max_prompt:], encode(a)[:max_answer]
+        seqs.append(pt + at)
+        lens.append((len(pt), len(at)))
+    width = max(len(s) for s in seqs)
+    tokens = np.zeros((len(seqs), width), np.int32)
+    mask = np.zeros((len(seqs), width), bool)
+    loss = np.zeros((len(seqs), width), bool)
+    for i, (s, (lp, la)) in enumerate(zip(seqs, lens, strict=True)):
+        tokens[i, :len(s)] = s
+        mask[i, :len(s)] = True
+        loss[i, lp:lp + la] = True
+    return tokens, mask, loss
+
+
+def _batches(n: int, batch: int, desc: str, progress: bool):
+    it = range(0, n, batch)
+    return tqdm(it, desc=desc, leave=False) if progress else it
+
+
+def grad_norms(model: models.Llama, tokens: np.ndarray, mask: np.ndarray,
+               loss_mask: np.ndarray, *, layer: int = -1, target: str = "v_proj",
+               batch: int = 256, chunk: int = 16, progress: bool = True) -> np.ndarray:
+    r"""Per-sample :math:`\|\nabla_{B}\,\mathrm{NLL}(z_i)\|` w.r.t. one LoRA ``lora_b``
+    (block ``layer``, projection ``target``); ``[N]`` float32. Needs LoRA on that block."""
+    n_layers = model.config.n_layers
+    layer = layer % n_layers
+    subset = nnx.All(models.LoRAParam, nnx.PathContains(target), nnx.PathContains("lora_b"),
+                     nnx.PathContains(layer))
+    graphdef, wrt, rest = nnx.split(model, subset, ...)
+    if not jax.tree.leaves(wrt):
+        raise ValueError(f"no LoRA lora_b on block {layer} {target}: call add_lora first")
+    out = []
+    for lo in _batches(tokens.shape[0], batch, "grad norms", progress):
+        sl = slice(lo, lo + batch)
+        out.append(np.asarray(models.nll_per_sample_grads(
+            graphdef, wrt, rest, jnp.asarray(tokens[sl]), jnp.asarray(mask[sl]),
+            jnp.asarray(loss_mask[sl]), chunk_size=chunk, norms_only=True)))
+    return np.concatenate(out).astype(np.float32)
+
+
+@jax.jit
+def _mean_hidden(graphdef, state, tokens, mask):
+    model = nnx.merge(graphdef, state)
+    hidden, _ = model(tokens, models.positions_from_mask(mask), mask=mask)
+    w = mask.astype(jnp.float32)[..., None]
+    return (hidden.astype(jnp.float32) * w).sum(1) / jnp.maximum(w.sum(1), 1.0)
+
+
+def embeddings(model: models.Llama, tokens: np.ndarray, mask: np.ndarray, *,
+               batch: int = 256, progress: bool = True) -> np.ndarray:
+    r""":math:`h_i = \frac1{|x_i|}\sum_{t} H_t(x_i)` (final-block hidden states, mean over
+    real tokens); ``[N, dim]`` float32."""
+    graphdef, state = nnx.split(model)
+    out = [np.asarray(_mean_hidden(graphdef, state, jnp.asarray(tokens[lo:lo + batch]),
+                                   jnp.asarray(mask[lo:lo + batch])))
+           for lo in _batches(tokens.shape[0], batch, "embeddings", progress)]
+    return np.concatenate(out)
+
+
+def finetune(model: models.Llama, tokens: np.ndarray, mask: np.ndarray,
+             loss_mask: np.ndarray, *, steps: int, batch: int = 16, lr: float = 1e-3,
+             seed: int = 0, lora_only: bool = True, progress: bool = True) -> list[float]:
+    """AdamW on the mean answer NLL of minibatches drawn from the given samples (in place).
+
+    Trains the LoRA parameters (``lora_only``) or every parameter (pretraining). Returns
+    the per-step losses.
+    """
+    wrt = models.LoRAParam if lora_only else nnx.Param
+    graphdef, train, rest = nnx.split(model, wrt, ...)
+    opt = optax.adamw(lr, weight_decay=0.0)
+    opt_state = opt.init(train)
+
+    @jax.jit
+    def step(train, opt_state, rest, tok, m, lm):
+        def loss_fn(p):
+            return models.sequence_nll(graphdef, (p, rest), tok, m, lm).mean()
+
+        loss, grads = jax.value_and_grad(loss_fn)(train)
+        updates, opt_state = opt.update(grads, opt_state, train)
+        return optax.apply_updates(train, updates), opt_state, loss
+
+    rng = np.random.default_rng(seed)
+    losses = []
+    it = tqdm(range(steps), desc="fine-tune", leave=False) if progress else range(steps)
+    for _ in it:
+        idx = rng.choice(tokens.shape[0], min(batch, tokens.shape[0]), replace=False)
+        train, opt_state, loss = step(train, opt_state, rest, jnp.asarray(tokens[idx]),
+                                      jnp.asarray(mask[idx]), jnp.asarray(loss_mask[idx]))
+        losses.append(float(loss))
+    nnx.update(model, train)
+    return losses
+
+
+@jax.jit
+def _answer_loglik(graphdef, state, tokens, mask, loss_mask):
+    nll = models.sequence_nll(graphdef, state, tokens, mask, loss_mask)
+    return -nll * jnp.maximum(loss_mask[:, 1:].sum(-1), 1)
+
+
+def answer_loglik(model: models.Llama, tokens: np.ndarray, mask: np.ndarray,
+                  loss_mask: np.ndarray, *, batch: int = 256) -> np.ndarray:
+    r""":math:`\sum_{t\in\text{answer}}\log\pi(y_t\mid\cdot)` per row, ``[N]``."""
+    graphdef, state = nnx.split(model)
+    return np.concatenate([np.asarray(_answer_loglik(
+        graphdef, state, jnp.asarray(tokens[lo:lo + batch]), jnp.asarray(mask[lo:lo + batch]),
+        jnp.asarray(loss_mask[lo:lo + batch]))) for lo in range(0, tokens.shape[0], batch)])
+
+
+def ranking_metrics(scores: np.ndarray, ks: Sequence[int] = (5, 10)) -> dict[str, float]:
+    """HR@K and NDCG@K of column 0 (the target) among the row's candidates (``[N, C]``)."""
+    s = np.asarray(scores)
+    rank = (s[:, 1:] >= s[:, :1]).sum(1)
+    out = {}
+    for k in ks:
+        hit = rank < k
+        out[f"HR@{k}"] = float(hit.mean())
+        out[f"NDCG@{k}"] = float((hit / np.log2(rank + 2.0)).mean())
+    return out
+
+
+def click_metrics(logit_yes: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """AUC (Mann–Whitney, ties ½; NaN with one class) and log-loss of σ(logit)."""
+    z, y = np.asarray(logit_yes, np.float64), np.asarray(labels).astype(bool)
+    pos, neg = z[y], z[~y]
+    if pos.size and neg.size:
+        auc = float(((pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum())
+                    / (pos.size * neg.size))
+    else:
+        auc = float("nan")
+    logloss = float(np.mean(np.logaddexp(0.0, -z) * y + np.logaddexp(0.0, z) * (~y)))
+    return {"AUC": auc, "logloss": logloss}

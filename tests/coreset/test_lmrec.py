@@ -1,0 +1,73 @@
+"""LM recommender pieces: encoding, grad norms vs direct jax.grad, embeddings, metrics."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from recrl import models
+from recrl.coreset import lmrec
+
+
+@pytest.fixture(scope="module")
+def model_and_batch():
+    model = models.create_model(models.tiny_config(), seed=0)
+    models.add_lora(model, rank=2, alpha=4, targets=("v_proj",), rngs=nnx.Rngs(0))
+    tok = lmrec.ByteTokenizer()
+    batch = lmrec.encode_pairs(tok.encode, ["ab: ", "hello x: ", "q"], ["Yes", "No", "zz"],
+                               max_prompt=6, max_answer=2)
+    return model, batch
+
+
+def test_encode_pairs_by_hand(model_and_batch):
+    _, (tokens, mask, loss) = model_and_batch
+    assert tokens[0, :6].tolist() == list(b"ab: Ye")
+    assert tokens[1, :8].tolist() == list(b"lo x: No")  # last 6 prompt bytes, 2 answer
+    assert loss[0].tolist()[:6] == [False] * 4 + [True] * 2
+    assert mask[2].sum() == 3 and loss[2].sum() == 2
+
+
+def test_grad_norms_match_direct_gradient(model_and_batch):
+    model, (tokens, mask, loss) = model_and_batch
+    got = lmrec.grad_norms(model, tokens, mask, loss, batch=2, chunk=1, progress=False)
+    # nonzero lora_b gradient needs nonzero lora_a (it is): direct single-example grads
+    subset = nnx.All(models.LoRAParam, nnx.PathContains("v_proj"), nnx.PathContains("lora_b"),
+                     nnx.PathContains(1))
+    graphdef, wrt, rest = nnx.split(model, subset, ...)
+    for i in range(3):
+        g = jax.grad(lambda w, i=i: models.sequence_nll(
+            graphdef, (w, rest), tokens[i:i + 1], mask[i:i + 1], loss[i:i + 1])[0])(wrt)
+        want = np.sqrt(sum(float(jnp.sum(x**2)) for x in jax.tree.leaves(g)))
+        assert got[i] == pytest.approx(want, rel=1e-4)
+
+
+def test_embeddings_ignore_padding(model_and_batch):
+    model, (tokens, mask, _) = model_and_batch
+    e = lmrec.embeddings(model, tokens, mask, progress=False)
+    n = int(mask[2].sum())
+    alone = lmrec.embeddings(model, tokens[2:3, :n], mask[2:3, :n], progress=False)
+    np.testing.assert_allclose(e[2], alone[0], atol=1e-5)
+
+
+def test_finetune_lowers_the_loss(model_and_batch):
+    model, (tokens, mask, loss) = model_and_batch
+    before = lmrec.answer_loglik(model, tokens, mask, loss)
+    losses = lmrec.finetune(model, tokens, mask, loss, steps=15, batch=3, lr=1e-2,
+                            progress=False)
+    assert losses[-1] < losses[0]
+    assert lmrec.answer_loglik(model, tokens, mask, loss).sum() > before.sum()
+
+
+def test_ranking_and_click_metrics_by_hand():
+    s = np.array([[5.0, 1, 2, 3, 4, 0, 0], [1.0, 2, 3, 4, 5, 6, 1]])  # ranks 0 and 6 (tie)
+    m = lmrec.ranking_metrics(s, ks=(1, 5))
+    assert m["HR@1"] == 0.5 and m["HR@5"] == 0.5
+    assert m["NDCG@5"] == pytest.approx(0.5 * 1.0)
+    s2 = np.array([[1.0, 2, 0], [1.0, 2, 3]])  # ranks 1 and 2
+    assert lmrec.ranking_metrics(s2, ks=(3,))["NDCG@3"] == pytest.approx(
+        0.5 * (1 / np.log2(3) + 1 / np.log2(4)))
+    c = lmrec.click_metrics(np.array([2.0, 0.0, 0.0, -1.0]), np.array([1, 1, 0, 0]))
+    assert c["AUC"] == pytest.approx((2 + 0.5 + 1) / 4)
+    want = np.mean([np.log1p(np.exp(-2)), np.log(2), np.log(2), np.log1p(np.exp(-1))])
+    assert c["logloss"] == pytest.approx(want)
