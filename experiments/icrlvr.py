@@ -155,22 +155,27 @@ def quality_experiment(qc, sp: tasks.Splits, tok, graphdef, params, seed: int = 
     demo_len = max(len(evidence.encode_demos(tok, [probs[i].question], [texts[i]])[0][0])
                    for i in ok)
     chunk = 8
-    res, times = [], []
-    for c in range(0, len(ok), chunk):
+
+    def eg_chunk(c):
         idx = list(ok[c:c + chunk])
-        idx += [idx[-1]] * (chunk - len(idx))
+        idx += [idx[-1]] * (chunk - len(idx))  # one compiled shape
         t0 = time.perf_counter()
         r = evidence.evidence_gain_batch(graphdef, params, tok, [probs[i].question for i in idx],
                                          [texts[i] for i in idx], pj, logp_without=without,
                                          demo_length=demo_len)
         jax.block_until_ready(r.eg)
-        times.append(time.perf_counter() - t0)
+        return r, time.perf_counter() - t0
+
+    res, times = [], []
+    for c in range(0, len(ok), chunk):
+        r, t = eg_chunk(c)
         res.append(r)
+        times.append(t)
+    steady = times[1:] or [eg_chunk(0)[1]]  # the first call includes compilation
     n = len(ok)
     cat = lambda f: np.concatenate([np.asarray(getattr(r, f)) for r in res])[:n]
     eg, eg_tok, lw = cat("eg"), cat("eg_per_token"), cat("log_weight")
     sc = s.step_correctness[ok]
-    steady = times[1:] or times  # the first chunk includes compilation
     out.update(
         rho={"eg": spearman(eg, sc), "eg_per_token": spearman(eg_tok, sc),
              "log_weight": spearman(lw, sc), "length": spearman(length[ok], sc),

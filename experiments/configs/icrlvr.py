@@ -46,7 +46,7 @@ def get_config(variant: str = "tiny_cpu") -> ml_collections.ConfigDict:
                     max_prompt_len=256, max_new_tokens=64)
         c.eval.update(k=8, max_problems=128)
     elif variant == "tiny_cpu":
-        pass
+        pass  # quality.model="policy" (the SFT-warmed tiny model): use n_questions=64, shots=0
     elif variant == "tiny":
         c.seeds = (0,)
         c.data.update(n_train=64, n_demo=16, n_probe=4, n_eval=8)
