@@ -15,7 +15,7 @@ OUT ?= runs
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $$(tools/find-python) -m venv $(VENV)
 	$(PY) -m pip install -q -U pip
-	$(PY) -m pip install -q -e '.[dev,notebook]'
+	$(PY) -m pip install -q -e '.[dev,notebook,rlvr]'
 	@touch $(STAMP)
 
 install: $(STAMP)
