@@ -70,12 +70,14 @@ def test_dual_scores_maximise_the_concave_estimate():
     np.testing.assert_allclose(np.asarray(f)[sel], u / len(sel), atol=1e-5)
 
 
-@pytest.mark.parametrize("verify", ["exact", "sinkhorn"])
-def test_every_accepted_swap_strictly_lowers_poo(verify):
+@pytest.mark.parametrize(("verify", "block"), [("exact", 1), ("sinkhorn", 1),
+                                               ("sinkhorn", 3)])
+def test_every_accepted_swap_strictly_lowers_poo(verify, block):
     c, _g = _cost(n_pool=40, n_val=16, seed=4)
     init = np.arange(8)  # a poor start so refinement has work to do
     sel, trace, checks = coreset.refine(c, init, max_iters=6, cut=6, max_checks=12,
-                                        verify=verify, epsilon=0.01, threshold=1e-6)
+                                        verify=verify, epsilon=0.01, threshold=1e-6,
+                                        block=block)
     assert len(trace) >= 2 and checks >= len(trace) - 1
     assert np.all(np.diff(trace) < 0)
     if verify == "exact":
