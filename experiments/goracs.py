@@ -159,8 +159,10 @@ def run(cfg, out_dir: str) -> dict:
     graphdef, base = nnx.split(model)
     runs = [{"method": "base", "budget": 0, "seed": 0,
              **evaluate(model, encode, cfg, texts, cand, data.titles)}]
-    for n in cfg.budgets:
+    for bi, n in enumerate(cfg.budgets):
         for method in cfg.methods:
+            if method == "full" and bi > 0:  # full data does not depend on the budget
+                continue
             # deterministic selections still vary by seed through the fine-tuning order
             for seed in cfg.seeds[:1] if method == "full" else cfg.seeds:
                 sel = select(method, min(n, cost.shape[0]), seed, feats, cfg)
