@@ -176,10 +176,15 @@ def quality_experiment(qc, sp: tasks.Splits, tok, graphdef, params, seed: int = 
     cat = lambda f: np.concatenate([np.asarray(getattr(r, f)) for r in res])[:n]
     eg, eg_tok, lw = cat("eg"), cat("eg_per_token"), cat("log_weight")
     sc = s.step_correctness[ok]
+    signals = {"eg": eg, "eg_per_token": eg_tok, "log_weight": lw, "length": length[ok],
+               "mean_logprob": mean_lp[ok]}
+    boot = np.random.default_rng(seed).integers(0, n, (1000, n))  # bootstrap over traces
     out.update(
-        rho={"eg": spearman(eg, sc), "eg_per_token": spearman(eg_tok, sc),
-             "log_weight": spearman(lw, sc), "length": spearman(length[ok], sc),
-             "mean_logprob": spearman(mean_lp[ok], sc)},
+        rho={k: spearman(v, sc) for k, v in signals.items()},
+        rho_ci95={k: [float(x) for x in np.nanpercentile(
+            [spearman(v[b], sc[b]) for b in boot], [2.5, 97.5])] for k, v in signals.items()},
+        per_trace={"step_correct": sc.tolist(), **{k: np.asarray(v, float).tolist()
+                                                   for k, v in signals.items()}},
         step_correct_mean=float(sc.mean()),
         eg_mean=float(eg.mean()), n_probes=len(without),
         eg_seconds_per_trace_probe=float(np.mean(steady) / (chunk * len(without))),
@@ -259,7 +264,8 @@ def report(res: dict, out_dir: str) -> str:
         if "rho" in q:
             lines += ["| signal | Spearman ρ with step correctness (correct traces) |",
                       "|---|---|"]
-            lines += [f"| {k} | {v:.3f} |" for k, v in q["rho"].items()]
+            lines += [f"| {k} | {v:.3f} (95% bootstrap {q['rho_ci95'][k][0]:.2f} to "
+                      f"{q['rho_ci95'][k][1]:.2f}) |" for k, v in q["rho"].items()]
             lines += ["", f"EG over {q['n_probes']} probes: "
                       f"{1e3 * q['eg_seconds_per_trace_probe']:.2f} ms per trace per probe "
                       f"(compile {q['eg_compile_seconds']:.1f} s). Paper: ρ(EG, judge) "
