@@ -152,3 +152,19 @@ def test_tiny_model_learns_a_trivial_reward():
     first, last = learner.history[0]["reward"], np.mean([h["reward"] for h in learner.history[-2:]])
     assert last > first + 0.3, [h["reward"] for h in learner.history]
     assert np.isfinite(m["loss"]) and m["rounds"] >= 1
+
+
+@pytest.mark.slow  # one more train-step compile
+def test_kl_nll_and_eg_options_run():
+    tok, graphdef, params = _tiny()
+    sp = tasks.make_splits(8, 4, 2, 0, seed=4, num_ops=(1,))
+    cfg = L.preset("grpo", group_size=4, prompts_per_step=2, max_prompt_len=12,
+                   max_new_tokens=8, lr=1e-3, warmup_steps=1, kl_coef=0.1, nll_coef=0.1,
+                   eg_reweight=True)
+    lrn = L.Learner(graphdef, params, tok, cfg, probes=sp.probe,
+                    reward_fn=lambda text, _: float(text[:1].isdigit()))
+    m = lrn.step(lambda n: sp.train[:n], jax.random.key(0))
+    assert m["kl"] == pytest.approx(0.0, abs=1e-6)  # first update: policy == reference
+    assert np.isfinite(m["loss"]) and "nll" in m
+    with pytest.raises(ValueError, match="probe"):
+        L.Learner(graphdef, params, tok, cfg)
