@@ -33,26 +33,6 @@ from absl import app, flags, logging
 from recrl import estimators as est
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list(
-    "estimators", ["reinforce", "grpo", "rtg", "prorl_no_src", "rtg+src", "prorl"],
-    "Runs to compare: a registered advantage estimator name (raw rewards), NAME+src (with "
-    "stepwise reward centring), 'prorl' (= psae+src) or 'prorl_no_src' (= psae).",
-)
-flags.DEFINE_integer("steps", 300, "Policy updates per run.")
-flags.DEFINE_integer("src_steps", 20, "Updates in the first epoch, during which SRC statistics "
-                     "are gathered; frozen afterwards.")
-flags.DEFINE_integer("prompts", 64, "Groups per update (P).")
-flags.DEFINE_integer("samples", 16, "Paths per group (G).")
-flags.DEFINE_integer("max_len", 10, "Maximum path length (T).")
-flags.DEFINE_integer("num_items", 20, "Number of items.")
-flags.DEFINE_float("decay", 0.7, "Per-position decay of the interest gain.")
-flags.DEFINE_float("noise", 0.2, "Std of the reward noise per component.")
-flags.DEFINE_float("init_stop", 0.3, "Initial stop probability per position (t >= 1), like a "
-                   "policy pretrained on short mined paths.")
-flags.DEFINE_float("lr", 0.05, "Adam learning rate.")
-flags.DEFINE_integer("seeds", 3, "Independent seeds per run (vmapped).")
-flags.DEFINE_integer("seed", 0, "Base seed (also draws the item table).")
-flags.DEFINE_string("out_dir", "runs/length_bias", "Output directory.")
 
 
 def parse_run(name: str) -> tuple[str, bool]:
@@ -267,27 +247,59 @@ def plot(res: dict, path: str) -> None:
     plt.close(fig)
 
 
-def main(argv: Sequence[str]) -> None:
-    del argv
-    os.makedirs(FLAGS.out_dir, exist_ok=True)
-    res = run_all(
-        FLAGS.estimators, steps=FLAGS.steps, src_steps=FLAGS.src_steps, prompts=FLAGS.prompts,
-        samples=FLAGS.samples, max_len=FLAGS.max_len, num_items=FLAGS.num_items,
-        decay=FLAGS.decay, noise=FLAGS.noise, lr=FLAGS.lr,
-        init_stop=FLAGS.init_stop, seeds=FLAGS.seeds, seed=FLAGS.seed,
+def define_flags() -> None:
+    """Defines this launcher's flags (only when run as a program: launchers share one
+    process-wide flag registry, e.g. under pytest)."""
+    flags.DEFINE_list(
+        "estimators", ["reinforce", "grpo", "rtg", "prorl_no_src", "rtg+src", "prorl"],
+        "Runs to compare: a registered advantage estimator name (raw rewards), NAME+src (with "
+        "stepwise reward centring), 'prorl' (= psae+src) or 'prorl_no_src' (= psae).",
     )
-    with open(os.path.join(FLAGS.out_dir, "metrics.jsonl"), "w") as f:
+    flags.DEFINE_integer("steps", 300, "Policy updates per run.")
+    flags.DEFINE_integer("src_steps", 20, "Updates in the first epoch, during which SRC statistics "
+                         "are gathered; frozen afterwards.")
+    flags.DEFINE_integer("prompts", 64, "Groups per update (P).")
+    flags.DEFINE_integer("samples", 16, "Paths per group (G).")
+    flags.DEFINE_integer("max_len", 10, "Maximum path length (T).")
+    flags.DEFINE_integer("num_items", 20, "Number of items.")
+    flags.DEFINE_float("decay", 0.7, "Per-position decay of the interest gain.")
+    flags.DEFINE_float("noise", 0.2, "Std of the reward noise per component.")
+    flags.DEFINE_float("init_stop", 0.3, "Initial stop probability per position (t >= 1), like a "
+                       "policy pretrained on short mined paths.")
+    flags.DEFINE_float("lr", 0.05, "Adam learning rate.")
+    flags.DEFINE_integer("seeds", 3, "Independent seeds per run (vmapped).")
+    flags.DEFINE_integer("seed", 0, "Base seed (also draws the item table).")
+    flags.DEFINE_string("out_dir", "runs/length_bias", "Output directory.")
+
+
+def write_outputs(out_dir: str, runs: Sequence[str], **kwargs) -> str:
+    """Runs :func:`run_all` and writes metrics.jsonl, summary.md and length_bias.png."""
+    os.makedirs(out_dir, exist_ok=True)
+    res = run_all(runs, **kwargs)
+    with open(os.path.join(out_dir, "metrics.jsonl"), "w") as f:
         for name, out in res["runs"].items():
-            for i in range(FLAGS.steps):
+            for i in range(kwargs["steps"]):
                 row = {k: float(v[:, i].mean()) for k, v in out["metrics"].items()}
                 f.write(json.dumps({"run": name, "step": i, **row}) + "\n")
-    table = summarise(res, FLAGS.max_len)
-    with open(os.path.join(FLAGS.out_dir, "summary.md"), "w") as f:
+    table = summarise(res, kwargs["max_len"])
+    with open(os.path.join(out_dir, "summary.md"), "w") as f:
         f.write("# Length shortcut (ProRL Theorem 1), tabular policy\n\n" + table + "\n")
-    plot(res, os.path.join(FLAGS.out_dir, "length_bias.png"))
+    plot(res, os.path.join(out_dir, "length_bias.png"))
+    return table
+
+
+def main(argv: Sequence[str]) -> None:
+    del argv
+    table = write_outputs(
+        FLAGS.out_dir, FLAGS.estimators, steps=FLAGS.steps, src_steps=FLAGS.src_steps,
+        prompts=FLAGS.prompts, samples=FLAGS.samples, max_len=FLAGS.max_len,
+        num_items=FLAGS.num_items, decay=FLAGS.decay, noise=FLAGS.noise, lr=FLAGS.lr,
+        init_stop=FLAGS.init_stop, seeds=FLAGS.seeds, seed=FLAGS.seed,
+    )
     print(table)
     print(f"\nwrote {FLAGS.out_dir}/summary.md, metrics.jsonl, length_bias.png")
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -42,9 +42,6 @@ from recrl.prs.policy import PathPolicy, PolicyConfig
 from recrl.prs.pretrain import PretrainConfig, pretrain
 from recrl.prs.train_simulator import load_simulator, save_simulator, train_simulator
 
-_CONFIG = config_flags.DEFINE_config_file("config", "experiments/configs/prorl.py:ml1m_cpu",
-                                          "ProRL experiment config.")
-flags.DEFINE_string("out_dir", "runs/prorl", "Output directory (stages cached here).")
 FLAGS = flags.FLAGS
 
 
@@ -280,9 +277,13 @@ def main(argv: list[str]) -> None:
     del argv
     jnp.zeros(())  # initialise the backend before logging device info
     logging.info("devices: %s", jax.devices())
-    run(_CONFIG.value, FLAGS.out_dir)
+    run(FLAGS.config, FLAGS.out_dir)
     print((Path(FLAGS.out_dir) / "report.md").read_text())
 
 
 if __name__ == "__main__":
+    # flags are defined here, not at import: launchers share one flag registry in a process
+    config_flags.DEFINE_config_file("config", "experiments/configs/prorl.py:ml1m_cpu",
+                                    "ProRL experiment config.")
+    flags.DEFINE_string("out_dir", "runs/prorl", "Output directory (stages cached here).")
     app.run(main)

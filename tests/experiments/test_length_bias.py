@@ -32,16 +32,10 @@ def test_uncentred_reinforce_grows_length_and_prorl_settles():
     assert "| prorl |" in table and "| reinforce |" in table
 
 
-def test_main_writes_outputs(tmp_path):
-    from absl import flags
-    from absl.testing import flagsaver
-
-    if not flags.FLAGS.is_parsed():
-        flags.FLAGS.mark_as_parsed()
-    with flagsaver.flagsaver(estimators=["rtg", "prorl"], steps=5, src_steps=2, prompts=4,
-                             samples=4, max_len=4, num_items=5, seeds=1,
-                             out_dir=str(tmp_path)):
-        lb.main([])
+def test_write_outputs(tmp_path):
+    lb.write_outputs(str(tmp_path), ["rtg", "prorl"], steps=5, src_steps=2, prompts=4,
+                     samples=4, max_len=4, num_items=5, decay=0.7, noise=0.2, lr=0.05,
+                     init_stop=0.3, seeds=1, seed=0)
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 10 and {r["run"] for r in rows} == {"rtg", "prorl"}
     assert all(np.isfinite(r["length"]) for r in rows)
