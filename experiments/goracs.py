@@ -156,7 +156,6 @@ def run(cfg, out_dir: str) -> dict:
     feature_seconds = time.perf_counter() - t0
     cost = np.asarray(coreset.cost_matrix(feats["pool_emb"], feats["val_emb"], grad,
                                           cfg.select.lam))
-    graphdef, base = nnx.split(model)
     runs = [{"method": "base", "budget": 0, "seed": 0,
              **evaluate(model, encode, cfg, texts, cand, data.titles)}]
     for bi, n in enumerate(cfg.budgets):
@@ -167,7 +166,7 @@ def run(cfg, out_dir: str) -> dict:
             for seed in cfg.seeds[:1] if method == "full" else cfg.seeds:
                 sel = select(method, min(n, cost.shape[0]), seed, feats, cfg)
                 idx = sel["indices"]
-                m = nnx.merge(graphdef, base)
+                m = nnx.clone(model)  # merge(split) would share (and mutate) Variables
                 ft = cfg.finetune
                 steps = min(ft.max_steps, max(1, ft.epochs * len(idx) // ft.batch))
                 lmrec.finetune(m, *(x[idx] for x in enc["train"]), steps=steps,
