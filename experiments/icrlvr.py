@@ -37,9 +37,6 @@ from recrl import models
 from recrl.rlvr import evidence, tasks
 from recrl.rlvr import learner as L
 
-_CONFIG = config_flags.DEFINE_config_file("config", "experiments/configs/icrlvr.py:tiny_cpu",
-                                          "Experiment config (variant after ':').")
-flags.DEFINE_string("out_dir", "runs/icrlvr", "Output directory.")
 FLAGS = flags.FLAGS
 
 
@@ -361,10 +358,13 @@ def run(cfg, out_dir: str) -> dict:
 
 def main(argv: list[str]) -> None:
     del argv
-    res = run(_CONFIG.value, FLAGS.out_dir)
+    run(FLAGS.config, FLAGS.out_dir)
     print(open(os.path.join(FLAGS.out_dir, "report.md")).read())
-    del res
 
 
 if __name__ == "__main__":
+    # flags are defined here, not at import: launchers share one flag registry in a process
+    config_flags.DEFINE_config_file("config", "experiments/configs/icrlvr.py:tiny_cpu",
+                                    "Experiment config (variant after ':').")
+    flags.DEFINE_string("out_dir", "runs/icrlvr", "Output directory.")
     app.run(main)
