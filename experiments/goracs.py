@@ -40,9 +40,6 @@ from recrl.data import (
 )
 from recrl.data.lmrec import take
 
-_CONFIG = config_flags.DEFINE_config_file("config", "experiments/configs/goracs.py:ml1m_cpu",
-                                          "GORACS experiment config.")
-flags.DEFINE_string("out_dir", "runs/goracs", "Output directory.")
 FLAGS = flags.FLAGS
 METRICS = ("HR@5", "HR@10", "NDCG@5", "NDCG@10")
 
@@ -239,9 +236,13 @@ def write_report(out: Path, results: dict) -> str:
 def main(argv: list[str]) -> None:
     del argv
     jnp.zeros(())
-    run(_CONFIG.value, FLAGS.out_dir)
+    run(FLAGS.config, FLAGS.out_dir)
     print((Path(FLAGS.out_dir) / "report.md").read_text())
 
 
 if __name__ == "__main__":
+    # flags are defined here, not at import: launchers share one flag registry in a process
+    config_flags.DEFINE_config_file("config", "experiments/configs/goracs.py:ml1m_cpu",
+                                    "GORACS experiment config.")
+    flags.DEFINE_string("out_dir", "runs/goracs", "Output directory.")
     app.run(main)
