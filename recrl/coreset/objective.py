@@ -153,8 +153,15 @@ def poo_exact(cost: np.ndarray, subset: np.ndarray | None = None, *,
 
     Returns the value :math:`\min_\pi\langle\pi, C_S\rangle`, or ``(value, u, v)`` with the
     dual potentials (``u_k + v_j <= C_kj``) when ``return_duals``.
+
+    Raises:
+      ImportError: POT is not installed (``pip install 'recrl[ot]'``); it serves only as the
+        exact reference, selection itself runs on ott-jax.
     """
-    import ot
+    try:
+        import ot
+    except ImportError as e:
+        raise ImportError("exact OT needs POT: pip install 'recrl[ot]' (or pot>=0.9.5)") from e
 
     c = np.asarray(cost, np.float64)
     if subset is not None:
