@@ -5,19 +5,8 @@
 
 from __future__ import annotations
 
-import pathlib
-
-import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-SETUP = """\
-# On Colab: clone the repository and install it (skipped when recrl is already importable).
-import importlib.util, subprocess, sys
-if importlib.util.find_spec("recrl") is None:
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "."], check=True)
-"""
+from make_notebooks import SETUP, write  # tools/ is on sys.path when run as a script
+from nbformat.v4 import new_code_cell, new_markdown_cell
 
 CELLS = [
     new_markdown_cell(
@@ -88,15 +77,6 @@ CELLS = [
 ]
 
 
-def main() -> None:
-    nb = new_notebook(cells=CELLS, metadata={
-        "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
-        "colab": {"provenance": []},
-    })
-    path = ROOT / "colab" / "icrlvr.ipynb"
-    nbformat.write(nb, path)
-    print(f"wrote {path.relative_to(ROOT)}")
-
 
 if __name__ == "__main__":
-    main()
+    write("icrlvr.ipynb", CELLS)
