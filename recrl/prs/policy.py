@@ -141,12 +141,14 @@ class PathPolicy(nnx.Module):
         return self.norm(x) @ table.T + self.out_bias[...]
 
     def __call__(self, tokens: jax.Array, rngs: nnx.Rngs | None = None,
-                 return_hidden: bool = False) -> jax.Array | tuple[jax.Array, jax.Array]:
-        """Causal logits ``[B, S, N + 1]`` for tokens ``[B, S]`` starting at position 0.
+                 return_hidden: bool = False, start: int = 0
+                 ) -> jax.Array | tuple[jax.Array, jax.Array]:
+        """Causal logits ``[B, S - start, N + 1]`` for tokens ``[B, S]`` (positions from 0).
 
         Dropout is active exactly when ``rngs`` (with a ``dropout`` stream) is given. With
-        ``return_hidden`` also the final hidden states ``[B, S, dim]`` (the state features
-        an actor-critic's value head reads).
+        ``return_hidden`` also the final hidden states ``[B, S - start, dim]`` (the state
+        features an actor-critic's value head reads). ``start`` skips the output projection
+        for the first positions (the prompt's, whose logits training never reads).
         """
         positions = jnp.arange(tokens.shape[1])
         det = rngs is None
@@ -154,6 +156,7 @@ class PathPolicy(nnx.Module):
         for blk in self.blocks:
             k, v = blk.kv(x)
             x = blk(x, k, v, positions, det, rngs)
+        x = x[:, start:]
         return (self._logits(x), x) if return_hidden else self._logits(x)
 
     def prefill(self, prompt: jax.Array) -> tuple[jax.Array, KVCache]:
@@ -218,10 +221,8 @@ def path_logits(policy: PathPolicy, history: jax.Array, target: jax.Array, path:
     prompt = make_prompt(cfg, history, target)
     inputs = action_tokens(cfg, path, lengths)[:, : T - 1]
     inputs = jnp.where(inputs == cfg.eos, cfg.pad, inputs)
-    out = policy(jnp.concatenate([prompt, inputs], axis=1), rngs, return_hidden)
-    if return_hidden:
-        return out[0][:, cfg.prompt_len - 1:], out[1][:, cfg.prompt_len - 1:]
-    return out[:, cfg.prompt_len - 1:]
+    return policy(jnp.concatenate([prompt, inputs], axis=1), rngs, return_hidden,
+                  start=cfg.prompt_len - 1)
 
 
 def action_log_probs(logits: jax.Array, actions: jax.Array, eos_first_allowed: bool = False

@@ -30,6 +30,23 @@ class Paths(NamedTuple):
     logp: jax.Array
 
 
+def sample_categorical(key: jax.Array, logits: jax.Array) -> jax.Array:
+    """One draw per row from ``softmax(logits)`` ``[B, A]`` by inverting the CDF.
+
+    Needs one uniform per row instead of the ``B × A`` Gumbel variates of
+    ``jax.random.categorical`` (5-6x faster on CPU at ``A`` ≈ 3,400). Actions with zero
+    probability (logits ``-inf`` or far below the maximum) are never drawn: ``u > 0``, and a
+    zero-mass action shares its CDF value with its predecessor.
+    """
+    cdf = jnp.cumsum(jax.nn.softmax(logits.astype(jnp.float32), axis=-1), axis=-1)
+    u = jax.random.uniform(key, logits.shape[:-1] + (1,), minval=jnp.finfo(jnp.float32).tiny)
+    idx = jnp.sum(cdf < u * cdf[..., -1:], axis=-1)
+    # u * total < total except by rounding, and then the count stops at the first entry equal
+    # to the total: a positive-mass action (cumsum adds exact zeros after it). The clip is
+    # only a guard.
+    return jnp.minimum(idx, logits.shape[-1] - 1)
+
+
 def generate(policy: PathPolicy, history: jax.Array, target: jax.Array, key: jax.Array | None,
              temperature: float = 1.0, greedy: bool = False) -> Paths:
     """Samples (or greedily decodes) one path per prompt.
@@ -61,7 +78,7 @@ def generate(policy: PathPolicy, history: jax.Array, target: jax.Array, key: jax
         if greedy:
             a = jnp.argmax(logits, -1)
         else:
-            a = jax.random.categorical(sub, logits / temperature, axis=-1)
+            a = sample_categorical(sub, logits / temperature)
         a = a.astype(jnp.int32)
         logp = jnp.where(done, 0.0, jnp.take_along_axis(logp_all, a[:, None], -1)[:, 0])
         emit = jnp.where(done | (a == cfg.eos), cfg.pad, a)
