@@ -263,8 +263,8 @@ def run(cfg: Any, out_dir: str, on_epoch_end: Callable[[str, int], None] | None 
         policy0 = pretrained_policy(ctx)
         base = baselines(ctx, policy0)
         runs = []
-        for method in cfg.methods:
-            for seed in cfg.seeds:
+        for seed in cfg.seeds:  # seed-major: an interrupted run has every method at some seeds
+            for method in cfg.methods:
                 cb = None if on_epoch_end is None else (lambda e, m=method: on_epoch_end(m, e))
                 runs.append(train_method(ctx, policy0, method, seed, cb))
     results = {"runs": runs, "baselines": base, "config": cfg.to_dict()}

@@ -25,7 +25,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     from ott.geometry import geometry
     from ott.problems.linear import linear_problem
-    from ott.solvers.linear import sinkhorn
+    from ott.solvers.linear import acceleration, sinkhorn
 
 
 def check_inputs(pool: np.ndarray, val: np.ndarray, grad_norms: np.ndarray | None,
@@ -102,39 +102,47 @@ class POOResult(NamedTuple):
 
 
 def _solve(cost: jax.Array, init_f: jax.Array | None, init_g: jax.Array | None,
-           epsilon: float, threshold: float, max_iterations: int) -> POOResult:
+           epsilon: float, threshold: float, max_iterations: int,
+           momentum: float = 1.0) -> POOResult:
     n, m = cost.shape
     geom = geometry.Geometry(cost_matrix=cost, epsilon=epsilon, relative_epsilon="std")
     prob = linear_problem.LinearProblem(geom, a=jnp.full((n,), 1.0 / n),
                                         b=jnp.full((m,), 1.0 / m))
-    solver = sinkhorn.Sinkhorn(threshold=threshold, max_iterations=max_iterations)
+    extra = {} if momentum == 1.0 else {
+        "momentum": acceleration.Momentum(value=momentum, start=0)}
+    solver = sinkhorn.Sinkhorn(threshold=threshold, max_iterations=max_iterations, **extra)
     out = solver(prob, init=(init_f, init_g))
     value = jnp.sum(out.matrix * cost)  # transport cost of the entropic plan
     return POOResult(value, out.f, out.g, out.converged, out.n_iters, geom.epsilon)
 
 
-@jax.jit(static_argnames=("max_iterations",))
-def _poo_rows(cost, rows, init_f, init_g, epsilon, threshold, max_iterations):
-    return _solve(cost[rows], init_f, init_g, epsilon, threshold, max_iterations)
+@jax.jit(static_argnames=("max_iterations", "momentum"))
+def _poo_rows(cost, rows, init_f, init_g, epsilon, threshold, max_iterations, momentum=1.0):
+    return _solve(cost[rows], init_f, init_g, epsilon, threshold, max_iterations, momentum)
 
 
 def poo_sinkhorn_rows(cost: jax.Array, rows: jax.Array, init_f: jax.Array | None = None,
                       init_g: jax.Array | None = None, *, epsilon: float = 0.01,
-                      threshold: float = 1e-4, max_iterations: int = 2000) -> POOResult:
+                      threshold: float = 1e-4, max_iterations: int = 2000,
+                      momentum: float = 1.0) -> POOResult:
     r"""Entropic POO of ``rows`` of the full cost (``C`` passed as a jit argument).
 
     Solves :math:`\min_\pi \langle\pi, C_S\rangle + \varepsilon\,\mathrm{KL}(\pi\|ab)` with
     uniform ``a = 1/|S|``, ``b = 1/|V|`` and ``ε = epsilon · std(C_S)``; ``init_f/init_g``
     warm-start the potentials (e.g. the previous solve's, with a swapped row's entry
     replaced; zeros when ``None``). ``epsilon`` and ``threshold`` are traced, so changing
-    them does not recompile. Returns :class:`POOResult`.
+    them does not recompile. ``momentum`` in ``[1, 2)`` over-relaxes the Sinkhorn updates
+    (1 = plain Sinkhorn); from a warm start near the solution 1.5-1.8 cut the iterations
+    2-3x. Returns :class:`POOResult`.
     """
+    if not 1.0 <= momentum < 2.0:
+        raise ValueError(f"momentum must be in [1, 2), got {momentum}")
     rows = jnp.asarray(rows)
     if init_f is None:
         init_f = jnp.zeros(rows.shape[0], jnp.float32)
         init_g = jnp.zeros(cost.shape[1], jnp.float32)
     return _poo_rows(cost, rows, init_f, init_g, jnp.float32(epsilon), jnp.float32(threshold),
-                     max_iterations)
+                     max_iterations, float(momentum))
 
 
 def poo_sinkhorn(cost: jax.typing.ArrayLike, subset: np.ndarray | None = None, *,
