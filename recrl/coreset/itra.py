@@ -135,15 +135,18 @@ def _swap_init(cost: jax.Array, f: jax.Array, g: jax.Array, eps: jax.Array, pos:
 
 
 def cold_solve(cost: jax.Array, rows: np.ndarray, *, epsilon: float, threshold: float,
-               factor: float = 4.0, steps: int = 3) -> objective.POOResult:
+               factor: float = 4.0, steps: int = 3, momentum: float = 1.0
+               ) -> objective.POOResult:
     """POO of ``rows`` by ε-scaling: solve at ``epsilon·factor^steps`` first, then divide ε
-    by ``factor`` and warm-start from the previous potentials (fewer total iterations)."""
+    by ``factor`` and warm-start from the previous potentials (fewer total iterations).
+    ``momentum`` over-relaxes the warm-started stages (the first one is plain Sinkhorn)."""
     rows = jnp.asarray(rows)
     res = None
     for k in range(steps, -1, -1):
         f, g = (None, None) if res is None else (res.f, res.g)
         res = objective.poo_sinkhorn_rows(cost, rows, f, g, epsilon=epsilon * factor**k,
-                                          threshold=threshold)
+                                          threshold=threshold,
+                                          momentum=1.0 if res is None else momentum)
     return res
 
 
@@ -175,7 +178,7 @@ def refine(cost: jax.Array, init: np.ndarray, *, max_iters: int = 100, cut: int 
     n = sel.shape[0]
     rank = min(math.ceil(nv / n), nv)
     kw = dict(epsilon=epsilon, threshold=threshold)
-    res = cold_solve(cost, sel, epsilon=epsilon, threshold=threshold)
+    res = cold_solve(cost, sel, epsilon=epsilon, threshold=threshold, momentum=momentum)
     value = float(res.value) if verify == "sinkhorn" else objective.poo_exact(cost_np, sel)
     trace, checks, done = [value], 0, 0
     while done < max_iters and n < num:
