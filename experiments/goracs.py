@@ -12,6 +12,11 @@ contains as a prompt/answer pair); add LoRA; compute per-sample gradient norms (
 ``v_proj.lora_b``) and mean-pooled embeddings; select a coreset per method, budget and seed;
 fine-tune LoRA on it; rank the target among ``1 + num_negatives`` candidates by answer
 log-likelihood (HR@5/10, NDCG@5/10). Writes ``results.json`` and ``report.md`` (+ plots).
+
+``--config.task=click`` runs the click (like / dislike, rating > 3) task instead: prompts
+ask whether the user will like the window's next item, the answer is "Yes" / "No", GORACS
+uses its label-enhanced variant (budget split by the validation positive rate, ITRA per
+label), and the test metric is AUC / log-loss of ``log p(Yes) − log p(No)``.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from recrl import coreset, models
 from recrl.coreset import lmrec
 from recrl.data import (
     LMRecConfig,
+    click_dataset,
     load_movielens,
     next_item_dataset,
     prepare_lmrec,
@@ -41,11 +47,21 @@ from recrl.data import (
 from recrl.data.lmrec import take
 
 FLAGS = flags.FLAGS
-METRICS = ("HR@5", "HR@10", "NDCG@5", "NDCG@10")
+TASK_METRICS = {"next_item": ("HR@5", "HR@10", "NDCG@5", "NDCG@10"),
+                "click": ("AUC", "logloss")}
+TASKS = tuple(TASK_METRICS)
+
+
+def check_task(task: str) -> str:
+    if task not in TASK_METRICS:
+        raise ValueError(f"unknown task {task!r}; known: {', '.join(TASKS)}")
+    return task
 
 
 def load_data(cfg) -> tuple[Any, dict[str, Any], np.ndarray]:
-    """LM-rec data with subsampled pool / val / test and the test ranking candidates."""
+    """LM-rec data with subsampled pool / val / test and the test ranking candidates.
+
+    For the click task the texts also carry ``label`` (1 = rating > 3)."""
     d = cfg.data
     ml = (synthetic_movielens(40, 60, min_len=8, max_len=20, seed=d.seed)
           if cfg.dataset == "synthetic" else load_movielens(cfg.dataset))
@@ -61,8 +77,12 @@ def load_data(cfg) -> tuple[Any, dict[str, Any], np.ndarray]:
         idx = np.sort(rng.choice(num, min(size, num), replace=False))
         splits[name], picks[name] = take(s, idx), idx
     data = dataclasses.replace(data, splits=splits)
-    texts = {k: next_item_dataset(data, k).select_columns(["prompt", "answer"]).to_dict()
-             for k in splits}
+    if check_task(cfg.get("task", "next_item")) == "click":
+        texts = {k: click_dataset(data, k).select_columns(["prompt", "answer", "label"])
+                 .to_dict() for k in splits}
+    else:
+        texts = {k: next_item_dataset(data, k).select_columns(["prompt", "answer"]).to_dict()
+                 for k in splits}
     return data, texts, cand_all[picks["test"]]
 
 
@@ -99,7 +119,8 @@ def select(method: str, n: int, seed: int, feats: dict[str, np.ndarray], cfg) ->
         out = coreset.select(feats["pool_emb"], feats["val_emb"], feats["grad"], n,
                              lam=s.lam, max_iters=s.max_iters, cut=s.cut,
                              max_checks=s.max_checks, epsilon=s.epsilon,
-                             threshold=s.threshold)
+                             threshold=s.threshold, pool_labels=feats.get("pool_labels"),
+                             val_labels=feats.get("val_labels"))
         idx, trace = out.indices, out.trace.tolist()
     elif method == "random":
         idx = coreset.random_subset(num, n, seed)
@@ -121,8 +142,15 @@ def select(method: str, n: int, seed: int, feats: dict[str, np.ndarray], cfg) ->
 
 
 def evaluate(model, encode, cfg, texts, cand, titles) -> dict[str, float]:
-    """HR/NDCG of the target (column 0) by answer log-likelihood among the candidates."""
+    """HR/NDCG of the target (column 0) by answer log-likelihood among the candidates; for
+    the click task AUC / log-loss of ``log p("Yes") − log p("No")``."""
     prompts = texts["test"]["prompt"]
+    if cfg.get("task", "next_item") == "click":
+        t = lmrec.encode_pairs(encode, [p for p in prompts for _ in (0, 1)],
+                               ["Yes", "No"] * len(prompts), max_prompt=cfg.model.max_prompt,
+                               max_answer=cfg.model.max_answer)
+        ll = lmrec.answer_loglik(model, *t, batch=256).reshape(-1, 2)
+        return lmrec.click_metrics(ll[:, 0] - ll[:, 1], np.asarray(texts["test"]["label"]))
     rows = [(p, titles[c]) for p, cs in zip(prompts, cand, strict=True) for c in cs]
     t = lmrec.encode_pairs(encode, [r[0] for r in rows], [r[1] for r in rows],
                            max_prompt=cfg.model.max_prompt, max_answer=cfg.model.max_answer)
@@ -150,6 +178,9 @@ def run(cfg, out_dir: str) -> dict:
     feats = {"grad": grad, "el2n": 1.0 - np.exp(-nll),  # EL2N proxy: 1 − p(answer)^(1/|y|)
              "pool_emb": lmrec.embeddings(model, *enc["train"][:2], batch=f.batch),
              "val_emb": lmrec.embeddings(model, *enc["val"][:2], batch=f.batch)}
+    if "label" in texts["train"]:  # click task: GORACS's label-enhanced variant
+        feats["pool_labels"] = np.asarray(texts["train"]["label"])
+        feats["val_labels"] = np.asarray(texts["val"]["label"])
     feature_seconds = time.perf_counter() - t0
     cost = np.asarray(coreset.cost_matrix(feats["pool_emb"], feats["val_emb"], grad,
                                           cfg.select.lam))
@@ -174,10 +205,14 @@ def run(cfg, out_dir: str) -> dict:
                                                    threshold=cfg.select.threshold),
                        "trace": sel["trace"], "steps": steps,
                        **evaluate(m, encode, cfg, texts, cand, data.titles)}
+                if "pool_labels" in feats:
+                    rec["selected_pos_rate"] = float(np.mean(feats["pool_labels"][idx]))
+                    rec["val_pos_rate"] = float(np.mean(feats["val_labels"]))
                 if cfg.select.exact_ot:
                     rec["exact_poo"] = coreset.poo_exact(cost, idx)
                 runs.append(rec)
-                print(f"{method:8s} n={rec['budget']:5d} seed={seed} HR@10={rec['HR@10']:.3f}"
+                key = "AUC" if cfg.get("task", "next_item") == "click" else "HR@10"
+                print(f"{method:8s} n={rec['budget']:5d} seed={seed} {key}={rec[key]:.3f}"
                       f" POO={rec['poo']:.4f} ({sel['seconds']:.1f} s)", flush=True)
     results = {"runs": runs, "pretrain_loss": pre[-1:], "feature_seconds": feature_seconds,
                "sizes": {k: len(v["prompt"]) for k, v in texts.items()},
@@ -199,22 +234,26 @@ def write_report(out: Path, results: dict) -> str:
     import matplotlib.pyplot as plt
 
     runs, cfg = results["runs"], results["config"]
-    lines = [f"# GORACS report ({cfg['variant']})", "",
-             f"Samples: {results['sizes']}; candidates per test sample: "
-             f"{1 + cfg['data']['num_negatives']}; feature pass {results['feature_seconds']:.1f}"
-             " s.", "",
-             "| method | budget | seeds | " + " | ".join(METRICS)
+    task = cfg.get("task", "next_item")
+    metrics = TASK_METRICS[task]
+    what = ("click task (AUC / log-loss of log p(Yes) − log p(No))" if task == "click" else
+            f"candidates per test sample: {1 + cfg['data']['num_negatives']}")
+    lines = [f"# GORACS report ({cfg['variant']}, {task})", "",
+             f"Samples: {results['sizes']}; {what}; feature pass "
+             f"{results['feature_seconds']:.1f} s.", "",
+             "| method | budget | seeds | " + " | ".join(metrics)
              + " | POO (Sinkhorn) | exact POO | select s |",
-             "|" + "---|" * (len(METRICS) + 6)]
+             "|" + "---|" * (len(metrics) + 6)]
     keys = sorted({(r["budget"], r["method"]) for r in runs})
     for budget, method in keys:
         rs = [r for r in runs if r["method"] == method and r["budget"] == budget]
-        row = [method, str(budget), str(len(rs))] + [_fmt([r[k] for r in rs]) for k in METRICS]
+        row = [method, str(budget), str(len(rs))] + [_fmt([r[k] for r in rs]) for k in metrics]
         for k in ("poo", "exact_poo", "select_seconds"):
             row.append(_fmt([r[k] for r in rs]) if k in rs[0] else "–")
         lines.append("| " + " | ".join(row) + " |")
     lines += ["", "![POO over refinement](poo_trace.png)", "",
-              "![HR@10 vs budget](hr_vs_budget.png)", ""]
+              f"![{'HR@10' if task == 'next_item' else 'AUC'} vs budget](hr_vs_budget.png)",
+              ""]
     text = "\n".join(lines)
     (out / "report.md").write_text(text)
     fig, ax = plt.subplots(figsize=(5, 3))
@@ -224,11 +263,12 @@ def write_report(out: Path, results: dict) -> str:
     ax.set_xlabel("accepted swap"), ax.set_ylabel("POO (Sinkhorn)"), ax.legend(fontsize=6)
     fig.tight_layout(), fig.savefig(out / "poo_trace.png", dpi=100), plt.close(fig)
     fig, ax = plt.subplots(figsize=(5, 3))
+    key = "HR@10" if task == "next_item" else "AUC"
     for method in sorted({r["method"] for r in runs} - {"base", "full"}):
         bs = sorted({r["budget"] for r in runs if r["method"] == method})
-        ax.plot(bs, [np.mean([r["HR@10"] for r in runs if r["method"] == method
+        ax.plot(bs, [np.mean([r[key] for r in runs if r["method"] == method
                               and r["budget"] == b]) for b in bs], "o-", label=method)
-    ax.set_xscale("log"), ax.set_xlabel("budget"), ax.set_ylabel("HR@10"), ax.legend(fontsize=6)
+    ax.set_xscale("log"), ax.set_xlabel("budget"), ax.set_ylabel(key), ax.legend(fontsize=6)
     fig.tight_layout(), fig.savefig(out / "hr_vs_budget.png", dpi=100), plt.close(fig)
     return text
 

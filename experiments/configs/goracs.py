@@ -6,7 +6,8 @@ Variants (the part after ``:``)::
     python -m experiments.goracs --config=experiments/configs/goracs.py:ml1m_cpu  # 2-core budget
     python -m experiments.goracs --config=experiments/configs/goracs.py:tiny      # tests
 
-Override any field on the command line, e.g. ``--config.budgets=32,64``.
+Override any field on the command line, e.g. ``--config.budgets=32,64``; the click task
+(label-enhanced GORACS, AUC / log-loss) with ``--config.task=click``.
 """
 
 import ml_collections
@@ -18,6 +19,7 @@ def get_config(variant: str = "ml1m_cpu") -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.variant = variant
     c.dataset = "ml-1m"  # ml-1m | ml-100k | synthetic
+    c.task = "next_item"  # next_item (HR/NDCG) | click (rating > 3: AUC / log-loss)
     c.seeds = (0, 1, 2)
     c.methods = METHODS
     c.budgets = (1024,)

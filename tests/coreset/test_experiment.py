@@ -28,3 +28,26 @@ def test_tiny_pipeline_writes_results_and_report(tmp_path):
 def test_unknown_variant():
     with pytest.raises(ValueError, match="known"):
         get_config("nope")
+
+
+@pytest.mark.slow
+def test_tiny_click_task_uses_labels_and_reports_auc(tmp_path):
+    cfg = get_config("tiny")
+    cfg.task = "click"
+    cfg.methods = ("goracs", "random")
+    res = goracs.run(cfg, str(tmp_path))
+    for r in res["runs"]:
+        assert 0.0 <= r["AUC"] <= 1.0 or r["AUC"] != r["AUC"]  # NaN only with one class
+        assert r["logloss"] > 0.0
+    g = next(r for r in res["runs"] if r["method"] == "goracs")  # label-enhanced split
+    n = g["budget"]
+    assert g["selected_pos_rate"] * n == pytest.approx(round(n * g["val_pos_rate"]), abs=1e-9)
+    text = (tmp_path / "report.md").read_text()
+    assert "click" in text and "| AUC | logloss |" in text
+
+
+def test_unknown_task_is_a_clear_error():
+    cfg = get_config("tiny")
+    cfg.task = "clik"
+    with pytest.raises(ValueError, match="unknown task 'clik'"):
+        goracs.load_data(cfg)
