@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,67 @@ def training_curves(results: dict) -> dict[str, dict[str, np.ndarray]]:
     return {m: {k: np.asarray(v) for k, v in c.items()} for m, c in curves.items()}
 
 
+def epoch_table(results: dict) -> str:
+    """Per method and epoch: sampled path length, greedy val length and the advantage
+    variance normalised by REINFORCE's first epoch (as in the paper's ablation)."""
+    curves = training_curves(results)
+    ref = curves.get("reinforce", {}).get("adv_var")
+    norm = float(ref[:, 0].mean()) if ref is not None and ref.size else None
+    n_ep = max((c["length"].shape[1] for c in curves.values()), default=0)
+    head = ("| method | sampled length, epoch 1..E | adv. variance"
+            + (" / REINFORCE ep. 1" if norm else "") + ", epoch 1..E |")
+    lines = [head, "|---|---|---|"]
+    for m, c in curves.items():
+        ln = " / ".join(f"{v:.2f}" for v in c["length"].mean(0))
+        av = c["adv_var"].mean(0) / (norm or 1.0)
+        lines.append(f"| {m} | {ln} | " + " / ".join(f"{v:.3g}" for v in av) + " |")
+    return "\n".join(lines) if n_ep else ""
+
+
+def claims(results: dict) -> list[str]:
+    """The paper's claims checked on this run (mean over seeds; 'holds' needs every
+    comparison in the claim to go the paper's way)."""
+    tests: dict[str, list[dict]] = {}
+    for r in results["runs"]:
+        tests.setdefault(r["method"], []).append(r["test"])
+    mean = lambda m, k: float(np.mean([t[k] for t in tests[m]]))
+    out = []
+    rivals = [m for m in ("reinforce", "grpo", "rtg") if m in tests]
+    base = results.get("baselines", {}).get("pretrained")
+    if "prorl" in tests and rivals:
+        for key, name in (("sasrec/ioi@1", "IoI@1"), ("sasrec/ior@1", "IoR@1")):
+            diffs = {m: mean("prorl", key) - mean(m, key) for m in rivals}
+            ok = all(d > 0 for d in diffs.values())
+            out.append(f"ProRL beats {', '.join(rivals)} on {name}: "
+                       f"{'holds' if ok else 'does not hold'} (ProRL − rival: "
+                       + ", ".join(f"{m} {d:+.3g}" for m, d in diffs.items()) + ")")
+        if base:
+            d = mean("prorl", "sasrec/ctr@1") - base["sasrec/ctr@1"]
+            out.append(f"ProRL's CTR@1 within 0.05 of the pretrained policy's: "
+                       f"{'holds' if abs(d) <= 0.05 else 'does not hold'} ({d:+.3f})")
+    curves = training_curves(results)
+    lmax = results.get("config", {}).get("data", {}).get("max_len", 10)
+    for m in ("grpo", "prorl_no_src"):
+        if m in curves:
+            last = float(curves[m]["length"].mean(0)[-1])
+            out.append(f"{m} drives the sampled path length to the maximum ({lmax}): "
+                       f"{'holds' if last >= 0.9 * lmax else 'does not hold'} "
+                       f"(last epoch {last:.2f})")
+    if "prorl" in curves:
+        last = float(curves["prorl"]["length"].mean(0)[-1])
+        out.append(f"ProRL settles at a moderate length (between 2 and {lmax - 2}): "
+                   f"{'holds' if 2 <= last <= lmax - 2 else 'does not hold'} "
+                   f"(last epoch {last:.2f})")
+    order = [m for m in ("prorl", "rtg", "grpo", "reinforce") if m in curves]
+    if len(order) == 4:
+        var = {m: float(curves[m]["adv_var"].mean()) for m in order}
+        ok = all(var[a] < var[b] for a, b in itertools.pairwise(order))
+        out.append("advantage variance ProRL < RTG < GRPO < REINFORCE (mean over epochs): "
+                   f"{'holds' if ok else 'does not hold'} ("
+                   + ", ".join(f"{m} {v:.3g}" for m, v in var.items()) + ")")
+    return out
+
+
 def plot_curves(results: dict, path: Path) -> None:
     import matplotlib
 
@@ -114,6 +176,14 @@ def write_report(out: Path, results: dict[str, Any]) -> str:
         "selected on validation IoI@1. ± = std over seeds.",
         "",
         results_table(results),
+        "",
+        "## The paper's claims on this run",
+        "",
+        *[f"- {c}" for c in claims(results)],
+        "",
+        "## Training dynamics (mean over seeds)",
+        "",
+        epoch_table(results),
         "",
         "![training curves](training.png)",
         "",
