@@ -61,6 +61,8 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=64)
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--train_prompts", type=int, default=64198,
+                    help="prompts in one RL epoch (ML-1M mined train paths, docs/data.md)")
     args = ap.parse_args()
     paths = args.prompts * args.samples
     print(f"device: {jax.devices()[0].device_kind} × {jax.device_count()}, jax {jax.__version__};"
@@ -74,6 +76,10 @@ def main() -> None:
         s, c = time_steps(n, args)
         results[n] = s
         print(f"{n:8d} {s:8.3f} {paths / s:9.1f} {c:10.1f}")
+    for n, s in results.items():
+        steps = -(-args.train_prompts // args.prompts)
+        print(f"one ML-1M epoch ({args.train_prompts} prompts = {steps} steps) on {n} "
+              f"device(s): {steps * s / 60:.1f} min")
     ref_cpu = (10.0, 17.0)
     best = paths / min(results.values())
     print(f"vs the reference on a 2-core CPU ({ref_cpu[0]:.0f}–{ref_cpu[1]:.0f} paths/s): "
