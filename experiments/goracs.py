@@ -119,7 +119,8 @@ def select(method: str, n: int, seed: int, feats: dict[str, np.ndarray], cfg) ->
         out = coreset.select(feats["pool_emb"], feats["val_emb"], feats["grad"], n,
                              lam=s.lam, max_iters=s.max_iters, cut=s.cut,
                              max_checks=s.max_checks, epsilon=s.epsilon,
-                             threshold=s.threshold, pool_labels=feats.get("pool_labels"),
+                             threshold=s.threshold, block=s.get("block", 1),
+                             pool_labels=feats.get("pool_labels"),
                              val_labels=feats.get("val_labels"))
         idx, trace = out.indices, out.trace.tolist()
     elif method == "random":

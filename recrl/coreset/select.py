@@ -25,7 +25,8 @@ def select(pool_features: np.ndarray, val_features: np.ndarray,
            max_iters: int = 100, cut: int = 10, max_checks: int = 20,
            epsilon: float = 0.05, threshold: float = 1e-3, verify: str = "sinkhorn",
            pool_labels: np.ndarray | None = None,
-           val_labels: np.ndarray | None = None) -> Selection:
+           val_labels: np.ndarray | None = None, block: int = 1,
+           momentum: float = 1.5) -> Selection:
     r"""GORACS: minimise :math:`\mathrm{POO}(S) = W_d(\mu_S,\mu_V) - \lambda\,
     \mathrm{mean}_{i\in S}\hat g_i` over :math:`|S| = n` with ITRA.
 
@@ -33,6 +34,10 @@ def select(pool_features: np.ndarray, val_features: np.ndarray,
     the budget is split by the validation positive rate, :math:`n_1 = \mathrm{round}(n\,
     \bar y_V)` (clipped to what each label's pool holds), and ITRA runs per label (= an
     infinite cost across labels). The cost is normalised once on the whole pool.
+
+    ``block > 1`` first tries ``block`` disjoint promising swaps as one verified move each
+    round (recrl's extension; ~3x faster at equal exact POO in ``benchmarks/itra.py``);
+    ``momentum`` over-relaxes the verification solves (see :func:`refine`).
     """
     objective.check_inputs(pool_features, val_features, grad_norms, n)
     t0 = time.perf_counter()
@@ -40,7 +45,7 @@ def select(pool_features: np.ndarray, val_features: np.ndarray,
                                             grad_norms, lam))
     tb = None if grad_norms is None else np.asarray(grad_norms, np.float64)
     kw = dict(max_iters=max_iters, cut=cut, max_checks=max_checks, epsilon=epsilon,
-              threshold=threshold, verify=verify)
+              threshold=threshold, verify=verify, block=block, momentum=momentum)
     if pool_labels is None and val_labels is None:
         r = run_itra(cost, n, tie_break=tb, **kw)
         return Selection(np.sort(r.indices), r.trace, time.perf_counter() - t0, r.checks)

@@ -97,6 +97,9 @@ def test_select_beats_random_and_label_variant_respects_labels():
     rand = [coreset.poo_exact(c, coreset.random_subset(60, 8, s)) for s in range(10)]
     assert coreset.poo_exact(c, out.indices) < min(rand)
     assert np.all(np.diff(out.trace) < 0)
+    blk = coreset.select(p, v, g, 8, max_iters=6, max_checks=6, block=3)
+    assert len(set(blk.indices.tolist())) == 8 and np.all(np.diff(blk.trace) < 0)
+    assert coreset.poo_exact(c, blk.indices) < min(rand)
     pl, vl = rng.random(60) < 0.5, np.arange(20) < 15  # 75 % positive validation
     lab = coreset.select(p, v, g, 8, max_iters=2, max_checks=4, pool_labels=pl,
                          val_labels=vl)
