@@ -134,6 +134,9 @@ PRORL = [
 
 
 def write(name: str, cells: list) -> None:
+    stem = name.removesuffix(".ipynb")
+    for i, cell in enumerate(cells):  # stable ids: regenerating gives an identical file
+        cell["id"] = f"{stem}-{i:02d}"
     nb = new_notebook(cells=cells, metadata={
         "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
         "colab": {"provenance": []},
