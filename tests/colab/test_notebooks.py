@@ -10,7 +10,9 @@ from nbclient import NotebookClient
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 NOTEBOOKS = sorted((ROOT / "colab").glob("*.ipynb"))
 # a line each notebook must print when it ran to the end
-EXPECTED = {"estimators.ipynb": "| prorl |", "prorl.ipynb": "| **prorl** (1 seeds) |"}
+EXPECTED = {"estimators.ipynb": "| prorl |", "prorl.ipynb": "| **prorl** (1 seeds) |",
+            "goracs.ipynb": "GORACS has the lowest exact POO: True",
+            "icrlvr.ipynb": "5 {'reward':"}
 
 
 def test_there_are_notebooks():
@@ -28,4 +30,5 @@ def test_notebook_runs(path):
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]
     text = "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
-    assert EXPECTED.get(path.name, "") in text
+    assert path.name in EXPECTED, f"add the line {path.name} prints at its end to EXPECTED"
+    assert EXPECTED[path.name] in text
