@@ -49,6 +49,9 @@ METHODS: dict[str, tuple[str, bool]] = {
     "a2c": ("rtg", True),  # reward-to-go minus a learned MLP value of the policy's state
 }
 CRITIC_METHODS = frozenset({"a2c"})
+# Loss aggregation over a path's actions: ProRL's estimator sums them ("seq_sum"); GRPO
+# averages within each path first (its 1/|o| term, the source of its length bias).
+AGGREGATION: dict[str, str] = {"grpo": "seq_mean_token_mean"}
 _CRITIC_HIDDEN = 64
 _CRITIC_LR = 1e-3
 
@@ -94,6 +97,10 @@ class RLConfig:
     @property
     def src(self) -> bool:
         return METHODS[self.method][1]
+
+    @property
+    def aggregation(self) -> str:
+        return AGGREGATION.get(self.method, "seq_sum")
 
 
 class RLState(NamedTuple):
@@ -217,7 +224,7 @@ def make_train_step(graph: Any, score_fn: Callable[..., Any], cfg: RLConfig
         def loss_fn(params):
             logits = path_logits(policy_of(params), hist, tgt, paths.path, paths.lengths)
             _, taken = action_log_probs(logits, acts)
-            pg = est.policy_gradient_loss(taken, adv, act_mask, "seq_sum")
+            pg = est.policy_gradient_loss(taken, adv, act_mask, cfg.aggregation)
             allowed = jnp.isfinite(masked_log_softmax(logits))
             kl_t = est.full_kl(logits, ref_logits, where=allowed)
             kl = jnp.sum(kl_t * act_mask) / jnp.maximum(act_mask.sum(), 1.0)

@@ -98,3 +98,24 @@ def test_a2c_trains_its_critic_and_uses_it():
         assert not np.allclose(np.asarray(new.critic["w2"]), np.asarray(state.critic["w2"]))
         state = new
     assert np.isfinite(losses).all() and min(losses[3:]) < losses[0]
+
+
+def test_grpo_averages_within_each_path_and_the_others_sum():
+    """GRPO's 1/|o| per-path mean (its length bias) vs ProRL's per-path sum: with the same
+    sampled paths, GRPO's policy-gradient loss is the seq_sum one reweighted per path."""
+    assert rl.RLConfig(method="grpo").aggregation == "seq_mean_token_mean"
+    for m in ("prorl", "reinforce", "rtg", "prorl_no_psae", "a2c"):
+        assert rl.RLConfig(method=m).aggregation == "seq_sum"
+    table = fake_sim.make_table(N)
+    state, step, hist, tgt = _setup("grpo", samples=4)
+    _, m = step(state, table, hist, tgt, jax.random.key(3))
+    # the same step with GRPO's advantages summed over actions instead (drgrpo = no std)
+    # must give a different loss: the aggregation is applied, not just declared
+    rl.AGGREGATION.pop("grpo")
+    try:
+        state2, step2, _, _ = _setup("grpo", samples=4)
+        _, m2 = step2(state2, table, hist, tgt, jax.random.key(3))
+    finally:
+        rl.AGGREGATION["grpo"] = "seq_mean_token_mean"
+    assert float(m["length"]) == float(m2["length"])  # same sampled paths
+    assert abs(float(m["pg_loss"]) - float(m2["pg_loss"])) > 1e-6
