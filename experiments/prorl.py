@@ -273,11 +273,32 @@ def run(cfg: Any, out_dir: str, on_epoch_end: Callable[[str, int], None] | None 
     return results
 
 
+def report_only(cfg: Any, out_dir: str) -> dict:
+    """Report of the finished runs in ``out_dir`` (configured methods × seeds with a
+    ``result.json``; e.g. while the rest is still training); trains nothing."""
+    out = Path(out_dir)
+    base_path = out / "baselines.json"
+    if not base_path.exists():
+        raise FileNotFoundError(f"{base_path} is missing: run the pipeline first")
+    runs = [json.loads(p.read_text()) for seed in cfg.seeds for m in cfg.methods
+            if (p := out / "rl" / f"{m}_s{seed}" / "result.json").exists()]
+    if not runs:
+        raise FileNotFoundError(f"no finished RL run under {out / 'rl'}")
+    results = {"runs": runs, "baselines": json.loads(base_path.read_text()),
+               "config": cfg.to_dict()}
+    (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    prorl_report.write_report(out, results)
+    return results
+
+
 def main(argv: list[str]) -> None:
     del argv
-    jnp.zeros(())  # initialise the backend before logging device info
-    logging.info("devices: %s", jax.devices())
-    run(FLAGS.config, FLAGS.out_dir)
+    if FLAGS.report_only:
+        report_only(FLAGS.config, FLAGS.out_dir)
+    else:
+        jnp.zeros(())  # initialise the backend before logging device info
+        logging.info("devices: %s", jax.devices())
+        run(FLAGS.config, FLAGS.out_dir)
     print((Path(FLAGS.out_dir) / "report.md").read_text())
 
 
@@ -286,4 +307,6 @@ if __name__ == "__main__":
     config_flags.DEFINE_config_file("config", "experiments/configs/prorl.py:ml1m_cpu",
                                     "ProRL experiment config.")
     flags.DEFINE_string("out_dir", "runs/prorl", "Output directory (stages cached here).")
+    flags.DEFINE_bool("report_only", False,
+                      "Only rewrite the report from the finished runs in --out_dir.")
     app.run(main)

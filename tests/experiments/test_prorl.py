@@ -72,3 +72,16 @@ def test_unknown_method_and_variant_are_clear_errors(tmp_path):
 
     with pytest.raises(ValueError, match="unknown RL method 'ppo'"):
         RLConfig(method="ppo")
+
+
+def test_report_only_rebuilds_the_report_from_finished_runs(full_run, tmp_path):
+    cfg, out, res = full_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    (copy / "report.md").unlink()
+    (copy / "results.json").unlink()
+    again = prorl.report_only(cfg, str(copy))
+    assert again["runs"] == json.loads(json.dumps(res["runs"]))
+    assert "| **prorl** (1 seeds) |" in (copy / "report.md").read_text()
+    with pytest.raises(FileNotFoundError, match="baselines.json is missing"):
+        prorl.report_only(cfg, str(tmp_path / "empty"))
