@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -127,11 +126,16 @@ def claims(results: dict) -> list[str]:
                    f"(last epoch {last:.2f})")
     order = [m for m in ("prorl", "rtg", "grpo", "reinforce") if m in curves]
     if len(order) == 4:
-        var = {m: float(curves[m]["adv_var"].mean()) for m in order}
-        ok = all(var[a] < var[b] for a, b in itertools.pairwise(order))
-        out.append("advantage variance ProRL < RTG < GRPO < REINFORCE (mean over epochs): "
-                   f"{'holds' if ok else 'does not hold'} ("
-                   + ", ".join(f"{m} {v:.3g}" for m, v in var.items()) + ")")
+        var = np.stack([curves[m]["adv_var"].mean(0) for m in order])  # [4, epochs]
+        held = [e + 1 for e in range(var.shape[1]) if np.all(np.diff(var[:, e]) > 0)]
+        verdict = ("holds" if len(held) == var.shape[1] else
+                   "does not hold" if not held else "partly holds")
+        out.append(
+            "advantage variance ProRL < RTG < GRPO < REINFORCE in every epoch: "
+            f"{verdict} (in epochs {held or 'none'} of {var.shape[1]}; last epoch "
+            + ", ".join(f"{m} {v:.3g}" for m, v in zip(order, var[:, -1], strict=True))
+            + ")"
+        )
     return out
 
 

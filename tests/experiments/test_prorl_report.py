@@ -29,8 +29,12 @@ def test_claims_hold_and_fail_with_the_numbers():
     assert "CTR@1 within 0.05 of the pretrained policy's: holds (+0.030)" in text
     assert "grpo drives the sampled path length to the maximum (10): holds" in text
     assert "moderate length (between 2 and 8): holds (last epoch 4.00)" in text
-    # means over epochs: prorl 0.15 < rtg 0.3 < grpo 1.0 < reinforce 2.0
-    assert "ProRL < RTG < GRPO < REINFORCE (mean over epochs): holds" in text
+    # per epoch (mean over seeds): prorl 0.1, 0.2 < rtg 0.3 < grpo 1.0 < reinforce 2.0
+    assert "ProRL < RTG < GRPO < REINFORCE in every epoch: holds (in epochs [1, 2] of 2" in text
+    res = _results(prorl_ioi=2.0)
+    res["runs"][1]["history"][1]["train_adv_var"] = 0.9  # epoch 2 prorl mean 0.5 > rtg 0.3
+    part = "\n".join(prorl_report.claims(res))
+    assert "in every epoch: partly holds (in epochs [1] of 2; last epoch prorl 0.5," in part
     bad = "\n".join(prorl_report.claims(_results(prorl_ioi=1.3)))  # mean 1.4 < rtg 1.5
     assert "on IoI@1: does not hold" in bad and "rtg -0.1" in bad
 
