@@ -76,8 +76,8 @@ def main() -> None:
         s, c = time_steps(n, args)
         results[n] = s
         print(f"{n:8d} {s:8.3f} {paths / s:9.1f} {c:10.1f}")
+    steps = -(-args.train_prompts // args.prompts)
     for n, s in results.items():
-        steps = -(-args.train_prompts // args.prompts)
         print(f"one ML-1M epoch ({args.train_prompts} prompts = {steps} steps) on {n} "
               f"device(s): {steps * s / 60:.1f} min")
     ref_cpu = (10.0, 17.0)

@@ -50,9 +50,12 @@ FLAGS = flags.FLAGS
 TASK_METRICS = {"next_item": ("HR@5", "HR@10", "NDCG@5", "NDCG@10"),
                 "click": ("AUC", "logloss")}
 TASKS = tuple(TASK_METRICS)
+PRIMARY = {"next_item": "HR@10", "click": "AUC"}  # printed per run and plotted vs budget
 
 
-def check_task(task: str) -> str:
+def task_of(cfg) -> str:
+    """The config's task (``next_item`` when unset); a clear error for an unknown one."""
+    task = cfg.get("task", "next_item")
     if task not in TASK_METRICS:
         raise ValueError(f"unknown task {task!r}; known: {', '.join(TASKS)}")
     return task
@@ -77,7 +80,7 @@ def load_data(cfg) -> tuple[Any, dict[str, Any], np.ndarray]:
         idx = np.sort(rng.choice(num, min(size, num), replace=False))
         splits[name], picks[name] = take(s, idx), idx
     data = dataclasses.replace(data, splits=splits)
-    if check_task(cfg.get("task", "next_item")) == "click":
+    if task_of(cfg) == "click":
         texts = {k: click_dataset(data, k).select_columns(["prompt", "answer", "label"])
                  .to_dict() for k in splits}
     else:
@@ -146,7 +149,7 @@ def evaluate(model, encode, cfg, texts, cand, titles) -> dict[str, float]:
     """HR/NDCG of the target (column 0) by answer log-likelihood among the candidates; for
     the click task AUC / log-loss of ``log p("Yes") − log p("No")``."""
     prompts = texts["test"]["prompt"]
-    if cfg.get("task", "next_item") == "click":
+    if task_of(cfg) == "click":
         t = lmrec.encode_pairs(encode, [p for p in prompts for _ in (0, 1)],
                                ["Yes", "No"] * len(prompts), max_prompt=cfg.model.max_prompt,
                                max_answer=cfg.model.max_answer)
@@ -212,7 +215,7 @@ def run(cfg, out_dir: str) -> dict:
                 if cfg.select.exact_ot:
                     rec["exact_poo"] = coreset.poo_exact(cost, idx)
                 runs.append(rec)
-                key = "AUC" if cfg.get("task", "next_item") == "click" else "HR@10"
+                key = PRIMARY[task_of(cfg)]
                 print(f"{method:8s} n={rec['budget']:5d} seed={seed} {key}={rec[key]:.3f}"
                       f" POO={rec['poo']:.4f} ({sel['seconds']:.1f} s)", flush=True)
     results = {"runs": runs, "pretrain_loss": pre[-1:], "feature_seconds": feature_seconds,
@@ -235,8 +238,8 @@ def write_report(out: Path, results: dict) -> str:
     import matplotlib.pyplot as plt
 
     runs, cfg = results["runs"], results["config"]
-    task = cfg.get("task", "next_item")
-    metrics = TASK_METRICS[task]
+    task = task_of(cfg)
+    metrics, key = TASK_METRICS[task], PRIMARY[task]
     what = ("click task (AUC / log-loss of log p(Yes) − log p(No))" if task == "click" else
             f"candidates per test sample: {1 + cfg['data']['num_negatives']}")
     lines = [f"# GORACS report ({cfg['variant']}, {task})", "",
@@ -253,8 +256,7 @@ def write_report(out: Path, results: dict) -> str:
             row.append(_fmt([r[k] for r in rs]) if k in rs[0] else "–")
         lines.append("| " + " | ".join(row) + " |")
     lines += ["", "![POO over refinement](poo_trace.png)", "",
-              f"![{'HR@10' if task == 'next_item' else 'AUC'} vs budget](hr_vs_budget.png)",
-              ""]
+              f"![{key} vs budget](hr_vs_budget.png)", ""]
     text = "\n".join(lines)
     (out / "report.md").write_text(text)
     fig, ax = plt.subplots(figsize=(5, 3))
@@ -264,7 +266,6 @@ def write_report(out: Path, results: dict) -> str:
     ax.set_xlabel("accepted swap"), ax.set_ylabel("POO (Sinkhorn)"), ax.legend(fontsize=6)
     fig.tight_layout(), fig.savefig(out / "poo_trace.png", dpi=100), plt.close(fig)
     fig, ax = plt.subplots(figsize=(5, 3))
-    key = "HR@10" if task == "next_item" else "AUC"
     for method in sorted({r["method"] for r in runs} - {"base", "full"}):
         bs = sorted({r["budget"] for r in runs if r["method"] == method})
         ax.plot(bs, [np.mean([r[key] for r in runs if r["method"] == method

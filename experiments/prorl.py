@@ -267,6 +267,11 @@ def run(cfg: Any, out_dir: str, on_epoch_end: Callable[[str, int], None] | None 
             for method in cfg.methods:
                 cb = None if on_epoch_end is None else (lambda e, m=method: on_epoch_end(m, e))
                 runs.append(train_method(ctx, policy0, method, seed, cb))
+    return write_results(out, runs, base, cfg)
+
+
+def write_results(out: Path, runs: list[dict], base: dict, cfg: Any) -> dict:
+    """Writes ``results.json`` and the report (``report.md``, plots); returns the results."""
     results = {"runs": runs, "baselines": base, "config": cfg.to_dict()}
     (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
     prorl_report.write_report(out, results)
@@ -284,11 +289,7 @@ def report_only(cfg: Any, out_dir: str) -> dict:
             if (p := out / "rl" / f"{m}_s{seed}" / "result.json").exists()]
     if not runs:
         raise FileNotFoundError(f"no finished RL run under {out / 'rl'}")
-    results = {"runs": runs, "baselines": json.loads(base_path.read_text()),
-               "config": cfg.to_dict()}
-    (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
-    prorl_report.write_report(out, results)
-    return results
+    return write_results(out, runs, json.loads(base_path.read_text()), cfg)
 
 
 def main(argv: list[str]) -> None:

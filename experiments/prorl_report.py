@@ -74,8 +74,8 @@ def training_curves(results: dict) -> dict[str, dict[str, np.ndarray]]:
 
 
 def epoch_table(results: dict) -> str:
-    """Per method and epoch: sampled path length, greedy val length and the advantage
-    variance normalised by REINFORCE's first epoch (as in the paper's ablation)."""
+    """Per method and epoch: sampled path length and the advantage variance normalised by
+    REINFORCE's first epoch (as in the paper's ablation)."""
     curves = training_curves(results)
     ref = curves.get("reinforce", {}).get("adv_var")
     norm = float(ref[:, 0].mean()) if ref is not None and ref.size else None
