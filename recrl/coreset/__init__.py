@@ -6,6 +6,7 @@ from recrl.coreset.baselines import (
     el2n,
     full_data,
     grand,
+    influence_scores,
     kcenter_greedy,
     random_subset,
     stratified,
@@ -26,8 +27,9 @@ from recrl.coreset.select import Selection, select
 
 __all__ = [
     "ITRAResult", "POOResult", "Selection", "ccs", "check_inputs", "cost_matrix",
-    "dealrec", "dual_scores", "el2n", "full_data", "grand", "greedy_init", "itra",
-    "kcenter_greedy", "normalise_grad_norms", "poo_exact", "poo_sinkhorn",
+    "dealrec", "dual_scores", "el2n", "full_data", "grand", "greedy_init",
+    "influence_scores", "itra", "kcenter_greedy", "normalise_grad_norms", "poo_exact",
+    "poo_sinkhorn",
     "poo_sinkhorn_rows", "random_subset", "refine", "select", "semi_relaxed",
     "stratified", "top_score",
 ]

@@ -83,15 +83,43 @@ def ccs(scores: np.ndarray, n: int, *, prune_hard: float = 0.1, bins: int = 50,
     return stratified(scores, n, bins=bins, prune_hard=prune_hard, seed=seed)
 
 
+def influence_scores(grads: np.ndarray, *, damping: float = 0.01) -> np.ndarray:
+    r"""Influence of removing each sample on the empirical risk (DEALRec's influence term).
+
+    :math:`I_i = \bar g^\top (F + \delta I)^{-1} g_i` with per-sample gradients
+    ``grads [N, P]``, their mean :math:`\bar g`, the empirical Fisher (Gauss–Newton
+    approximation of the NLL Hessian) :math:`F = G^\top G / N` and damping
+    :math:`\delta` = ``damping`` · mean eigenvalue of ``F``. A first-order estimate of how
+    much the mean training loss rises when sample ``i`` is left out (larger = more
+    influential); exact for a quadratic loss whose Hessian is ``F + δI``.
+    """
+    g = np.asarray(grads, np.float64)
+    if g.ndim != 2 or g.shape[0] == 0 or not np.all(np.isfinite(g)):
+        raise ValueError(f"grads must be a finite, non-empty [N, P] array; got {g.shape}")
+    if damping <= 0:
+        raise ValueError(f"damping must be > 0; got {damping}")
+    fisher = g.T @ g / g.shape[0]
+    delta = damping * max(np.trace(fisher) / g.shape[1], np.finfo(np.float64).tiny)
+    x = np.linalg.solve(fisher + delta * np.eye(g.shape[1]), g.mean(0))
+    return g @ x
+
+
 def dealrec(grad_norms: np.ndarray, n: int, *, influence: np.ndarray | None = None,
             gamma: float = 1.0, bins: int = 50, seed: int = 0) -> np.ndarray:
-    r"""DEALRec-style: score :math:`s_i = I_i + \gamma\,\|\nabla\ell_i\|` (influence
-    + effort), then coverage-stratified sampling over ``s`` (no pruning).
+    r"""DEALRec-style: score :math:`s_i = \tilde I_i + \gamma\,\tilde g_i` (influence +
+    effort), then coverage-stratified sampling over ``s`` (no pruning).
 
-    Without an influence estimate the score is the effort term alone.
+    Both terms are scaled by their largest magnitude (:math:`\tilde x = x / \max|x|`) so
+    ``gamma`` weighs scale-free quantities. Without an influence estimate (see
+    :func:`influence_scores`) the score is the effort term alone.
     """
     g = _finite(grad_norms, "grad_norms")
-    score = gamma * g if influence is None else _finite(influence, "influence") + gamma * g
+    score = gamma * g / max(np.abs(g).max(), 1e-30)
+    if influence is not None:
+        inf = _finite(influence, "influence")
+        if inf.shape != g.shape:
+            raise ValueError(f"influence {inf.shape} and grad_norms {g.shape} differ in shape")
+        score = score + inf / max(np.abs(inf).max(), 1e-30)
     return stratified(score, n, bins=bins, prune_hard=0.0, seed=seed)
 
 

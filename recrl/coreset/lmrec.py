@@ -7,12 +7,16 @@ ranking / click evaluation.
 * ranking: score of a candidate title = :math:`\sum_t \log\pi(y_t\mid x, y_{<t})`;
   HR@K = 1[rank < K], NDCG@K = 1[rank < K] / log2(rank + 2), rank = number of negatives
   scoring at least the target (ties count against the target);
+* full catalogue: every title scored as a continuation of the prompt's cached keys/values
+  (one prompt pass, then all titles in one batch); the user's earlier items are excluded,
+  rank = number of remaining items scoring at least the target;
 * click: :math:`p = \sigma(\log\pi(\text{Yes}) - \log\pi(\text{No}))`, AUC (Mann–Whitney,
   ties ½) and log-loss.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 import jax
@@ -33,6 +37,33 @@ class ByteTokenizer:
     def encode(self, text: str) -> list[int]:
         """Bytes of ``text`` (NUL bytes dropped)."""
         return [b for b in text.encode("utf-8") if b]
+
+
+class CompactTokenizer:
+    """A subword tokenizer restricted to the token ids a corpus uses (the CPU model's).
+
+    Text is tokenised by ``base`` (e.g. SmolLM2's BPE); the ids seen in ``corpus`` are
+    renumbered ``1 … V−1`` in first-seen order; id 0 is padding and any id outside the
+    corpus maps to ``unk_id`` (``V − 1``). A small model then needs a ``V``-row embedding
+    instead of the base vocabulary's (~5,000 instead of 49,152 for ML-1M titles + prompts).
+    """
+
+    pad_id = 0
+
+    def __init__(self, base: Callable[[str], list[int]], corpus: Sequence[str]):
+        self._base = base
+        self._ids: dict[int, int] = {}
+        for text in corpus:
+            for t in base(text):
+                self._ids.setdefault(t, len(self._ids) + 1)
+        if not self._ids:
+            raise ValueError("CompactTokenizer needs a non-empty corpus")
+        self.unk_id = len(self._ids) + 1
+        self.vocab_size = self.unk_id + 1
+
+    def encode(self, text: str) -> list[int]:
+        """Compact ids of ``text`` (``unk_id`` for base ids the corpus never used)."""
+        return [self._ids.get(t, self.unk_id) for t in self._base(text)]
 
 
 def encode_pairs(encode: Callable[[str], list[int]], prompts: Sequence[str],
@@ -64,24 +95,45 @@ def _batches(n: int, batch: int, desc: str, progress: bool):
     return tqdm(it, desc=desc, leave=False) if progress else it
 
 
-def grad_norms(model: models.Llama, tokens: np.ndarray, mask: np.ndarray,
-               loss_mask: np.ndarray, *, layer: int = -1, target: str = "v_proj",
-               batch: int = 256, chunk: int = 16, progress: bool = True) -> np.ndarray:
-    r"""Per-sample :math:`\|\nabla_{B}\,\mathrm{NLL}(z_i)\|` w.r.t. one LoRA ``lora_b``
-    (block ``layer``, projection ``target``); ``[N]`` float32. Needs LoRA on that block."""
-    n_layers = model.config.n_layers
-    layer = layer % n_layers
+def _grad_split(model: models.Llama, layer: int, target: str):
+    layer = layer % model.config.n_layers
     subset = nnx.All(models.LoRAParam, nnx.PathContains(target), nnx.PathContains("lora_b"),
                      nnx.PathContains(layer))
     graphdef, wrt, rest = nnx.split(model, subset, ...)
     if not jax.tree.leaves(wrt):
         raise ValueError(f"no LoRA lora_b on block {layer} {target}: call add_lora first")
+    return graphdef, wrt, rest
+
+
+def grad_norms(model: models.Llama, tokens: np.ndarray, mask: np.ndarray,
+               loss_mask: np.ndarray, *, layer: int = -1, target: str = "v_proj",
+               batch: int = 256, chunk: int = 16, progress: bool = True) -> np.ndarray:
+    r"""Per-sample :math:`\|\nabla_{B}\,\mathrm{NLL}(z_i)\|` w.r.t. one LoRA ``lora_b``
+    (block ``layer``, projection ``target``); ``[N]`` float32. Needs LoRA on that block."""
+    graphdef, wrt, rest = _grad_split(model, layer, target)
     out = []
     for lo in _batches(tokens.shape[0], batch, "grad norms", progress):
         sl = slice(lo, lo + batch)
         out.append(np.asarray(models.nll_per_sample_grads(
             graphdef, wrt, rest, jnp.asarray(tokens[sl]), jnp.asarray(mask[sl]),
             jnp.asarray(loss_mask[sl]), chunk_size=chunk, norms_only=True)))
+    return np.concatenate(out).astype(np.float32)
+
+
+def grad_vectors(model: models.Llama, tokens: np.ndarray, mask: np.ndarray,
+                 loss_mask: np.ndarray, *, layer: int = -1, target: str = "v_proj",
+                 batch: int = 256, chunk: int = 16, progress: bool = True) -> np.ndarray:
+    r"""Per-sample gradients :math:`\nabla_{B}\,\mathrm{NLL}(z_i)` w.r.t. the same ``lora_b``
+    as :func:`grad_norms`, flattened: ``[N, P]`` float32 (their row norms are
+    :func:`grad_norms`). Used by the influence term of the DEALRec baseline."""
+    graphdef, wrt, rest = _grad_split(model, layer, target)
+    out = []
+    for lo in _batches(tokens.shape[0], batch, "grad vectors", progress):
+        sl = slice(lo, lo + batch)
+        g = models.nll_per_sample_grads(
+            graphdef, wrt, rest, jnp.asarray(tokens[sl]), jnp.asarray(mask[sl]),
+            jnp.asarray(loss_mask[sl]), chunk_size=chunk)
+        out.append(np.asarray(models.flatten_grads(g)))
     return np.concatenate(out).astype(np.float32)
 
 
@@ -151,6 +203,69 @@ def answer_loglik(model: models.Llama, tokens: np.ndarray, mask: np.ndarray,
     return np.concatenate([np.asarray(_answer_loglik(
         graphdef, state, jnp.asarray(tokens[lo:lo + batch]), jnp.asarray(mask[lo:lo + batch]),
         jnp.asarray(loss_mask[lo:lo + batch]))) for lo in range(0, tokens.shape[0], batch)])
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _catalogue_scores(graphdef, state, prompt, prompt_mask, titles, title_mask):
+    prefix = models.prefix_cache(graphdef, state, prompt, prompt_mask)
+    return models.logprobs_from_prefix(graphdef, state, prefix, titles, title_mask).sum(-1)
+
+
+def catalogue_scores(model: models.Llama, encode: Callable[[str], list[int]],
+                     prompts: Sequence[str], titles: Sequence[str], *, max_prompt: int = 256,
+                     max_answer: int = 32, progress: bool = True) -> np.ndarray:
+    r"""Answer log-likelihood of *every* title after each prompt: ``[N, num_titles]``.
+
+    Each prompt (its last ``max_prompt`` tokens) is run once and its keys/values are shared
+    by all titles (first ``max_answer`` tokens each), which are scored in one batch; the
+    values equal :func:`answer_loglik` of the (prompt, title) pairs.
+    """
+    ids = [encode(t)[:max_answer] for t in titles]
+    if not ids or min(map(len, ids)) == 0:
+        raise ValueError("every catalogue title must encode to at least one token")
+    tt = np.zeros((len(ids), max(map(len, ids))), np.int32)
+    tm = np.zeros(tt.shape, bool)
+    for i, t in enumerate(ids):
+        tt[i, :len(t)], tm[i, :len(t)] = t, True
+    ps = [encode(p)[-max_prompt:] for p in prompts]
+    width = max(map(len, ps))
+    graphdef, state = nnx.split(model)
+    out = np.zeros((len(ps), len(ids)), np.float32)
+    it = tqdm(enumerate(ps), total=len(ps), desc="catalogue", leave=False) if progress \
+        else enumerate(ps)
+    for i, p in it:
+        pt, pm = np.zeros(width, np.int32), np.zeros(width, bool)
+        pt[:len(p)], pm[:len(p)] = p, True
+        out[i] = np.asarray(_catalogue_scores(graphdef, state, jnp.asarray(pt), jnp.asarray(pm),
+                                              jnp.asarray(tt), jnp.asarray(tm)))
+    return out
+
+
+def catalogue_metrics(scores: np.ndarray, target: np.ndarray, exclude: np.ndarray | None = None,
+                      ks: Sequence[int] = (5, 10)) -> dict[str, float]:
+    """Full-catalogue HR@K / NDCG@K: ``scores [N, I]``, ``target [N]`` item ids, optional
+    ``exclude [N, I]`` (the user's earlier items; never the target). Rank = number of
+    non-excluded items other than the target scoring at least the target's score."""
+    s = np.asarray(scores, np.float64)
+    t = np.asarray(target)
+    if s.ndim != 2 or t.shape != (s.shape[0],):
+        raise ValueError(f"scores [N, I] and target [N] expected; got {s.shape}, {t.shape}")
+    rows = np.arange(s.shape[0])
+    ts = s[rows, t]
+    beat = s >= ts[:, None]
+    beat[rows, t] = False
+    if exclude is not None:
+        ex = np.asarray(exclude, bool)
+        if ex.shape != s.shape or ex[rows, t].any():
+            raise ValueError("exclude must be [N, I] and never mask the target")
+        beat &= ~ex
+    rank = beat.sum(1)
+    out = {}
+    for k in ks:
+        hit = rank < k
+        out[f"HR@{k}"] = float(hit.mean())
+        out[f"NDCG@{k}"] = float((hit / np.log2(rank + 2.0)).mean())
+    return out
 
 
 def ranking_metrics(scores: np.ndarray, ks: Sequence[int] = (5, 10)) -> dict[str, float]:

@@ -48,3 +48,39 @@ def test_kcenter_is_within_twice_the_optimal_radius():
     got = coreset.kcenter_greedy(x, 3, seed=0)
     best = min(radius(s) for s in itertools.combinations(range(12), 3))
     assert best <= radius(got) <= 2 * best + 1e-9
+
+
+def test_influence_scores_match_finite_differences_of_a_quadratic_risk():
+    # least squares with residuals +-1 at theta0: the empirical Fisher is then the exact
+    # Hessian, and I_i must equal the first-order rise of the mean loss when a Newton step
+    # downweights sample i:  I_i = -(d/de) R(theta0 - e H^-1 g_i)
+    rng = np.random.default_rng(0)
+    x, theta0 = rng.normal(size=(40, 5)), rng.normal(size=5)
+    r0 = rng.choice([-1.0, 1.0], 40)
+    y = x @ theta0 - r0
+
+    def risk(t):
+        return 0.5 * np.mean((x @ t - y) ** 2)
+
+    g = x * r0[:, None]
+    hess = x.T @ x / 40
+    eps, want = 1e-6, []
+    for i in range(40):
+        step = np.linalg.solve(hess, g[i])
+        want.append(-(risk(theta0 - eps * step) - risk(theta0 + eps * step)) / (2 * eps))
+    got = coreset.influence_scores(g, damping=1e-9)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-8)
+    with pytest.raises(ValueError, match="finite"):
+        coreset.influence_scores(np.full((3, 2), np.nan))
+
+
+def test_dealrec_with_influence_uses_both_terms():
+    g = np.linspace(1.0, 2.0, 100)
+    inf = np.zeros(100)
+    inf[:10] = 5.0  # the 10 lowest-effort samples become the most influential
+    plain, mixed = coreset.dealrec(g, 20, bins=2, seed=0), coreset.dealrec(
+        g, 20, influence=inf, bins=2, seed=0)
+    assert np.isin(np.arange(10), mixed).sum() == 10  # a stratum of their own
+    assert np.isin(np.arange(10), plain).sum() < 10
+    with pytest.raises(ValueError, match="differ in shape"):
+        coreset.dealrec(g, 20, influence=inf[:5])

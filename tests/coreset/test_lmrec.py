@@ -72,3 +72,60 @@ def test_ranking_and_click_metrics_by_hand():
     assert c["AUC"] == pytest.approx((2 + 0.5 + 1) / 4)
     want = np.mean([np.log1p(np.exp(-2)), np.log(2), np.log(2), np.log1p(np.exp(-1))])
     assert c["logloss"] == pytest.approx(want)
+
+
+def _fresh_lora_model():
+    model = models.create_model(models.tiny_config(), seed=3)
+    models.add_lora(model, rank=2, alpha=4, targets=("q_proj", "v_proj"), rngs=nnx.Rngs(1))
+    # LoRA B starts at zero; give it values so the adapters change the scores
+    for path, v in nnx.to_flat_state(nnx.state(model, models.LoRAParam)):
+        if "lora_b" in path:
+            v.set_value(0.1 * jax.random.normal(jax.random.key(len(path)), v.shape))
+    return model
+
+
+def test_grad_vectors_row_norms_are_grad_norms(model_and_batch):
+    _, (tokens, mask, loss) = model_and_batch
+    model = _fresh_lora_model()
+    vec = lmrec.grad_vectors(model, tokens, mask, loss, batch=2, chunk=1, progress=False)
+    norms = lmrec.grad_norms(model, tokens, mask, loss, batch=2, chunk=1, progress=False)
+    assert vec.shape[0] == 3 and vec.shape[1] > 1
+    np.testing.assert_allclose(np.linalg.norm(vec, axis=1), norms, rtol=1e-4)
+
+
+def test_catalogue_scores_equal_pairwise_answer_loglik():
+    model = _fresh_lora_model()
+    enc = lmrec.ByteTokenizer().encode
+    prompts, titles = ["watched: a; bc. Next:", "x"], ["Up (2009)", "Heat", "Alien (1979)"]
+    got = lmrec.catalogue_scores(model, enc, prompts, titles, max_prompt=12, max_answer=8,
+                                 progress=False)
+    pairs = lmrec.encode_pairs(enc, [p for p in prompts for _ in titles], titles * 2,
+                               max_prompt=12, max_answer=8)
+    want = lmrec.answer_loglik(model, *pairs).reshape(2, 3)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_catalogue_metrics_by_hand():
+    s = np.array([[0.1, 0.9, 0.5, 0.7], [0.3, 0.2, 0.1, 0.0]])
+    # row 0: target 2 (0.5) is beaten by items 1 and 3 -> rank 2; excluding item 1 -> rank 1
+    # row 1: target 0 is the best -> rank 0
+    got = lmrec.catalogue_metrics(s, np.array([2, 0]), ks=(1, 2))
+    assert got["HR@1"] == 0.5 and got["HR@2"] == 0.5
+    assert got["NDCG@1"] == pytest.approx(0.5)
+    ex = np.zeros_like(s, bool)
+    ex[0, 1] = True
+    got = lmrec.catalogue_metrics(s, np.array([2, 0]), ex, ks=(1, 2))
+    assert got["HR@1"] == 0.5 and got["HR@2"] == 1.0
+    assert got["NDCG@2"] == pytest.approx((1 / np.log2(3) + 1) / 2)
+    ex[1, 0] = True
+    with pytest.raises(ValueError, match="never mask the target"):
+        lmrec.catalogue_metrics(s, np.array([2, 0]), ex)
+
+
+def test_compact_tokenizer_renumbers_and_maps_unknowns():
+    base = lmrec.ByteTokenizer().encode
+    tok = lmrec.CompactTokenizer(base, ["ba", "ab"])
+    assert tok.encode("ab") == [2, 1] and tok.encode("b") == [1]
+    assert tok.unk_id == 3 and tok.vocab_size == 4 and tok.encode("az") == [2, 3]
+    with pytest.raises(ValueError, match="non-empty corpus"):
+        lmrec.CompactTokenizer(base, [""])
