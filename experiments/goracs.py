@@ -22,6 +22,7 @@ label), and the test metric is AUC / log-loss of ``log p(Yes) − log p(No)``.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -34,14 +35,17 @@ from flax import nnx
 from ml_collections import config_flags
 
 from recrl import coreset, models
+from recrl.checkpoint import Checkpointer
 from recrl.coreset import lmrec
 from recrl.data import (
     LMRecConfig,
     click_dataset,
+    fetch,
     load_movielens,
     next_item_dataset,
     prepare_lmrec,
     ranking_candidates,
+    seen_before_mask,
     synthetic_movielens,
 )
 from recrl.data.lmrec import take
@@ -61,8 +65,10 @@ def task_of(cfg) -> str:
     return task
 
 
-def load_data(cfg) -> tuple[Any, dict[str, Any], np.ndarray]:
-    """LM-rec data with subsampled pool / val / test and the test ranking candidates.
+def load_data(cfg) -> tuple[Any, dict[str, Any], np.ndarray, Any]:
+    """LM-rec data with subsampled pool / val / test, the test ranking candidates, and
+    ``(targets, exclude)`` of the first ``eval.full_catalogue`` test samples for
+    full-catalogue ranking (None when off).
 
     For the click task the texts also carry ``label`` (1 = rating > 3)."""
     d = cfg.data
@@ -86,31 +92,82 @@ def load_data(cfg) -> tuple[Any, dict[str, Any], np.ndarray]:
     else:
         texts = {k: next_item_dataset(data, k).select_columns(["prompt", "answer"]).to_dict()
                  for k in splits}
-    return data, texts, cand_all[picks["test"]]
+    full = None
+    if task_of(cfg) == "next_item" and cfg.get("eval", {}).get("full_catalogue", 0) > 0:
+        k = min(cfg.eval.full_catalogue, splits["test"].target.shape[0])
+        full = (splits["test"].target[:k], seen_before_mask(data, "test")[:k])
+    return data, texts, cand_all[picks["test"]], full
 
 
-def build_model(cfg):
-    """``(model, encode)``: SmolLM2 + its tokenizer, or a tiny Llama + bytes, pretrained."""
+MODEL_KINDS = ("smollm2", "tiny", "tiny_bpe")
+TITLE_PROMPT = "Movie: "  # pretraining text of the CPU models: "Movie: <title>"
+
+
+def build_model(cfg, corpus: list[str] | None = None):
+    """``(model, encode)``: SmolLM2 + its tokenizer; or a ``tiny_config`` Llama with UTF-8
+    bytes (``tiny``) or with SmolLM2's BPE restricted to the ids ``corpus`` uses
+    (``tiny_bpe``, :class:`~recrl.coreset.lmrec.CompactTokenizer`)."""
     m = cfg.model
+    if m.kind not in MODEL_KINDS:
+        raise ValueError(f"unknown model kind {m.kind!r}; known: {', '.join(MODEL_KINDS)}")
     if m.kind == "smollm2":
         path = models.smollm2_path()
-        model, encode = models.load_gguf(path), models.Tokenizer.from_gguf(path).encode
+        return models.load_gguf(path), models.Tokenizer.from_gguf(path).encode
+    if m.kind == "tiny_bpe":
+        tok = lmrec.CompactTokenizer(models.Tokenizer.from_gguf(models.smollm2_path()).encode,
+                                     corpus or [TITLE_PROMPT])
+        encode, vocab = tok.encode, tok.vocab_size
     else:
-        model = models.create_model(models.tiny_config(
-            dim=m.dim, n_layers=m.n_layers, n_heads=m.n_heads, n_kv_heads=m.n_kv_heads,
-            head_dim=m.dim // m.n_heads, ffn_dim=m.ffn_dim), seed=0)
-        encode = lmrec.ByteTokenizer().encode
+        encode, vocab = lmrec.ByteTokenizer().encode, 256
+    model = models.create_model(models.tiny_config(
+        vocab_size=vocab, dim=m.dim, n_layers=m.n_layers, n_heads=m.n_heads,
+        n_kv_heads=m.n_kv_heads, head_dim=m.dim // m.n_heads, ffn_dim=m.ffn_dim), seed=0)
     return model, encode
 
 
-def pretrain_on_titles(cfg, model, encode, titles: np.ndarray) -> list[float]:
-    """Full-parameter LM training on ``"Movie: " -> title`` (disjoint from the pool)."""
-    if cfg.pretrain.steps <= 0:
+def pretrain_on_titles(cfg, model, encode, titles: np.ndarray, cache_key: str = ""
+                       ) -> list[float]:
+    """Full-parameter LM training on ``"Movie: " -> title`` (disjoint from the pool).
+
+    With ``pretrain.cache`` the trained weights are kept under
+    ``$RECRL_DATA/goracs_base/<hash of config, vocabulary and titles>`` and reused by the
+    next run with the same settings (the saved losses come back with them)."""
+    p = cfg.pretrain
+    if p.steps <= 0:
         return []
-    t = lmrec.encode_pairs(encode, ["Movie: "] * len(titles), list(titles),
+    ckpt = None
+    if p.get("cache", False):
+        key = hashlib.sha256(json.dumps(
+            [cfg.model.to_dict(), p.to_dict(), cache_key, list(map(str, titles))],
+            sort_keys=True).encode()).hexdigest()[:16]
+        ckpt = Checkpointer(fetch.cache_root() / "goracs_base" / key, max_to_keep=1)
+        if ckpt.latest_step() is not None:
+            meta = models.restore_model(ckpt, model)
+            ckpt.close()
+            print(f"pretrained base restored from {ckpt.directory}", flush=True)
+            return list(meta.get("losses", []))
+    t = lmrec.encode_pairs(encode, [TITLE_PROMPT] * len(titles), list(titles),
                            max_prompt=8, max_answer=cfg.model.max_answer)
-    return lmrec.finetune(model, *t, steps=cfg.pretrain.steps, batch=cfg.pretrain.batch,
-                          lr=cfg.pretrain.lr, lora_only=False, progress=False)
+    losses = lmrec.finetune(model, *t, steps=p.steps, batch=p.batch, lr=p.lr,
+                            lora_only=False, progress=True)
+    if ckpt is not None:
+        models.save_model(ckpt, p.steps, model, meta={"losses": losses[-50:]})
+        ckpt.close()
+    return losses
+
+
+def budgets_of(cfg, pool: int) -> list[int]:
+    """Sorted distinct budgets: ``budgets`` plus ``round(f · pool)`` for each of
+    ``budget_fractions``, each clipped to ``[1, pool]``."""
+    got = [int(b) for b in cfg.budgets] + [round(f * pool)
+                                           for f in cfg.get("budget_fractions", ())]
+    if not got:
+        raise ValueError("no budgets: set budgets and / or budget_fractions")
+    return sorted({min(max(b, 1), pool) for b in got})
+
+
+#: methods whose selection does not depend on the seed (the seed still orders fine-tuning)
+DETERMINISTIC = ("goracs", "el2n", "grand", "full")
 
 
 def select(method: str, n: int, seed: int, feats: dict[str, np.ndarray], cfg) -> dict:
@@ -137,7 +194,9 @@ def select(method: str, n: int, seed: int, feats: dict[str, np.ndarray], cfg) ->
     elif method == "kcenter":
         idx = coreset.kcenter_greedy(feats["pool_emb"], n, seed)
     elif method == "dealrec":
-        idx = coreset.dealrec(feats["grad"], n, seed=seed)
+        d = cfg.get("dealrec", {})
+        idx = coreset.dealrec(feats["grad"], n, influence=feats.get("influence"),
+                              gamma=d.get("gamma", 1.0), seed=seed)
     elif method == "full":
         idx = coreset.full_data(num)
     else:
@@ -145,9 +204,11 @@ def select(method: str, n: int, seed: int, feats: dict[str, np.ndarray], cfg) ->
     return {"indices": idx, "seconds": time.perf_counter() - t0, "trace": trace}
 
 
-def evaluate(model, encode, cfg, texts, cand, titles) -> dict[str, float]:
-    """HR/NDCG of the target (column 0) by answer log-likelihood among the candidates; for
-    the click task AUC / log-loss of ``log p("Yes") − log p("No")``."""
+def evaluate(model, encode, cfg, texts, cand, titles, full=None) -> dict[str, float]:
+    """HR/NDCG of the target (column 0) by answer log-likelihood among the candidates (and,
+    with ``full = (targets, exclude)``, over the whole catalogue for the first
+    ``len(targets)`` test prompts: keys ``full/HR@10`` …); for the click task AUC /
+    log-loss of ``log p("Yes") − log p("No")``."""
     prompts = texts["test"]["prompt"]
     if task_of(cfg) == "click":
         t = lmrec.encode_pairs(encode, [p for p in prompts for _ in (0, 1)],
@@ -155,20 +216,29 @@ def evaluate(model, encode, cfg, texts, cand, titles) -> dict[str, float]:
                                max_answer=cfg.model.max_answer)
         ll = lmrec.answer_loglik(model, *t, batch=256).reshape(-1, 2)
         return lmrec.click_metrics(ll[:, 0] - ll[:, 1], np.asarray(texts["test"]["label"]))
-    rows = [(p, titles[c]) for p, cs in zip(prompts, cand, strict=True) for c in cs]
-    t = lmrec.encode_pairs(encode, [r[0] for r in rows], [r[1] for r in rows],
-                           max_prompt=cfg.model.max_prompt, max_answer=cfg.model.max_answer)
-    scores = lmrec.answer_loglik(model, *t, batch=256).reshape(cand.shape)
-    return lmrec.ranking_metrics(scores)
+    kw = dict(max_prompt=cfg.model.max_prompt, max_answer=cfg.model.max_answer,
+              progress=False)
+    out = lmrec.ranking_metrics(lmrec.catalogue_scores(model, encode, prompts, titles, cand,
+                                                       **kw))
+    if full is not None:
+        target, exclude = full
+        scores = lmrec.catalogue_scores(model, encode, prompts[:len(target)], titles, **kw)
+        out.update({f"full/{k}": v for k, v in
+                    lmrec.catalogue_metrics(scores, target, exclude).items()})
+    return out
 
 
 def run(cfg, out_dir: str) -> dict:
     """The whole experiment; returns (and writes) the results."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    data, texts, cand = load_data(cfg)
-    model, encode = build_model(cfg)
-    pre = pretrain_on_titles(cfg, model, encode, data.titles)
+    task = task_of(cfg)
+    data, texts, cand, full = load_data(cfg)
+    corpus = [TITLE_PROMPT, *map(str, data.titles),
+              *(t for v in texts.values() for t in (*v["prompt"], *v["answer"]))]
+    model, encode = build_model(cfg, corpus)
+    pre = pretrain_on_titles(cfg, model, encode, data.titles,
+                             cache_key=f"{cfg.dataset}:{len(corpus)}:{hash_texts(corpus)}")
     models.add_lora(model, rank=cfg.model.lora_rank, alpha=cfg.model.lora_alpha,
                     targets=("q_proj", "v_proj"), rngs=nnx.Rngs(0))
     mp, ma = cfg.model.max_prompt, cfg.model.max_answer
@@ -176,27 +246,51 @@ def run(cfg, out_dir: str) -> dict:
                                  max_answer=ma) for k, v in texts.items()}
     t0 = time.perf_counter()
     f = cfg.features
-    grad = lmrec.grad_norms(model, *enc["train"], batch=f.batch, chunk=f.chunk)
+    feats: dict[str, np.ndarray] = {}
+    dl = cfg.get("dealrec", {})
+    if "dealrec" in cfg.methods and dl.get("influence", False):
+        vec = lmrec.grad_vectors(model, *enc["train"], batch=f.batch, chunk=f.chunk)
+        grad = np.linalg.norm(vec, axis=1).astype(np.float32)
+        feats["influence"] = coreset.influence_scores(vec, damping=dl.get("damping", 0.01))
+        del vec
+    else:
+        grad = lmrec.grad_norms(model, *enc["train"], batch=f.batch, chunk=f.chunk)
     nll = -lmrec.answer_loglik(model, *enc["train"]) / np.maximum(
         enc["train"][2][:, 1:].sum(1), 1)
-    feats = {"grad": grad, "el2n": 1.0 - np.exp(-nll),  # EL2N proxy: 1 − p(answer)^(1/|y|)
-             "pool_emb": lmrec.embeddings(model, *enc["train"][:2], batch=f.batch),
-             "val_emb": lmrec.embeddings(model, *enc["val"][:2], batch=f.batch)}
+    feats.update({"grad": grad, "el2n": 1.0 - np.exp(-nll),  # EL2N proxy (see docs)
+                  "pool_emb": lmrec.embeddings(model, *enc["train"][:2], batch=f.batch),
+                  "val_emb": lmrec.embeddings(model, *enc["val"][:2], batch=f.batch)})
     if "label" in texts["train"]:  # click task: GORACS's label-enhanced variant
         feats["pool_labels"] = np.asarray(texts["train"]["label"])
         feats["val_labels"] = np.asarray(texts["val"]["label"])
     feature_seconds = time.perf_counter() - t0
     cost = np.asarray(coreset.cost_matrix(feats["pool_emb"], feats["val_emb"], grad,
                                           cfg.select.lam))
+    pool = cost.shape[0]
+    t0 = time.perf_counter()
     runs = [{"method": "base", "budget": 0, "seed": 0,
-             **evaluate(model, encode, cfg, texts, cand, data.titles)}]
-    for bi, n in enumerate(cfg.budgets):
+             **evaluate(model, encode, cfg, texts, cand, data.titles, full)}]
+    eval_seconds = time.perf_counter() - t0
+    budgets = budgets_of(cfg, pool)
+    key = PRIMARY[task]
+    done: dict[tuple[str, int], tuple[dict, dict]] = {}  # deterministic selections, reused
+    for bi, n in enumerate(budgets):
         for method in cfg.methods:
             if method == "full" and bi > 0:  # full data does not depend on the budget
                 continue
             # deterministic selections still vary by seed through the fine-tuning order
             for seed in cfg.seeds[:1] if method == "full" else cfg.seeds:
-                sel = select(method, min(n, cost.shape[0]), seed, feats, cfg)
+                if (method, n) in done:
+                    sel, quality = done[(method, n)]
+                else:
+                    sel = select(method, n, seed, feats, cfg)
+                    quality = {"poo": coreset.poo_sinkhorn(
+                        cost, sel["indices"], epsilon=cfg.select.epsilon,
+                        threshold=cfg.select.threshold)}
+                    if cfg.select.exact_ot:
+                        quality["exact_poo"] = coreset.poo_exact(cost, sel["indices"])
+                    if method in DETERMINISTIC:
+                        done[(method, n)] = sel, quality
                 idx = sel["indices"]
                 m = nnx.clone(model)  # merge(split) would share (and mutate) Variables
                 ft = cfg.finetune
@@ -204,30 +298,59 @@ def run(cfg, out_dir: str) -> dict:
                 lmrec.finetune(m, *(x[idx] for x in enc["train"]), steps=steps,
                                batch=ft.batch, lr=ft.lr, seed=seed, progress=False)
                 rec = {"method": method, "budget": int(n if method != "full" else len(idx)),
-                       "seed": int(seed), "select_seconds": sel["seconds"],
-                       "poo": coreset.poo_sinkhorn(cost, idx, epsilon=cfg.select.epsilon,
-                                                   threshold=cfg.select.threshold),
+                       "seed": int(seed), "select_seconds": sel["seconds"], **quality,
                        "trace": sel["trace"], "steps": steps,
-                       **evaluate(m, encode, cfg, texts, cand, data.titles)}
+                       **evaluate(m, encode, cfg, texts, cand, data.titles, full)}
                 if "pool_labels" in feats:
                     rec["selected_pos_rate"] = float(np.mean(feats["pool_labels"][idx]))
                     rec["val_pos_rate"] = float(np.mean(feats["val_labels"]))
-                if cfg.select.exact_ot:
-                    rec["exact_poo"] = coreset.poo_exact(cost, idx)
                 runs.append(rec)
-                key = PRIMARY[task_of(cfg)]
                 print(f"{method:8s} n={rec['budget']:5d} seed={seed} {key}={rec[key]:.3f}"
                       f" POO={rec['poo']:.4f} ({sel['seconds']:.1f} s)", flush=True)
-    results = {"runs": runs, "pretrain_loss": pre[-1:], "feature_seconds": feature_seconds,
+                write_results(out, runs, pre, feature_seconds, eval_seconds, texts, cfg)
+    results = write_results(out, runs, pre, feature_seconds, eval_seconds, texts, cfg)
+    write_report(out, results)
+    return results
+
+
+def hash_texts(texts: list[str]) -> str:
+    """A short content hash of a list of strings (keys the pretrained-base cache)."""
+    return hashlib.sha256("\x00".join(texts).encode()).hexdigest()[:16]
+
+
+def write_results(out: Path, runs, pre, feature_seconds, eval_seconds, texts, cfg) -> dict:
+    """``results.json`` (rewritten after every run, via a temporary file: an interrupted
+    run keeps what it finished)."""
+    results = {"runs": runs, "pretrain_loss": list(pre[-1:]),
+               "feature_seconds": feature_seconds, "eval_seconds": eval_seconds,
                "sizes": {k: len(v["prompt"]) for k, v in texts.items()},
                "config": cfg.to_dict()}
-    (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
-    write_report(out, results)
+    tmp = out / "results.json.tmp"
+    tmp.write_text(json.dumps(results, indent=1, default=str))
+    tmp.replace(out / "results.json")
     return results
 
 
 def _fmt(vals: list[float]) -> str:
     return f"{np.mean(vals):.4f} ± {np.std(vals):.4f}" if len(vals) > 1 else f"{vals[0]:.4f}"
+
+
+def versus_random(runs: list[dict], key: str) -> list[str]:
+    """Per budget: does GORACS beat random on ``key``? The mean difference and the
+    seed-std of each side; "beats" only when the gap exceeds both stds."""
+    out = [f"GORACS vs random on {key} (mean over seeds):", ""]
+    for b in sorted({r["budget"] for r in runs if r["method"] == "goracs"}):
+        g = [r[key] for r in runs if r["method"] == "goracs" and r["budget"] == b]
+        rnd = [r[key] for r in runs if r["method"] == "random" and r["budget"] == b]
+        if not rnd:
+            continue
+        d = np.mean(g) - np.mean(rnd)
+        noise = max(np.std(g), np.std(rnd))
+        verdict = ("beats random" if d > noise else "worse than random" if d < -noise
+                   else "no difference beyond seed noise")
+        out.append(f"- n = {b}: GORACS {np.mean(g):.4f} vs random {np.mean(rnd):.4f} "
+                   f"({d:+.4f}; seed std ≤ {noise:.4f}): **{verdict}**")
+    return out
 
 
 def write_report(out: Path, results: dict) -> str:
@@ -240,22 +363,30 @@ def write_report(out: Path, results: dict) -> str:
     runs, cfg = results["runs"], results["config"]
     task = task_of(cfg)
     metrics, key = TASK_METRICS[task], PRIMARY[task]
+    metrics = (*metrics, *(k for k in ("full/HR@10", "full/NDCG@10") if k in runs[0]))
+    pool = results["sizes"]["train"]
     what = ("click task (AUC / log-loss of log p(Yes) − log p(No))" if task == "click" else
-            f"candidates per test sample: {1 + cfg['data']['num_negatives']}")
+            f"candidates per test sample: {1 + cfg['data']['num_negatives']}"
+            + (f"; full/ = the whole catalogue, first {cfg['eval']['full_catalogue']} test "
+               "samples, the user's earlier items excluded" if "full/HR@10" in runs[0]
+               else ""))
     lines = [f"# GORACS report ({cfg['variant']}, {task})", "",
-             f"Samples: {results['sizes']}; {what}; feature pass "
-             f"{results['feature_seconds']:.1f} s.", "",
-             "| method | budget | seeds | " + " | ".join(metrics)
+             f"Samples: {results['sizes']}; {what}; model {cfg['model']['kind']}; feature pass "
+             f"{results['feature_seconds']:.1f} s; one evaluation "
+             f"{results.get('eval_seconds', float('nan')):.1f} s. Mean ± std over seeds.", "",
+             "| method | budget (% of pool) | seeds | " + " | ".join(metrics)
              + " | POO (Sinkhorn) | exact POO | select s |",
              "|" + "---|" * (len(metrics) + 6)]
     keys = sorted({(r["budget"], r["method"]) for r in runs})
     for budget, method in keys:
         rs = [r for r in runs if r["method"] == method and r["budget"] == budget]
-        row = [method, str(budget), str(len(rs))] + [_fmt([r[k] for r in rs]) for k in metrics]
+        row = [method, f"{budget} ({100 * budget / pool:.3g} %)", str(len(rs))]
+        row += [_fmt([r[k] for r in rs]) for k in metrics]
         for k in ("poo", "exact_poo", "select_seconds"):
             row.append(_fmt([r[k] for r in rs]) if k in rs[0] else "–")
         lines.append("| " + " | ".join(row) + " |")
-    lines += ["", "![POO over refinement](poo_trace.png)", "",
+    lines += ["", *versus_random(runs, key), "",
+              "![POO over refinement](poo_trace.png)", "",
               f"![{key} vs budget](hr_vs_budget.png)", ""]
     text = "\n".join(lines)
     (out / "report.md").write_text(text)

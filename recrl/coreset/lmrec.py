@@ -164,6 +164,7 @@ def finetune(model: models.Llama, tokens: np.ndarray, mask: np.ndarray,
     Trains the LoRA parameters (``lora_only``) or every parameter (pretraining). Returns
     the per-step losses.
     """
+    targets = _max_targets(loss_mask)
     wrt = models.LoRAParam if lora_only else nnx.Param
     graphdef, train, rest = nnx.split(model, wrt, ...)
     opt = optax.adamw(lr, weight_decay=0.0)
@@ -172,7 +173,7 @@ def finetune(model: models.Llama, tokens: np.ndarray, mask: np.ndarray,
     @jax.jit
     def step(train, opt_state, rest, tok, m, lm):
         def loss_fn(p):
-            return models.sequence_nll(graphdef, (p, rest), tok, m, lm).mean()
+            return models.sequence_nll(graphdef, (p, rest), tok, m, lm, targets).mean()
 
         loss, grads = jax.value_and_grad(loss_fn)(train)
         updates, opt_state = opt.update(grads, opt_state, train)
@@ -190,9 +191,16 @@ def finetune(model: models.Llama, tokens: np.ndarray, mask: np.ndarray,
     return losses
 
 
-@jax.jit
-def _answer_loglik(graphdef, state, tokens, mask, loss_mask):
-    nll = models.sequence_nll(graphdef, state, tokens, mask, loss_mask)
+def _max_targets(loss_mask: np.ndarray) -> int:
+    """Largest number of scored (answer) tokens in a row, rounded up to a multiple of 8 so
+    that batches of similar answers share one compiled program."""
+    most = int(np.asarray(loss_mask)[:, 1:].sum(1).max(initial=0))
+    return max(8, -(-most // 8) * 8)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 5))
+def _answer_loglik(graphdef, state, tokens, mask, loss_mask, max_targets):
+    nll = models.sequence_nll(graphdef, state, tokens, mask, loss_mask, max_targets)
     return -nll * jnp.maximum(loss_mask[:, 1:].sum(-1), 1)
 
 
@@ -200,9 +208,11 @@ def answer_loglik(model: models.Llama, tokens: np.ndarray, mask: np.ndarray,
                   loss_mask: np.ndarray, *, batch: int = 256) -> np.ndarray:
     r""":math:`\sum_{t\in\text{answer}}\log\pi(y_t\mid\cdot)` per row, ``[N]``."""
     graphdef, state = nnx.split(model)
+    targets = _max_targets(loss_mask)
     return np.concatenate([np.asarray(_answer_loglik(
         graphdef, state, jnp.asarray(tokens[lo:lo + batch]), jnp.asarray(mask[lo:lo + batch]),
-        jnp.asarray(loss_mask[lo:lo + batch]))) for lo in range(0, tokens.shape[0], batch)])
+        jnp.asarray(loss_mask[lo:lo + batch]), targets))
+        for lo in range(0, tokens.shape[0], batch)])
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -212,12 +222,14 @@ def _catalogue_scores(graphdef, state, prompt, prompt_mask, titles, title_mask):
 
 
 def catalogue_scores(model: models.Llama, encode: Callable[[str], list[int]],
-                     prompts: Sequence[str], titles: Sequence[str], *, max_prompt: int = 256,
+                     prompts: Sequence[str], titles: Sequence[str],
+                     candidates: np.ndarray | None = None, *, max_prompt: int = 256,
                      max_answer: int = 32, progress: bool = True) -> np.ndarray:
-    r"""Answer log-likelihood of *every* title after each prompt: ``[N, num_titles]``.
+    r"""Answer log-likelihood of titles after each prompt: ``[N, num_titles]`` (every title),
+    or ``[N, C]`` for the title ids ``candidates [N, C]`` of each prompt.
 
     Each prompt (its last ``max_prompt`` tokens) is run once and its keys/values are shared
-    by all titles (first ``max_answer`` tokens each), which are scored in one batch; the
+    by its titles (first ``max_answer`` tokens each), which are scored in one batch; the
     values equal :func:`answer_loglik` of the (prompt, title) pairs.
     """
     ids = [encode(t)[:max_answer] for t in titles]
@@ -229,15 +241,21 @@ def catalogue_scores(model: models.Llama, encode: Callable[[str], list[int]],
         tt[i, :len(t)], tm[i, :len(t)] = t, True
     ps = [encode(p)[-max_prompt:] for p in prompts]
     width = max(map(len, ps))
+    if candidates is not None:
+        candidates = np.asarray(candidates)
+        if candidates.ndim != 2 or candidates.shape[0] != len(ps):
+            raise ValueError(f"candidates must be [{len(ps)}, C]; got {candidates.shape}")
     graphdef, state = nnx.split(model)
-    out = np.zeros((len(ps), len(ids)), np.float32)
+    out = np.zeros((len(ps), len(ids) if candidates is None else candidates.shape[1]),
+                   np.float32)
     it = tqdm(enumerate(ps), total=len(ps), desc="catalogue", leave=False) if progress \
         else enumerate(ps)
     for i, p in it:
         pt, pm = np.zeros(width, np.int32), np.zeros(width, bool)
         pt[:len(p)], pm[:len(p)] = p, True
+        rows = slice(None) if candidates is None else candidates[i]
         out[i] = np.asarray(_catalogue_scores(graphdef, state, jnp.asarray(pt), jnp.asarray(pm),
-                                              jnp.asarray(tt), jnp.asarray(tm)))
+                                              jnp.asarray(tt[rows]), jnp.asarray(tm[rows])))
     return out
 
 

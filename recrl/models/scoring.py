@@ -122,11 +122,17 @@ def sequence_nll(
     tokens: jax.Array,
     mask: jax.Array,
     loss_mask: jax.Array,
+    max_targets: int | None = None,
 ) -> jax.Array:
     """Mean negative log-likelihood of the target tokens of each sequence.
 
     ``nll_b = -Σ_t m_bt log π(x_bt | x_b,<t) / max(Σ_t m_bt, 1)`` with ``m = loss_mask``
     (e.g. the answer tokens of an instruction sample). Differentiable; jit it from the caller.
+
+    With ``max_targets = A`` (static; at least every row's number of target tokens) only the
+    hidden states that predict the first ``A`` targets of each row go through the output
+    layer: ``[B, A, vocab]`` logits instead of ``[B, T, vocab]``, the same value. For short
+    answers after long prompts (recommendation samples) the head is most of the cost.
 
     Args:
       graphdef: model graphdef.
@@ -140,9 +146,21 @@ def sequence_nll(
     """
     model = merge(graphdef, params)
     mask = mask.astype(bool)
-    lp = _score_tail(model, tokens, mask, 1, 1.0)
     w = (loss_mask[:, 1:] * mask[:, 1:]).astype(f32)
-    return -(lp * w).sum(-1) / jnp.maximum(w.sum(-1), 1.0)
+    if max_targets is None:
+        lp = _score_tail(model, tokens, mask, 1, 1.0)
+        return -(lp * w).sum(-1) / jnp.maximum(w.sum(-1), 1.0)
+    hidden, _ = model(tokens, positions_from_mask(mask), mask)
+    prev = _last_real(mask)[:, :-1]  # last real slot before each scored slot 1..T-1
+    scored = (w > 0) & (prev >= 0)
+    # slots of the first max_targets scored tokens, in order (a stable sort of ~scored)
+    slot = jnp.argsort(~scored, axis=1, stable=True)[:, :max_targets]
+    keep = jnp.take_along_axis(scored, slot, axis=1)
+    src = jnp.maximum(jnp.take_along_axis(prev, slot, axis=1), 0)
+    h = jnp.take_along_axis(hidden, src[..., None], axis=1)
+    lp = _token_logprobs(model, h, jnp.take_along_axis(tokens[:, 1:], slot, axis=1), 1.0)
+    wk = jnp.take_along_axis(w, slot, axis=1) * keep
+    return -(lp * wk).sum(-1) / jnp.maximum(w.sum(-1), 1.0)
 
 
 def prefill_prefix(model: Llama, prompt: jax.Array, prompt_mask: jax.Array | None = None) -> Prefix:

@@ -2,7 +2,10 @@
 
 import json
 
+import jax
+import numpy as np
 import pytest
+from flax import nnx
 
 from experiments import goracs
 from experiments.configs.goracs import get_config
@@ -20,9 +23,25 @@ def test_tiny_pipeline_writes_results_and_report(tmp_path):
     assert all(b < a for a, b in zip(g["trace"], g["trace"][1:], strict=False))
     for r in res["runs"]:
         assert 0.0 <= r["NDCG@10"] <= r["HR@10"] <= 1.0
+        assert 0.0 <= r["full/NDCG@10"] <= r["full/HR@10"] <= 1.0  # 3 full-catalogue rows
+    assert sorted({r["budget"] for r in res["runs"] if r["method"] == "random"}) == [8, 10]
     assert json.loads((tmp_path / "results.json").read_text())["runs"]
     text = (tmp_path / "report.md").read_text()
-    assert "| goracs | 8 |" in text and (tmp_path / "hr_vs_budget.png").exists()
+    assert "| goracs | 8 (20 %) |" in text and "| goracs | 10 (25 %) |" in text
+    assert "GORACS vs random on HR@10" in text and (tmp_path / "hr_vs_budget.png").exists()
+
+
+def test_budgets_and_model_kind_checks():
+    cfg = get_config("tiny")
+    assert goracs.budgets_of(cfg, 40) == [8, 10]
+    cfg.budgets, cfg.budget_fractions = (64,), (0.5, 2.0)
+    assert goracs.budgets_of(cfg, 40) == [20, 40]  # clipped to the pool
+    cfg.budgets, cfg.budget_fractions = (), ()
+    with pytest.raises(ValueError, match="no budgets"):
+        goracs.budgets_of(cfg, 40)
+    cfg.model.kind = "gpt"
+    with pytest.raises(ValueError, match="unknown model kind 'gpt'"):
+        goracs.build_model(cfg)
 
 
 def test_unknown_variant():
@@ -51,3 +70,21 @@ def test_unknown_task_is_a_clear_error():
     cfg.task = "clik"
     with pytest.raises(ValueError, match="unknown task 'clik'"):
         goracs.load_data(cfg)
+
+
+def test_pretrained_base_is_cached_and_restored(tmp_path, monkeypatch):
+    monkeypatch.setenv("RECRL_DATA", str(tmp_path))
+    cfg = get_config("tiny")
+    cfg.pretrain.update(cache=True, steps=2)
+    titles = np.array(["Heat (1995)", "Up (2009)", "Alien (1979)"])
+    first, encode = goracs.build_model(cfg)
+    losses = goracs.pretrain_on_titles(cfg, first, encode, titles, cache_key="k")
+    assert len(list((tmp_path / "goracs_base").iterdir())) == 1
+    again, _ = goracs.build_model(cfg)  # same seed-0 init: restoring must change it back
+    assert goracs.pretrain_on_titles(cfg, again, encode, titles, cache_key="k") == losses
+    for a, b in zip(jax.tree.leaves(nnx.state(first)), jax.tree.leaves(nnx.state(again)),
+                    strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    other, _ = goracs.build_model(cfg)  # another key trains (and caches) anew
+    goracs.pretrain_on_titles(cfg, other, encode, titles, cache_key="other")
+    assert len(list((tmp_path / "goracs_base").iterdir())) == 2

@@ -103,6 +103,9 @@ def test_catalogue_scores_equal_pairwise_answer_loglik():
                                max_prompt=12, max_answer=8)
     want = lmrec.answer_loglik(model, *pairs).reshape(2, 3)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    picked = lmrec.catalogue_scores(model, enc, prompts, titles, np.array([[2, 0], [1, 1]]),
+                                    max_prompt=12, max_answer=8, progress=False)
+    np.testing.assert_allclose(picked, want[[[0], [1]], [[2, 0], [1, 1]]], rtol=1e-5)
 
 
 def test_catalogue_metrics_by_hand():

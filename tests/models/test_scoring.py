@@ -79,6 +79,17 @@ def test_token_logprobs_and_sequence_nll(tiny):
     nll = np.asarray(sequence_nll(graphdef, state, tokens, mask, loss_mask))
     ref = [-np.mean(r) for r in _reference(model, PROMPTS, COMPLETIONS)]
     np.testing.assert_allclose(nll, ref, atol=2e-4, rtol=1e-4)
+    # answer-only head (max_targets = the largest answer, or more): the same values, also
+    # for left-padded rows
+    for a in (4, 7):
+        got = np.asarray(sequence_nll(graphdef, state, tokens, mask, loss_mask, a))
+        np.testing.assert_allclose(got, ref, atol=2e-4, rtol=1e-4)
+    lt, lm = pad_batch(seqs, side="left")
+    lloss = np.zeros_like(lm)
+    for b, c in enumerate(COMPLETIONS):
+        lloss[b, lt.shape[1] - len(c):] = True
+    got = np.asarray(sequence_nll(graphdef, state, lt, lm, lloss, 4))
+    np.testing.assert_allclose(got, ref, atol=2e-4, rtol=1e-4)
 
 
 def test_shared_prompt_scoring_equals_repeated_prompt(tiny_tied):
