@@ -149,7 +149,7 @@ def pretrain_on_titles(cfg, model, encode, titles: np.ndarray, cache_key: str = 
     t = lmrec.encode_pairs(encode, [TITLE_PROMPT] * len(titles), list(titles),
                            max_prompt=8, max_answer=cfg.model.max_answer)
     losses = lmrec.finetune(model, *t, steps=p.steps, batch=p.batch, lr=p.lr,
-                            lora_only=False, progress=True)
+                            lora_only=False, progress=True, desc="pretrain")
     if ckpt is not None:
         models.save_model(ckpt, p.steps, model, meta={"losses": losses[-50:]})
         ckpt.close()

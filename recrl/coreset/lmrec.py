@@ -158,7 +158,8 @@ def embeddings(model: models.Llama, tokens: np.ndarray, mask: np.ndarray, *,
 
 def finetune(model: models.Llama, tokens: np.ndarray, mask: np.ndarray,
              loss_mask: np.ndarray, *, steps: int, batch: int = 16, lr: float = 1e-3,
-             seed: int = 0, lora_only: bool = True, progress: bool = True) -> list[float]:
+             seed: int = 0, lora_only: bool = True, progress: bool = True,
+             desc: str = "fine-tune") -> list[float]:
     """AdamW on the mean answer NLL of minibatches drawn from the given samples (in place).
 
     Trains the LoRA parameters (``lora_only``) or every parameter (pretraining). Returns
@@ -181,7 +182,7 @@ def finetune(model: models.Llama, tokens: np.ndarray, mask: np.ndarray,
 
     rng = np.random.default_rng(seed)
     losses = []
-    it = tqdm(range(steps), desc="fine-tune", leave=False) if progress else range(steps)
+    it = tqdm(range(steps), desc=desc, leave=False) if progress else range(steps)
     for _ in it:
         idx = rng.choice(tokens.shape[0], min(batch, tokens.shape[0]), replace=False)
         train, opt_state, loss = step(train, opt_state, rest, jnp.asarray(tokens[idx]),
