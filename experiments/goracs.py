@@ -218,8 +218,10 @@ def evaluate(model, encode, cfg, texts, cand, titles, full=None) -> dict[str, fl
         return lmrec.click_metrics(ll[:, 0] - ll[:, 1], np.asarray(texts["test"]["label"]))
     kw = dict(max_prompt=cfg.model.max_prompt, max_answer=cfg.model.max_answer,
               progress=False)
-    out = lmrec.ranking_metrics(lmrec.catalogue_scores(model, encode, prompts, titles, cand,
-                                                       **kw))
+    scores = lmrec.catalogue_scores(model, encode, prompts, titles, cand, **kw)
+    out: dict[str, Any] = lmrec.ranking_metrics(scores)
+    # per-prompt target ranks, for paired comparisons between methods in the report
+    out["ranks"] = (scores[:, 1:] >= scores[:, :1]).sum(1).tolist()
     if full is not None:
         target, exclude = full
         scores = lmrec.catalogue_scores(model, encode, prompts[:len(target)], titles, **kw)
@@ -335,21 +337,36 @@ def _fmt(vals: list[float]) -> str:
     return f"{np.mean(vals):.4f} ± {np.std(vals):.4f}" if len(vals) > 1 else f"{vals[0]:.4f}"
 
 
-def versus_random(runs: list[dict], key: str) -> list[str]:
-    """Per budget: does GORACS beat random on ``key``? The mean difference and the
-    seed-std of each side; "beats" only when the gap exceeds both stds."""
-    out = [f"GORACS vs random on {key} (mean over seeds):", ""]
+def versus_random(runs: list[dict], key: str, num_test: int) -> list[str]:
+    """Per budget: does GORACS beat random on ``key``, beyond test-set and seed noise?
+
+    With per-prompt ranks (``HR@K`` keys) the comparison is paired: per test prompt the
+    seed-mean hit of each method, the mean difference and its 95 % interval
+    (``1.96 · std / √N``). Without them (older results, or other metrics) an unpaired
+    interval: the seed-mean difference ± 1.96 · √(p₁(1−p₁) + p₂(1−p₂)) / √N (a conservative
+    binomial bound for hit rates). "beats" / "worse" only when the interval excludes 0.
+    """
+    out = [f"GORACS vs random on {key} (mean over seeds; 95 % interval over the {num_test} "
+           "test prompts):", ""]
+    k = int(key.split("@")[1]) if key.startswith("HR@") else None
     for b in sorted({r["budget"] for r in runs if r["method"] == "goracs"}):
-        g = [r[key] for r in runs if r["method"] == "goracs" and r["budget"] == b]
-        rnd = [r[key] for r in runs if r["method"] == "random" and r["budget"] == b]
+        g = [r for r in runs if r["method"] == "goracs" and r["budget"] == b]
+        rnd = [r for r in runs if r["method"] == "random" and r["budget"] == b]
         if not rnd:
             continue
-        d = np.mean(g) - np.mean(rnd)
-        noise = max(np.std(g), np.std(rnd))
-        verdict = ("beats random" if d > noise else "worse than random" if d < -noise
-                   else "no difference beyond seed noise")
-        out.append(f"- n = {b}: GORACS {np.mean(g):.4f} vs random {np.mean(rnd):.4f} "
-                   f"({d:+.4f}; seed std ≤ {noise:.4f}): **{verdict}**")
+        mg, mr = np.mean([r[key] for r in g]), np.mean([r[key] for r in rnd])
+        if k is not None and all("ranks" in r for r in g + rnd):
+            hits = [np.mean([np.asarray(r["ranks"]) < k for r in rs], 0) for rs in (g, rnd)]
+            diff = hits[0] - hits[1]
+            d, half, how = diff.mean(), 1.96 * diff.std(ddof=1) / np.sqrt(len(diff)), "paired"
+        else:
+            d = mg - mr
+            half = 1.96 * np.sqrt(mg * (1 - mg) + mr * (1 - mr)) / np.sqrt(num_test)
+            how = "unpaired"
+        verdict = ("beats random" if d - half > 0 else "worse than random" if d + half < 0
+                   else "no significant difference")
+        out.append(f"- n = {b}: GORACS {mg:.4f} vs random {mr:.4f}: {d:+.4f} ± {half:.4f} "
+                   f"({how}): **{verdict}**")
     return out
 
 
@@ -385,22 +402,31 @@ def write_report(out: Path, results: dict) -> str:
         for k in ("poo", "exact_poo", "select_seconds"):
             row.append(_fmt([r[k] for r in rs]) if k in rs[0] else "–")
         lines.append("| " + " | ".join(row) + " |")
-    lines += ["", *versus_random(runs, key), "",
+    lines += ["", *versus_random(runs, key, results["sizes"]["test"]), "",
               "![POO over refinement](poo_trace.png)", "",
               f"![{key} vs budget](hr_vs_budget.png)", ""]
     text = "\n".join(lines)
     (out / "report.md").write_text(text)
     fig, ax = plt.subplots(figsize=(5, 3))
-    for r in runs:
-        if r.get("trace"):
-            ax.plot(r["trace"], label=f"n={r['budget']} seed={r['seed']}")
+    drawn = set()
+    for r in runs:  # GORACS is deterministic: one trace per budget
+        if r.get("trace") and r["budget"] not in drawn:
+            drawn.add(r["budget"])
+            ax.plot(r["trace"], label=f"n={r['budget']}")
     ax.set_xlabel("accepted swap"), ax.set_ylabel("POO (Sinkhorn)"), ax.legend(fontsize=6)
     fig.tight_layout(), fig.savefig(out / "poo_trace.png", dpi=100), plt.close(fig)
-    fig, ax = plt.subplots(figsize=(5, 3))
+    fig, ax = plt.subplots(figsize=(5.5, 3.3))
     for method in sorted({r["method"] for r in runs} - {"base", "full"}):
         bs = sorted({r["budget"] for r in runs if r["method"] == method})
-        ax.plot(bs, [np.mean([r[key] for r in runs if r["method"] == method
-                              and r["budget"] == b]) for b in bs], "o-", label=method)
+        vals = [[r[key] for r in runs if r["method"] == method and r["budget"] == b]
+                for b in bs]
+        ax.errorbar(bs, [np.mean(v) for v in vals], yerr=[np.std(v) for v in vals],
+                    fmt="o-", capsize=2, lw=2.5 if method == "goracs" else 1, label=method)
+    for method, style in (("base", "--"), ("full", ":")):
+        ref = [r[key] for r in runs if r["method"] == method]
+        if ref:
+            ax.axhline(np.mean(ref), color="k", ls=style, lw=1,
+                       label="no fine-tuning" if method == "base" else "full data")
     ax.set_xscale("log"), ax.set_xlabel("budget"), ax.set_ylabel(key), ax.legend(fontsize=6)
     fig.tight_layout(), fig.savefig(out / "hr_vs_budget.png", dpi=100), plt.close(fig)
     return text
@@ -409,7 +435,13 @@ def write_report(out: Path, results: dict) -> str:
 def main(argv: list[str]) -> None:
     del argv
     jnp.zeros(())
-    run(FLAGS.config, FLAGS.out_dir)
+    if FLAGS.report_only:  # rebuild report.md and plots from a finished results.json
+        path = Path(FLAGS.out_dir) / "results.json"
+        if not path.exists():
+            raise FileNotFoundError(f"--report_only: no {path} (run the experiment first)")
+        write_report(Path(FLAGS.out_dir), json.loads(path.read_text()))
+    else:
+        run(FLAGS.config, FLAGS.out_dir)
     print((Path(FLAGS.out_dir) / "report.md").read_text())
 
 
@@ -418,4 +450,6 @@ if __name__ == "__main__":
     config_flags.DEFINE_config_file("config", "experiments/configs/goracs.py:ml1m_cpu",
                                     "GORACS experiment config.")
     flags.DEFINE_string("out_dir", "runs/goracs", "Output directory.")
+    flags.DEFINE_bool("report_only", False,
+                      "Only rebuild report.md and the plots from out_dir/results.json.")
     app.run(main)

@@ -88,3 +88,22 @@ def test_pretrained_base_is_cached_and_restored(tmp_path, monkeypatch):
     other, _ = goracs.build_model(cfg)  # another key trains (and caches) anew
     goracs.pretrain_on_titles(cfg, other, encode, titles, cache_key="other")
     assert len(list((tmp_path / "goracs_base").iterdir())) == 2
+
+
+def test_versus_random_paired_and_unpaired_verdicts():
+    # 100 prompts; GORACS hits the first 60, random the first 40 (same prompts otherwise)
+    def run(method, hits, seed=0):
+        ranks = [0] * hits + [50] * (100 - hits)
+        return {"method": method, "budget": 8, "seed": seed, "HR@10": hits / 100,
+                "ranks": ranks}
+
+    lines = goracs.versus_random([run("goracs", 60), run("random", 40)], "HR@10", 100)
+    # paired differences: 20 ones, 80 zeros -> mean 0.2, sd 0.402, half-width 0.0788
+    assert "+0.2000 ± 0.0788 (paired): **beats random**" in lines[-1]
+    lines = goracs.versus_random([run("goracs", 40), run("random", 41)], "HR@10", 100)
+    assert "no significant difference" in lines[-1]
+    unpaired = [{k: v for k, v in r.items() if k != "ranks"}
+                for r in (run("goracs", 30), run("random", 60))]
+    lines = goracs.versus_random(unpaired, "HR@10", 100)
+    # 1.96 * sqrt(.3 * .7 + .6 * .4) / 10 = 0.1315
+    assert "-0.3000 ± 0.1315 (unpaired): **worse than random**" in lines[-1]
