@@ -51,7 +51,7 @@ def get_config(variant: str = "ml1m_cpu") -> ml_collections.ConfigDict:
     elif variant == "ml1m_cpu":
         # 2 CPU cores: a d=128 Llama on SmolLM2's BPE (compact vocabulary), pretrained on
         # the catalogue titles; 10,000 pool windows, budgets 1/2/5 % + 1024, 3 seeds; 200
-        # test windows x 100 candidates (the full catalogue costs 2-3 s per test prompt here)
+        # test windows x 100 candidates (the full catalogue costs ~2 s per test prompt here)
         c.methods = ("goracs", "random", "grand", "ccs", "kcenter", "dealrec", "full")
         c.data.update(max_history=3, pool_size=10000, val_size=1000, test_size=200,
                       num_negatives=99)
