@@ -218,10 +218,10 @@ def evaluate(model, encode, cfg, texts, cand, titles, full=None) -> dict[str, fl
         return lmrec.click_metrics(ll[:, 0] - ll[:, 1], np.asarray(texts["test"]["label"]))
     kw = dict(max_prompt=cfg.model.max_prompt, max_answer=cfg.model.max_answer,
               progress=False)
-    scores = lmrec.catalogue_scores(model, encode, prompts, titles, cand, **kw)
-    out: dict[str, Any] = lmrec.ranking_metrics(scores)
-    # per-prompt target ranks, for paired comparisons between methods in the report
-    out["ranks"] = (scores[:, 1:] >= scores[:, :1]).sum(1).tolist()
+    ranks = lmrec.target_ranks(lmrec.catalogue_scores(model, encode, prompts, titles, cand,
+                                                      **kw))
+    out: dict[str, Any] = lmrec.rank_metrics(ranks)
+    out["ranks"] = ranks.tolist()  # per prompt, for paired comparisons in the report
     if full is not None:
         target, exclude = full
         scores = lmrec.catalogue_scores(model, encode, prompts[:len(target)], titles, **kw)

@@ -278,7 +278,19 @@ def catalogue_metrics(scores: np.ndarray, target: np.ndarray, exclude: np.ndarra
         if ex.shape != s.shape or ex[rows, t].any():
             raise ValueError("exclude must be [N, I] and never mask the target")
         beat &= ~ex
-    rank = beat.sum(1)
+    return rank_metrics(beat.sum(1), ks)
+
+
+def target_ranks(scores: np.ndarray) -> np.ndarray:
+    """Rank of column 0 (the target) among each row's candidates ``[N, C]``: the number of
+    other candidates scoring at least as high (0 = first; ties count against the target)."""
+    s = np.asarray(scores)
+    return (s[:, 1:] >= s[:, :1]).sum(1)
+
+
+def rank_metrics(rank: np.ndarray, ks: Sequence[int] = (5, 10)) -> dict[str, float]:
+    """HR@K = mean 1[rank < K] and NDCG@K = mean 1[rank < K] / log2(rank + 2)."""
+    rank = np.asarray(rank)
     out = {}
     for k in ks:
         hit = rank < k
@@ -289,14 +301,7 @@ def catalogue_metrics(scores: np.ndarray, target: np.ndarray, exclude: np.ndarra
 
 def ranking_metrics(scores: np.ndarray, ks: Sequence[int] = (5, 10)) -> dict[str, float]:
     """HR@K and NDCG@K of column 0 (the target) among the row's candidates (``[N, C]``)."""
-    s = np.asarray(scores)
-    rank = (s[:, 1:] >= s[:, :1]).sum(1)
-    out = {}
-    for k in ks:
-        hit = rank < k
-        out[f"HR@{k}"] = float(hit.mean())
-        out[f"NDCG@{k}"] = float((hit / np.log2(rank + 2.0)).mean())
-    return out
+    return rank_metrics(target_ranks(scores), ks)
 
 
 def click_metrics(logit_yes: np.ndarray, labels: np.ndarray) -> dict[str, float]:
