@@ -236,12 +236,9 @@ def catalogue_scores(model: models.Llama, encode: Callable[[str], list[int]],
     ids = [encode(t)[:max_answer] for t in titles]
     if not ids or min(map(len, ids)) == 0:
         raise ValueError("every catalogue title must encode to at least one token")
-    tt = np.zeros((len(ids), max(map(len, ids))), np.int32)
-    tm = np.zeros(tt.shape, bool)
-    for i, t in enumerate(ids):
-        tt[i, :len(t)], tm[i, :len(t)] = t, True
+    tt, tm = models.pad_batch(ids, side="right")
     ps = [encode(p)[-max_prompt:] for p in prompts]
-    width = max(map(len, ps))
+    pt, pm = models.pad_batch(ps, side="right")
     if candidates is not None:
         candidates = np.asarray(candidates)
         if candidates.ndim != 2 or candidates.shape[0] != len(ps):
@@ -249,14 +246,12 @@ def catalogue_scores(model: models.Llama, encode: Callable[[str], list[int]],
     graphdef, state = nnx.split(model)
     out = np.zeros((len(ps), len(ids) if candidates is None else candidates.shape[1]),
                    np.float32)
-    it = tqdm(enumerate(ps), total=len(ps), desc="catalogue", leave=False) if progress \
-        else enumerate(ps)
-    for i, p in it:
-        pt, pm = np.zeros(width, np.int32), np.zeros(width, bool)
-        pt[:len(p)], pm[:len(p)] = p, True
+    it = tqdm(range(len(ps)), desc="catalogue", leave=False) if progress else range(len(ps))
+    for i in it:
         rows = slice(None) if candidates is None else candidates[i]
-        out[i] = np.asarray(_catalogue_scores(graphdef, state, jnp.asarray(pt), jnp.asarray(pm),
-                                              jnp.asarray(tt[rows]), jnp.asarray(tm[rows])))
+        out[i] = np.asarray(_catalogue_scores(graphdef, state, jnp.asarray(pt[i]),
+                                              jnp.asarray(pm[i]), jnp.asarray(tt[rows]),
+                                              jnp.asarray(tm[rows])))
     return out
 
 
