@@ -4,24 +4,25 @@
 #               baselines, report in runs/prorl_demo/report.md)
 #   make demo-toy  the length-shortcut experiment of ProRL's Theorem 1 (~3 min)
 #   make test   ruff + the test suite (slow tests need RECRL_SLOW=1)
+#   make docs   the API reference (Sphinx, warnings are errors) in docs/api/_build/html
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.recrl-installed
 OUT ?= runs
 
-.PHONY: install demo demo-toy test test-slow lint bench clean
+.PHONY: install demo demo-toy test test-slow lint docs notebooks bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $$(tools/find-python) -m venv $(VENV)
 	$(PY) -m pip install -q -U pip
-	$(PY) -m pip install -q -e '.[dev,notebook,rlvr]'
+	$(PY) -m pip install -q -e '.[all,dev]'
 	@touch $(STAMP)
 
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m experiments.prorl --config=experiments/configs/prorl.py:demo --out_dir=$(OUT)/prorl_demo
+	$(PY) -m experiments.prorl --config=prorl.py:demo --out_dir=$(OUT)/prorl_demo
 
 demo-toy: $(STAMP)
 	$(PY) -m experiments.length_bias --out_dir=$(OUT)/length_bias
@@ -35,9 +36,16 @@ test: $(STAMP) lint
 test-slow: $(STAMP)
 	RECRL_SLOW=1 tools/run-tests $(PY)
 
+docs: $(STAMP)
+	$(PY) -m sphinx -W -n --keep-going -q -b html docs/api docs/api/_build/html
+
+# regenerate colab/*.ipynb and README's Colab badges after editing tools/make_*notebook*.py
+notebooks: $(STAMP)
+	$(PY) tools/make_notebooks.py
+
 bench: $(STAMP)
 	$(PY) -m benchmarks.estimators
 	$(PY) -m benchmarks.prorl_step --steps 3
 
 clean:
-	rm -rf $(VENV) $(OUT) .pytest_cache
+	rm -rf $(VENV) $(OUT) .pytest_cache docs/api/_build

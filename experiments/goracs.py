@@ -2,7 +2,7 @@ r"""GORACS end to end: LM-rec samples → features → coreset per method → Lo
 
 Launch (configs and budgets in ``experiments/configs/goracs.py``)::
 
-    python -m experiments.goracs --config=experiments/configs/goracs.py:ml1m_cpu \
+    python -m experiments.goracs --config=goracs.py:ml1m_cpu \
         --out_dir=runs/goracs_ml1m_cpu
 
 Steps: sample ``pool_size`` training-pool windows (seeded), ``val_size`` validation and
@@ -32,7 +32,6 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 from flax import nnx
-from ml_collections import config_flags
 
 from recrl import coreset, models
 from recrl.checkpoint import Checkpointer
@@ -447,8 +446,8 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     # flags are defined here, not at import: launchers share one flag registry in a process
-    config_flags.DEFINE_config_file("config", "experiments/configs/goracs.py:ml1m_cpu",
-                                    "GORACS experiment config.")
+    from experiments.configs import define_config_flag  # config files resolve from the package
+    define_config_flag("goracs.py:ml1m_cpu", "GORACS experiment config.")
     flags.DEFINE_string("out_dir", "runs/goracs", "Output directory.")
     flags.DEFINE_bool("report_only", False,
                       "Only rebuild report.md and the plots from out_dir/results.json.")

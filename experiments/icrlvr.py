@@ -11,9 +11,9 @@ r"""In-Context RLVR experiments on the built-in checkable arithmetic.
 
 Launch::
 
-    python -m experiments.icrlvr --config=experiments/configs/icrlvr.py:tiny_cpu \
+    python -m experiments.icrlvr --config=icrlvr.py:tiny_cpu \
         --out_dir=runs/icrlvr_cpu
-    python -m experiments.icrlvr --config=experiments/configs/icrlvr.py:smollm2  # GPU
+    python -m experiments.icrlvr --config=icrlvr.py:smollm2  # GPU
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ import numpy as np
 import optax
 from absl import app, flags, logging
 from flax import nnx
-from ml_collections import config_flags
 
 from recrl import models
 from recrl.rlvr import evidence, tasks
@@ -364,7 +363,7 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     # flags are defined here, not at import: launchers share one flag registry in a process
-    config_flags.DEFINE_config_file("config", "experiments/configs/icrlvr.py:tiny_cpu",
-                                    "Experiment config (variant after ':').")
+    from experiments.configs import define_config_flag  # config files resolve from the package
+    define_config_flag("icrlvr.py:tiny_cpu", "Experiment config (variant after ':').")
     flags.DEFINE_string("out_dir", "runs/icrlvr", "Output directory.")
     app.run(main)

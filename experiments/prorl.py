@@ -2,7 +2,7 @@ r"""ProRL end to end: data → simulator → pretrained policy → RL per estima
 
 Launch (the configs and their budgets are in ``experiments/configs/prorl.py``)::
 
-    python -m experiments.prorl --config=experiments/configs/prorl.py:ml1m_cpu \
+    python -m experiments.prorl --config=prorl.py:ml1m_cpu \
         --out_dir=runs/prorl_ml1m_cpu
 
 Every stage is cached in ``--out_dir`` and resumable: a rerun loads the trained simulator,
@@ -28,7 +28,6 @@ import ml_collections
 import numpy as np
 from absl import app, flags, logging
 from flax import nnx
-from ml_collections import config_flags
 from tensorboardX import SummaryWriter
 from tqdm.auto import tqdm
 
@@ -305,8 +304,8 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     # flags are defined here, not at import: launchers share one flag registry in a process
-    config_flags.DEFINE_config_file("config", "experiments/configs/prorl.py:ml1m_cpu",
-                                    "ProRL experiment config.")
+    from experiments.configs import define_config_flag  # config files resolve from the package
+    define_config_flag("prorl.py:ml1m_cpu", "ProRL experiment config.")
     flags.DEFINE_string("out_dir", "runs/prorl", "Output directory (stages cached here).")
     flags.DEFINE_bool("report_only", False,
                       "Only rewrite the report from the finished runs in --out_dir.")
