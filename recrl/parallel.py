@@ -58,6 +58,17 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
 def shard_batch(tree: Any, mesh: Mesh, axis_name: str = DATA_AXIS) -> Any:
     """Splits every leaf of ``tree`` along its leading axis over the mesh.
 
+    Example:
+      >>> import numpy as np
+      >>> from recrl import parallel
+      >>> mesh = parallel.data_mesh()
+      >>> batch = parallel.shard_batch({"x": np.zeros((8, 3))}, mesh)
+      >>> [s.data.shape for s in batch["x"].addressable_shards] == [(8 // mesh.size, 3)] * mesh.size
+      True
+      >>> parallel.shard_batch({"lr": np.float32(0.1)}, mesh)  # doctest: +ELLIPSIS
+      Traceback (most recent call last):
+      ValueError: batch leaf ['lr'] with shape () cannot be split over ... devices: ...
+
     Raises:
       ValueError: a leaf's leading dimension is not divisible by the number of devices.
     """

@@ -21,11 +21,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", DeprecationWarning)
-    from ott.geometry import geometry
-    from ott.problems.linear import linear_problem
-    from ott.solvers.linear import acceleration, sinkhorn
+from recrl._extras import missing
+
+try:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from ott.geometry import geometry
+        from ott.problems.linear import linear_problem
+        from ott.solvers.linear import acceleration, sinkhorn
+except ImportError as e:
+    raise missing(__name__, "goracs", e) from e
 
 
 def check_inputs(pool: np.ndarray, val: np.ndarray, grad_norms: np.ndarray | None,
@@ -163,13 +168,13 @@ def poo_exact(cost: np.ndarray, subset: np.ndarray | None = None, *,
     dual potentials (``u_k + v_j <= C_kj``) when ``return_duals``.
 
     Raises:
-      ImportError: POT is not installed (``pip install 'recrl[ot]'``); it serves only as the
+      ImportError: POT is not installed (``pip install 'recrl[goracs]'``); it serves only as the
         exact reference, selection itself runs on ott-jax.
     """
     try:
         import ot
     except ImportError as e:
-        raise ImportError("exact OT needs POT: pip install 'recrl[ot]' (or pot>=0.9.5)") from e
+        raise missing("recrl.coreset.poo_exact", "goracs", e) from e
 
     c = np.asarray(cost, np.float64)
     if subset is not None:

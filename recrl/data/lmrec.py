@@ -23,10 +23,16 @@ import hashlib
 import string
 from typing import NamedTuple
 
-import datasets
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
+
+try:
+    import datasets
+    import pyarrow as pa
+    import pyarrow.compute as pc
+except ImportError as e:
+    from recrl._extras import missing
+
+    raise missing(__name__, "goracs", e) from e
 
 from recrl.data.movielens import MovieLens
 from recrl.data.sequences import Sequences, build_sequences, sample_unseen

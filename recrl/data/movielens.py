@@ -21,8 +21,14 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import datasets
 import numpy as np
+
+try:
+    import datasets
+except ImportError as e:
+    from recrl._extras import missing
+
+    raise missing(__name__, "prorl", e) from e
 import pyarrow as pa
 import pyarrow.parquet as pq
 

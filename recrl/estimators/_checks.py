@@ -84,7 +84,7 @@ def checked(fn: Callable[..., Any], **jit_kwargs: Any) -> Callable[..., Any]:
       >>> import jax.numpy as jnp
       >>> from recrl import estimators as est
       >>> f = est.checked(est.reward_to_go)
-      >>> f(jnp.array([1.0, jnp.nan]), jnp.ones(2))  # doctest: +SKIP
+      >>> f(jnp.array([1.0, jnp.nan]), jnp.ones(2))  # doctest: +ELLIPSIS
       Traceback (most recent call last):
       ValueError: `rewards` contains NaN or inf ...
 

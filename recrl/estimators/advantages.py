@@ -88,6 +88,7 @@ def psae_advantages(
 
     Example:
       >>> import jax.numpy as jnp
+      >>> from recrl.estimators import path_masks, psae_advantages
       >>> r = jnp.array([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
       >>> item, eos = path_masks(jnp.array([2, 1]), 3)
       >>> psae_advantages(r, item, eos)

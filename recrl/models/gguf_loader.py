@@ -27,7 +27,12 @@ _BLOCK_NAMES = {
 
 
 def _reader(path: str | os.PathLike):
-    import gguf
+    try:
+        import gguf
+    except ImportError as e:
+        from recrl._extras import missing
+
+        raise missing("recrl.models.gguf_loader", "lm", e) from e
 
     return gguf.GGUFReader(os.fspath(path))
 

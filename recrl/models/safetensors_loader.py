@@ -71,7 +71,12 @@ def hf_config(config: dict, **overrides) -> LlamaConfig:
 
 def read_safetensors(directory: str | os.PathLike) -> dict[str, np.ndarray]:
     """All tensors of ``model.safetensors`` (or its shards) as NumPy arrays, HF names/dtypes."""
-    from safetensors import safe_open
+    try:
+        from safetensors import safe_open
+    except ImportError as e:
+        from recrl._extras import missing
+
+        raise missing("recrl.models.read_safetensors", "lm", e) from e
 
     directory = Path(directory)
     index = directory / "model.safetensors.index.json"

@@ -8,8 +8,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-import tokenizers
-from tokenizers import decoders, models, pre_tokenizers
+
+try:
+    import tokenizers
+    from tokenizers import decoders, models, pre_tokenizers
+except ImportError as e:
+    from recrl._extras import missing
+
+    raise missing(__name__, "lm", e) from e
 
 Message = Mapping[str, str]
 
@@ -85,7 +91,12 @@ class Tokenizer:
         Pre-tokenisation splits digits individually, then applies the GPT-2 ByteLevel regex
         (no prefix space); token type 3 (control) entries become special tokens.
         """
-        import gguf
+        try:
+            import gguf
+        except ImportError as e:
+            from recrl._extras import missing
+
+            raise missing("recrl.models.Tokenizer.from_gguf", "lm", e) from e
 
         reader = gguf.GGUFReader(os.fspath(path))
 

@@ -275,7 +275,12 @@ def reasoning_gym_problems(name: str, size: int, seed: int = 0) -> list[Problem]
     (its ``#### N`` line is rewritten to ``answer: N``); the others get ``answer: N``.
     Non-integer answers are skipped. Steps are empty (step correctness is built-in only).
     """
-    import reasoning_gym
+    try:
+        import reasoning_gym
+    except ImportError as e:
+        from recrl._extras import missing
+
+        raise missing("recrl.rlvr.tasks.reasoning_gym_problems", "rlvr", e) from e
 
     out = []
     for item in reasoning_gym.create_dataset(name, size=size, seed=seed):
