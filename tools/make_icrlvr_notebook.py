@@ -5,7 +5,9 @@
 
 from __future__ import annotations
 
-from make_notebooks import SETUP, write  # tools/ is on sys.path when run as a script
+import sys
+
+from make_notebooks import main, setup_cell  # tools/ is on sys.path when run as a script
 from nbformat.v4 import new_code_cell, new_markdown_cell
 
 CELLS = [
@@ -16,7 +18,8 @@ CELLS = [
         "with in-context demonstration groups and EG-reweighted advantages. "
         "`experiments/icrlvr.py` runs the full comparisons; see `docs/icrlvr.md`."
     ),
-    new_code_cell(SETUP),
+    setup_cell("lm,notebook", ("tokenizers", "matplotlib"),
+               "a 1-block model, 12 steps; accelerator: 2 blocks of width 128, 40 steps"),
     new_code_cell(
         "import random, jax, jax.numpy as jnp, numpy as np\n"
         "from flax import nnx\n"
@@ -46,8 +49,10 @@ CELLS = [
     ),
     new_code_cell(
         "tok = tasks.CharTokenizer()\n"
-        "cfg = models.tiny_config(vocab_size=tok.vocab_size, dim=32, ffn_dim=64, n_layers=1,\n"
-        "                         n_heads=2, n_kv_heads=1)\n"
+        "dim, layers, steps = {'test': (32, 1, 6), 'cpu': (32, 1, 12),\n"
+        "                      'accelerator': (128, 2, 40)}[SIZE]\n"
+        "cfg = models.tiny_config(vocab_size=tok.vocab_size, dim=dim, ffn_dim=2 * dim,\n"
+        "                         n_layers=layers, n_heads=2, n_kv_heads=1)\n"
         "graphdef, params = nnx.split(models.create_model(cfg, seed=0))\n"
         "res = evidence.evidence_gain_batch(graphdef, params, tok, [p.question] * 2,\n"
         "                                   [p.solution, flawed], sp.probe)\n"
@@ -70,13 +75,21 @@ CELLS = [
         "digit = lambda text, _: float(text[:1].isdigit())\n"
         "lrn = L.Learner(graphdef, params, tok, lcfg, reward_fn=digit)\n"
         "rng = random.Random(0)\n"
-        "for step in range(6):\n"
+        "history = []\n"
+        "for step in range(steps):\n"
         "    m = lrn.step(lambda n: rng.sample(sp.train, n), jax.random.key(step))\n"
+        "    history.append(m['reward'])\n"
         "    print(step, {k: round(m[k], 3) for k in ('reward', 'loss', 'kept', 'rounds')})"
+    ),
+    new_code_cell(
+        "import matplotlib.pyplot as plt\n"
+        "plt.plot(history, 'o-'); plt.ylim(-0.05, 1.05)\n"
+        "plt.xlabel('DAPO step'); plt.ylabel('mean reward (first character is a digit)')\n"
+        "plt.show()\n"
+        "print(f'mean reward: first step {history[0]:.2f}, last step {history[-1]:.2f}')"
     ),
 ]
 
 
-
 if __name__ == "__main__":
-    write("icrlvr.ipynb", CELLS)
+    sys.exit(main(sys.argv[1:]))  # writes every notebook
