@@ -37,7 +37,7 @@ test-slow: $(STAMP)
 	RECRL_SLOW=1 tools/run-tests $(PY)
 
 docs: $(STAMP)
-	$(PY) -m sphinx -W -n --keep-going -q -b html docs/api docs/api/_build/html
+	$(PY) -m sphinx -E -W -n --keep-going -q -b html docs/api docs/api/_build/html
 
 # regenerate colab/*.ipynb and README's Colab badges after editing tools/make_*notebook*.py
 notebooks: $(STAMP)
