@@ -85,6 +85,7 @@ ESTIMATORS = [
     new_code_cell(
         "import jax.numpy as jnp, numpy as np, matplotlib.pyplot as plt\n"
         "from recrl import estimators as est\n"
+        "np.set_printoptions(precision=3, suppress=True)\n"
         "P, G, T, steps = {'test': (8, 8, 6, 40), 'cpu': (32, 16, 8, 200),\n"
         "                  'accelerator': (256, 32, 10, 400)}[SIZE]\n"
         "print(f'{P} prompts x {G} paths x {T} positions; {steps} training updates')"
@@ -95,7 +96,8 @@ ESTIMATORS = [
         "two components that are positive on average, like ProRL's interest gain and "
         "acceptance: uncentred, longer paths collect more reward whatever their items are. SRC "
         "standardises each component with the batch's statistics; every estimator then turns "
-        "the centred step rewards into advantages."
+        "the centred step rewards into advantages (GRPO and Dr. GRPO work on whole-path returns; "
+        "GRPO also divides by the group's std, so its scale is not the rewards')."
     ),
     new_code_cell(
         "rng = np.random.default_rng(0)\n"
@@ -120,7 +122,7 @@ ESTIMATORS = [
     new_code_cell(
         "adv = est.psae_advantages(r, item, eos)\n"
         "print('lengths of prompt 0:', np.asarray(lengths[0]))\n"
-        "print('PSAE advantages of prompt 0 (0 after EOS):\\n', np.round(adv[0], 2))"
+        "print('PSAE advantages of prompt 0 (0 after EOS):\\n', np.asarray(adv[0]))"
     ),
     new_markdown_cell(
         "## The loss and Evidence Gain weights\n"
@@ -138,7 +140,7 @@ ESTIMATORS = [
         "jnp.sum(item + eos), atol=1e-6)))\n"
         "eg = jnp.array([[0.2, -0.1, 0.5, 0.0]])\n"
         "w = est.evidence_gain_weights(eg, temperature=0.5, valid=jnp.array([[1, 1, 1, 0]]))\n"
-        "print('EG weights (mean 1 over the 3 valid samples):', np.round(w, 3))"
+        "print('EG weights (mean 1 over the 3 valid samples):', np.asarray(w))"
     ),
     new_markdown_cell(
         "## A training curve: the length shortcut (Theorem 1)\n"
