@@ -96,7 +96,7 @@ ESTIMATORS = [
         "two components that are positive on average, like ProRL's interest gain and "
         "acceptance: uncentred, longer paths collect more reward whatever their items are. SRC "
         "standardises each component with the batch's statistics; every estimator then turns "
-        "the centred step rewards into advantages (GRPO and Dr. GRPO work on whole-path returns; "
+        "the centred step rewards into advantages (GRPO, Dr. GRPO and RLOO work on whole-path returns; "
         "GRPO also divides by the group's std, so its scale is not the rewards')."
     ),
     new_code_cell(
