@@ -21,7 +21,7 @@ CELLS = [
         "bigger on a GPU/TPU): greedy facility-location init, then dual-guided swaps verified "
         "by warm-started Sinkhorn (ott-jax); the exact value comes from POT's network simplex."
     ),
-    setup_cell("goracs,notebook", ("ott", "ot", "matplotlib"),
+    setup_cell("goracs", ("ott", "ot", "matplotlib"),
                "pool 600, validation 200, budget 40; accelerator: 4000, 1000, 200"),
     new_code_cell(
         "import numpy as np\n"

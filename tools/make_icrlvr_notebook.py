@@ -18,7 +18,7 @@ CELLS = [
         "with in-context demonstration groups and EG-reweighted advantages. "
         "`experiments/icrlvr.py` runs the full comparisons; see `docs/icrlvr.md`."
     ),
-    setup_cell("lm,notebook", ("tokenizers", "matplotlib"),
+    setup_cell("lm,plots", ("tokenizers", "matplotlib"),
                "a 1-block model, 12 steps; accelerator: 2 blocks of width 128, 40 steps"),
     new_code_cell(
         "import random, jax, jax.numpy as jnp, numpy as np\n"

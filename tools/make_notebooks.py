@@ -80,7 +80,7 @@ ESTIMATORS = [
         "policy-gradient loss, and a small training run that shows the length shortcut of "
         "ProRL's Theorem 1."
     ),
-    setup_cell("notebook", ("matplotlib",),
+    setup_cell("plots", ("matplotlib",),
                "32 prompts x 16 paths, 200 updates; accelerator: 256 x 32, 400 updates"),
     new_code_cell(
         "import jax.numpy as jnp, numpy as np, matplotlib.pyplot as plt\n"
@@ -96,8 +96,8 @@ ESTIMATORS = [
         "two components that are positive on average, like ProRL's interest gain and "
         "acceptance: uncentred, longer paths collect more reward whatever their items are. SRC "
         "standardises each component with the batch's statistics; every estimator then turns "
-        "the centred step rewards into advantages (GRPO, Dr. GRPO and RLOO work on whole-path returns; "
-        "GRPO also divides by the group's std, so its scale is not the rewards')."
+        "the centred step rewards into advantages (GRPO, Dr. GRPO and RLOO work on whole-path "
+        "returns; GRPO also divides by the group's std, so its scale is not the rewards')."
     ),
     new_code_cell(
         "rng = np.random.default_rng(0)\n"
@@ -173,7 +173,7 @@ PRORL = [
         "about 15 minutes), on a GPU/TPU the bigger `ml1m_cpu` budget; the test suite runs "
         "`tiny` (synthetic data)."
     ),
-    setup_cell("prorl,notebook", ("datasets", "tensorboardX", "ml_collections", "matplotlib"),
+    setup_cell("prorl", ("datasets", "tensorboardX", "ml_collections", "matplotlib"),
                "the demo config; accelerator: ml1m_cpu"),
     new_code_cell(
         "import tempfile\n"

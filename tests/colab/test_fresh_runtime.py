@@ -98,7 +98,7 @@ def run_fresh_notebook(name: str, python: pathlib.Path, wheel: pathlib.Path,
 
 
 def test_estimators_notebook_on_a_fresh_runtime(core, wheel):
-    # runs after the core checks above (module order); it adds the kernel and [notebook]
+    # runs after the core checks above (module order); it adds the kernel and [plots]
     run_fresh_notebook("estimators.ipynb", core["python"], wheel, core["work"])
 
 

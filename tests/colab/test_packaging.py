@@ -29,7 +29,7 @@ def test_core_dependencies_are_light():
 
 def test_all_is_the_union_of_the_pipeline_extras():
     extras = PROJECT["optional-dependencies"]
-    union = set().union(*(names(extras[e]) for e in ("lm", "prorl", "goracs", "rlvr", "notebook")))
+    union = set().union(*(names(extras[e]) for e in ("lm", "prorl", "goracs", "rlvr", "plots", "notebook")))
     assert names(extras["all"]) == union
 
 
