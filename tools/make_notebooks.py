@@ -29,7 +29,7 @@ def setup_cell(extras: str, needs: tuple[str, ...], sizes: str) -> nbformat.Note
     return new_code_cell(f'''\
 # Installs recrl on a fresh runtime (Colab or any Python >= 3.11), keeping the runtime's jax when
 # it already drives a GPU/TPU. RECRL_INSTALL_SOURCE overrides where recrl comes from.
-import importlib.util, os, pathlib, subprocess, sys
+import importlib.util, os, pathlib, subprocess, sys, tempfile
 RECRL_SOURCE = "git+{REPO_URL}"  # pyproject.toml [project.urls]
 EXTRAS, NEEDS = "{extras}", {needs!r}
 
@@ -52,19 +52,18 @@ def install_recrl():
         return
     keep = sorted(f"{{d.metadata['Name']}}=={{d.version}}" for d in metadata.distributions()
                   if (d.metadata["Name"] or "").lower().startswith(("jax", "libtpu")))
-    pins = pathlib.Path("recrl-keep-jax.txt").resolve()
+    pins = pathlib.Path(tempfile.mkdtemp()) / "keep-jax.txt"
     pins.write_text("\\n".join(keep) + "\\n")
     if subprocess.run(cmd + ["-c", str(pins)]).returncode:  # its jax is outside recrl's range:
         plugin = {{"gpu": "jax[cuda12]", "tpu": "jax[tpu]"}}[accelerator]  # take recrl's, with
         subprocess.run(cmd + [plugin], check=True)                       # the accelerator's plugin
-    pins.unlink()
 
 if not all(importlib.util.find_spec(m) for m in ("recrl", *NEEDS)):
     install_recrl()
 
 import jax, recrl
 BACKEND = jax.default_backend()
-# test: the tiny sizes the test suite runs; cpu: {sizes}
+# sizes: "test" is the test suite's tiny run; "cpu": {sizes}
 SIZE = ("test" if os.environ.get("RECRL_NOTEBOOK_TEST") == "1"
         else "cpu" if BACKEND == "cpu" else "accelerator")
 print(f"recrl {{recrl.__version__}}, jax {{jax.__version__}} on {{BACKEND}} "

@@ -70,4 +70,3 @@ def test_notebook_runs_from_an_empty_directory(path, tmp_path, monkeypatch):
                             resources={"metadata": {"path": str(tmp_path)}})
     client.execute()
     check_outputs(path.name, nb)
-    assert not (ROOT / "recrl-keep-jax.txt").exists()
