@@ -70,3 +70,55 @@ def test_notebook_runs_from_an_empty_directory(path, tmp_path, monkeypatch):
                             resources={"metadata": {"path": str(tmp_path)}})
     client.execute()
     check_outputs(path.name, nb)
+
+
+class FakePip:
+    """Stands in for ``subprocess`` in the install cell: records commands, answers the jax
+    probe with ``backend`` and fails the constrained install when ``pins_conflict``."""
+
+    def __init__(self, backend: str | None, pins_conflict: bool = False):
+        self.backend, self.pins_conflict, self.calls = backend, pins_conflict, []
+
+    def run(self, cmd, check=False, **kwargs):
+        if cmd[1] == "-c":  # the probe: python -c "import jax; print(jax.default_backend())"
+            ok = self.backend is not None
+            return subprocess.CompletedProcess(cmd, 0 if ok else 1, stdout=f"{self.backend}\n")
+        self.calls.append(list(cmd))
+        if "-c" in cmd:
+            self.pins = pathlib.Path(cmd[cmd.index("-c") + 1]).read_text()
+        failed = self.pins_conflict and "-c" in cmd
+        return subprocess.CompletedProcess(cmd, 1 if failed else 0)
+
+
+def install_functions(fake: FakePip) -> dict:
+    """The install cell's functions (not its last lines, which would run them), on ``fake``."""
+    source = nbformat.read(NOTEBOOKS[0], as_version=4).cells[1].source
+    namespace: dict = {}
+    exec(source.split("\nif not all(")[0], namespace)
+    namespace["subprocess"] = fake
+    return namespace
+
+
+@pytest.mark.parametrize("backend", [None, "cpu"])
+def test_install_cell_without_an_accelerator_installs_recrls_jax(backend, monkeypatch):
+    monkeypatch.setenv("RECRL_INSTALL_SOURCE", str(ROOT))
+    fake = FakePip(backend)
+    install_functions(fake)["install_recrl"]()
+    (cmd,) = fake.calls
+    assert cmd[-1].startswith("recrl[") and f"@ {ROOT.as_uri()}" in cmd[-1] and "-c" not in cmd
+
+
+@pytest.mark.parametrize("backend, plugin", [("gpu", "jax[cuda12]"), ("tpu", "jax[tpu]")])
+def test_install_cell_keeps_an_accelerator_jax(backend, plugin, monkeypatch):
+    from importlib import metadata
+
+    monkeypatch.setenv("RECRL_INSTALL_SOURCE", str(ROOT))
+    fake = FakePip(backend)
+    install_functions(fake)["install_recrl"]()
+    (cmd,) = fake.calls  # one install, constrained to the runtime's jax
+    assert f"jax=={metadata.version('jax')}" in fake.pins.splitlines()
+    assert f"jaxlib=={metadata.version('jaxlib')}" in fake.pins.splitlines()
+    # a runtime jax outside recrl's range: recrl's jax with the accelerator's plugin
+    fake = FakePip(backend, pins_conflict=True)
+    install_functions(fake)["install_recrl"]()
+    assert len(fake.calls) == 2 and fake.calls[1][-1] == plugin and "-c" not in fake.calls[1]
