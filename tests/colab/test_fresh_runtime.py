@@ -48,7 +48,9 @@ def core(wheel, tmp_path_factory):
     example = fresh.run([str(python), "example.py"], cwd=work, env=env).stdout
     probe = ("import importlib\n"
              "for m in ('recrl.estimators', 'recrl.parallel', 'recrl.checkpoint', "
-             "'recrl.coreset', 'recrl.models', 'recrl.data.movielens'):\n"
+             "'recrl.coreset', 'recrl.models', 'recrl.data.movielens', "
+             "'experiments.length_bias', 'experiments.prorl', 'experiments.goracs', "
+             "'experiments.icrlvr'):\n"
              "    try:\n        importlib.import_module(m); print(m, 'ok')\n"
              "    except ImportError as e:\n        print(m, 'ImportError', e)\n")
     imports = fresh.run([str(python), "-c", probe], cwd=work, env=env).stdout
@@ -80,6 +82,10 @@ def test_core_modules_import_and_extras_are_named(core):
     assert "[goracs]" in lines["recrl.coreset"], core["imports"]
     assert "[lm]" in lines["recrl.models"], core["imports"]
     assert "[prorl]" in lines["recrl.data.movielens"], core["imports"]
+    # the launchers ship in the wheel; those of the pipelines name their extra
+    assert lines["experiments.length_bias"] == "ok", core["imports"]
+    for launcher, extra in (("prorl", "prorl"), ("goracs", "goracs"), ("icrlvr", "rlvr")):
+        assert f"[{extra}]" in lines[f"experiments.{launcher}"], core["imports"]
 
 
 def run_fresh_notebook(name: str, python: pathlib.Path, wheel: pathlib.Path,
