@@ -68,3 +68,15 @@ def test_config_flag_resolves_and_takes_overrides(tmp_path, monkeypatch):
     configs.define_config_flag("prorl.py:ml1m_cpu", flag_values=bad)
     with pytest.raises(flags.IllegalFlagValueError, match="packaged configs"):
         bad(["prog", "--config=nope.py:tiny"])
+
+
+def test_a_launcher_without_its_extra_names_it(monkeypatch):
+    import importlib
+    import sys
+
+    import experiments
+
+    monkeypatch.setitem(experiments._NEEDS, "prorl", ("prorl", ("ml_collections", "no_such_mod")))
+    monkeypatch.delitem(sys.modules, "experiments.prorl", raising=False)
+    with pytest.raises(ImportError, match=r"experiments\.prorl needs no_such_mod .*\[prorl\]"):
+        importlib.import_module("experiments.prorl")
