@@ -310,3 +310,44 @@ def click_metrics(logit_yes: np.ndarray, labels: np.ndarray) -> dict[str, float]
         auc = float("nan")
     logloss = float(np.mean(np.logaddexp(0.0, -z) * y + np.logaddexp(0.0, z) * (~y)))
     return {"AUC": auc, "logloss": logloss}
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _el2n(graphdef, state, tokens, mask, loss_mask):
+    model = nnx.merge(graphdef, state)
+    hidden, _ = model(tokens, models.positions_from_mask(mask), mask=mask)
+    p = jax.nn.softmax(model.logits(hidden[:, :-1]).astype(jnp.float32), -1)
+    py = jnp.take_along_axis(p, tokens[:, 1:, None], -1)[..., 0]
+    err = jnp.sqrt(jnp.maximum((p * p).sum(-1) - 2.0 * py + 1.0, 0.0))  # ||p − e_y||₂
+    w = (loss_mask[:, 1:] & mask[:, 1:]).astype(jnp.float32)
+    return (err * w).sum(1) / jnp.maximum(w.sum(1), 1.0)
+
+
+def el2n_scores(model: models.Llama, tokens: np.ndarray, mask: np.ndarray,
+                loss_mask: np.ndarray, *, batch: int = 64) -> np.ndarray:
+    r"""EL2N (Paul et al. 2021) of each sample: the error L2 norm
+    :math:`\|\mathrm{softmax}(z_t) - e_{y_t}\|_2` of every answer token, averaged over the
+    answer (``[N]`` float32). Needs contiguous prompt + answer rows (:func:`encode_pairs`).
+    The paper averages it over a few briefly trained models (the launcher does)."""
+    graphdef, state = nnx.split(model)
+    return np.concatenate([np.asarray(_el2n(
+        graphdef, state, jnp.asarray(tokens[lo:lo + batch]), jnp.asarray(mask[lo:lo + batch]),
+        jnp.asarray(loss_mask[lo:lo + batch], bool))) for lo in range(0, tokens.shape[0], batch)])
+
+
+def lora_grad_norms(model: models.Llama, tokens: np.ndarray, mask: np.ndarray,
+                    loss_mask: np.ndarray, *, batch: int = 256, chunk: int = 16,
+                    progress: bool = True) -> np.ndarray:
+    r"""Per-sample :math:`\|\nabla_{\phi}\,\mathrm{NLL}(z_i)\|` over *every* LoRA parameter
+    (all blocks and targets, A and B), ``[N]`` float32 (GraNd's score for a LoRA model;
+    GORACS's ĝ uses one ``lora_b`` only)."""
+    graphdef, wrt, rest = nnx.split(model, models.LoRAParam, ...)
+    if not jax.tree.leaves(wrt):
+        raise ValueError("the model has no LoRA parameters: call add_lora first")
+    out = []
+    for lo in _batches(tokens.shape[0], batch, "LoRA grad norms", progress):
+        sl = slice(lo, lo + batch)
+        out.append(np.asarray(models.nll_per_sample_grads(
+            graphdef, wrt, rest, jnp.asarray(tokens[sl]), jnp.asarray(mask[sl]),
+            jnp.asarray(loss_mask[sl]), chunk_size=chunk, norms_only=True)))
+    return np.concatenate(out).astype(np.float32)

@@ -132,3 +132,36 @@ def test_compact_tokenizer_renumbers_and_maps_unknowns():
     assert tok.unk_id == 3 and tok.vocab_size == 4 and tok.encode("az") == [2, 3]
     with pytest.raises(ValueError, match="non-empty corpus"):
         lmrec.CompactTokenizer(base, [""])
+
+
+def test_el2n_scores_by_prefix_forward_passes(model_and_batch):
+    model, (tokens, mask, loss) = model_and_batch
+    got = lmrec.el2n_scores(model, tokens, mask, loss, batch=2)
+    for i in range(3):
+        errs = []
+        for t in np.flatnonzero(loss[i]):  # each answer token from its own prefix alone
+            prefix = jnp.asarray(tokens[i:i + 1, :t])
+            hidden, _ = model(prefix, jnp.arange(t)[None], mask=jnp.ones((1, t), bool))
+            z = np.asarray(model.logits(hidden[:, -1]), np.float64)[0]
+            p = np.exp(z - z.max())
+            p /= p.sum()
+            p[tokens[i, t]] -= 1.0
+            errs.append(np.linalg.norm(p))
+        assert got[i] == pytest.approx(np.mean(errs), rel=1e-4, abs=1e-5)
+
+
+def test_lora_grad_norms_cover_every_adapter():
+    model = models.create_model(models.tiny_config(), seed=0)
+    models.add_lora(model, rank=2, alpha=4, targets=("q_proj", "v_proj"), rngs=nnx.Rngs(1))
+    t = lmrec.encode_pairs(lmrec.ByteTokenizer().encode, ["ab: ", "hello: "], ["Yes", "No"],
+                           max_prompt=6, max_answer=3)
+    got = lmrec.lora_grad_norms(model, *t, batch=1, chunk=1, progress=False)
+    graphdef, wrt, rest = nnx.split(model, models.LoRAParam, ...)
+    assert len(jax.tree.leaves(wrt)) == 2 * 2 * model.config.n_layers  # A and B, q and v
+    for i in range(2):
+        g = jax.grad(lambda w: models.sequence_nll(
+            graphdef, (w, rest), *(jnp.asarray(x[i:i + 1]) for x in t))[0])(wrt)
+        want = np.sqrt(sum(float(jnp.sum(x**2)) for x in jax.tree.leaves(g)))
+        assert got[i] == pytest.approx(want, rel=1e-4)
+    b_only = lmrec.grad_norms(model, *t, batch=2, chunk=1, progress=False)
+    assert np.all(got > b_only)  # more than GORACS's single lora_b slice
