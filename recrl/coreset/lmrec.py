@@ -351,3 +351,62 @@ def lora_grad_norms(model: models.Llama, tokens: np.ndarray, mask: np.ndarray,
             graphdef, wrt, rest, jnp.asarray(tokens[sl]), jnp.asarray(mask[sl]),
             jnp.asarray(loss_mask[sl]), chunk_size=chunk, norms_only=True)))
     return np.concatenate(out).astype(np.float32)
+
+
+def mean_answer_nll(model: models.Llama, tokens: np.ndarray, mask: np.ndarray,
+                    loss_mask: np.ndarray, *, batch: int = 256) -> np.ndarray:
+    """Per-sample mean NLL of the answer tokens (the fine-tuning loss), ``[N]`` float32."""
+    ll = answer_loglik(model, tokens, mask, loss_mask, batch=batch)
+    return (-ll / np.maximum(np.asarray(loss_mask)[:, 1:].sum(1), 1)).astype(np.float32)
+
+
+def finetune_early_stopping(model: models.Llama, train: tuple, val: tuple, *,
+                            max_steps: int, eval_every: int, patience: int,
+                            batch: int = 16, lr: float = 1e-3, seed: int = 0,
+                            eval_batch: int = 256) -> dict:
+    """LoRA AdamW on ``train = (tokens, mask, loss_mask)`` for at most ``max_steps`` steps,
+    with the mean validation loss (:func:`mean_answer_nll` over ``val``) measured at step 0
+    and every ``eval_every`` steps; stops after ``patience`` evaluations without a new best
+    and leaves the model at its best validation point (step 0 = the untouched adapters).
+
+    Returns ``{"best_step", "steps_run", "val_curve": [[step, loss], ...]}``.
+    """
+    if max_steps < 0 or eval_every < 1 or patience < 1:
+        raise ValueError(f"need max_steps >= 0, eval_every >= 1, patience >= 1; got "
+                         f"{max_steps}, {eval_every}, {patience}")
+    tokens, mask, loss_mask = train
+    targets = _max_targets(loss_mask)
+    graphdef, params, rest = nnx.split(model, models.LoRAParam, ...)
+    opt = optax.adamw(lr, weight_decay=0.0)
+    opt_state = opt.init(params)
+
+    @jax.jit
+    def step(params, opt_state, rest, tok, m, lm):
+        def loss_fn(p):
+            return models.sequence_nll(graphdef, (p, rest), tok, m, lm, targets).mean()
+
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt_state = opt.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    def val_loss(p) -> float:
+        nnx.update(model, p)
+        return float(mean_answer_nll(model, *val, batch=eval_batch).mean())
+
+    rng = np.random.default_rng(seed)
+    best, best_step, since = val_loss(params), 0, 0
+    best_params, curve, done = params, [[0, best]], 0
+    while done < max_steps and since < patience:
+        for _ in range(min(eval_every, max_steps - done)):
+            idx = rng.choice(tokens.shape[0], min(batch, tokens.shape[0]), replace=False)
+            params, opt_state, _ = step(params, opt_state, rest, jnp.asarray(tokens[idx]),
+                                        jnp.asarray(mask[idx]), jnp.asarray(loss_mask[idx]))
+            done += 1
+        v = val_loss(params)
+        curve.append([done, v])
+        if v < best:
+            best, best_step, best_params, since = v, done, params, 0
+        else:
+            since += 1
+    nnx.update(model, best_params)
+    return {"best_step": best_step, "steps_run": done, "val_curve": curve}

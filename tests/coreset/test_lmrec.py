@@ -165,3 +165,21 @@ def test_lora_grad_norms_cover_every_adapter():
         assert got[i] == pytest.approx(want, rel=1e-4)
     b_only = lmrec.grad_norms(model, *t, batch=2, chunk=1, progress=False)
     assert np.all(got > b_only)  # more than GORACS's single lora_b slice
+
+
+def test_finetune_early_stopping_keeps_the_best_validation_point():
+    model = models.create_model(models.tiny_config(), seed=0)
+    models.add_lora(model, rank=2, alpha=4, targets=("q_proj", "v_proj"), rngs=nnx.Rngs(0))
+    enc = lmrec.ByteTokenizer().encode
+    train = lmrec.encode_pairs(enc, ["a: "] * 8, ["Yes"] * 8, max_prompt=4, max_answer=3)
+    val = lmrec.encode_pairs(enc, ["a: ", "b: "], ["Yes", "No"], max_prompt=4, max_answer=3)
+    out = lmrec.finetune_early_stopping(model, train, val, max_steps=40, eval_every=5,
+                                        patience=2, batch=4, lr=3e-2)
+    curve = np.asarray(out["val_curve"])
+    best = curve[np.argmin(curve[:, 1])]
+    assert out["best_step"] == best[0] and out["steps_run"] == curve[-1, 0] <= 40
+    # the model is left at the best point: its validation loss is the curve's minimum
+    got = lmrec.mean_answer_nll(model, *val).mean()
+    assert got == pytest.approx(best[1], rel=1e-5)
+    if out["steps_run"] < 40:  # stopped early: the last `patience` evaluations were no better
+        assert np.all(curve[-2:, 1] >= best[1])
