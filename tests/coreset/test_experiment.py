@@ -107,3 +107,43 @@ def test_versus_random_paired_and_unpaired_verdicts():
     lines = goracs.versus_random(unpaired, "HR@10", 100)
     # 1.96 * sqrt(.3 * .7 + .6 * .4) / 10 = 0.1315
     assert "-0.3000 ± 0.1315 (unpaired): **worse than random**" in lines[-1]
+
+
+@pytest.mark.slow
+def test_decisive_protocol_end_to_end_and_resumable(tmp_path, monkeypatch):
+    monkeypatch.setenv("RECRL_DATA", str(tmp_path / "data"))
+    cfg = get_config("decisive_tiny")
+    out = tmp_path / "run"
+    goracs.run_decisive(cfg, str(out))
+    sels = json.loads((out / "selections.json").read_text())
+    want = {f"{m}_n6" for m in cfg.methods if m != "random"} | {"random_n6_s0",
+                                                                 "random_n6_s1"}
+    assert set(sels) == want
+    assert sels["goracs_n6"]["exact_poo"] <= sels["greedy_n6"]["exact_poo"] + 1e-9
+    users = np.load(out / "test_users.npy")
+    assert len(users) == len(set(users.tolist())) == 30  # one window per test user
+    for name in (*want, "base", "full"):
+        rec = json.loads((out / "runs" / f"{name}.json").read_text())
+        per = np.load(out / "runs" / f"{name}.npz")
+        assert per["nll"].shape == per["ranks"].shape == (30,)
+        assert rec["test_nll"] == pytest.approx(float(per["nll"].mean()), rel=1e-6)
+        assert rec["HR@10"] == pytest.approx(float(np.mean(per["ranks"] < 10)))
+        assert rec["steps_run"] <= cfg.finetune.max_steps
+    text = (out / "report.md").read_text()
+    assert "Spearman(exact POO, test NLL)" in text and "percentile" in text
+    assert "paired, user-level" in text
+    stamp = {p.name: p.stat().st_mtime_ns for p in (out / "runs").iterdir()}
+    (out / "runs" / "random_n6_s1.json").unlink()  # a lost run is redone, nothing else
+    goracs.run_decisive(cfg, str(out))
+    again = {p.name: p.stat().st_mtime_ns for p in (out / "runs").iterdir()}
+    changed = {k for k in again if again[k] != stamp.get(k)}
+    assert changed == {"random_n6_s1.json", "random_n6_s1.npz"}
+
+
+def test_click_task_uses_the_papers_lambda():
+    cfg = get_config("ml1m_cpu")
+    assert goracs.lam_of(cfg) == 0.1
+    cfg.task = "click"
+    assert goracs.lam_of(cfg) == 0.5
+    cfg.select.lam = 0.2
+    assert goracs.lam_of(cfg) == 0.2
