@@ -64,7 +64,7 @@ def _ranks(x: np.ndarray) -> np.ndarray:
     order = np.argsort(x, kind="stable")
     r = np.empty(x.size)
     r[order] = np.arange(1, x.size + 1)
-    vals, inv = np.unique(x, return_inverse=True)
+    _, inv = np.unique(x, return_inverse=True)
     return (np.bincount(inv, weights=r) / np.bincount(inv))[inv]
 
 

@@ -102,7 +102,9 @@ def surrogate_influence(params, history: np.ndarray, mask: np.ndarray, target: n
 
     @jax.jit
     def ggn_part(theta, v, hh, mm):
-        f = lambda th: surrogate_logits(unravel(th), hh, mm)  # noqa: E731
+        def f(th):
+            return surrogate_logits(unravel(th), hh, mm)
+
         z, jv = jax.jvp(f, (theta,), (v,))
         p = jax.nn.softmax(z, -1)
         hv = p * jv - p * (p * jv).sum(-1, keepdims=True)

@@ -159,8 +159,8 @@ def test_lora_grad_norms_cover_every_adapter():
     graphdef, wrt, rest = nnx.split(model, models.LoRAParam, ...)
     assert len(jax.tree.leaves(wrt)) == 2 * 2 * model.config.n_layers  # A and B, q and v
     for i in range(2):
-        g = jax.grad(lambda w: models.sequence_nll(
-            graphdef, (w, rest), *(jnp.asarray(x[i:i + 1]) for x in t))[0])(wrt)
+        row = [jnp.asarray(x[i:i + 1]) for x in t]
+        g = jax.grad(lambda w, row=row: models.sequence_nll(graphdef, (w, rest), *row)[0])(wrt)
         want = np.sqrt(sum(float(jnp.sum(x**2)) for x in jax.tree.leaves(g)))
         assert got[i] == pytest.approx(want, rel=1e-4)
     b_only = lmrec.grad_norms(model, *t, batch=2, chunk=1, progress=False)
