@@ -40,13 +40,13 @@ def test_spearman_equals_scipy_and_permutation_p():
     x = rng.normal(size=19)
     y = x + rng.normal(size=19)
     y[3] = y[4]  # a tie
-    rho, p = evaluation.spearman(x, y, permutations=20000)
+    rho, p = evaluation.spearman(x, y, permutations=5000)
     assert rho == pytest.approx(scipy.stats.spearmanr(x, y).statistic, abs=1e-12)
     want = scipy.stats.permutation_test((x, y), lambda a, b: scipy.stats.spearmanr(a, b)
                                         .statistic, permutation_type="pairings",
-                                        alternative="greater", n_resamples=20000,
+                                        alternative="greater", n_resamples=5000,
                                         random_state=0).pvalue
-    assert p == pytest.approx(want, abs=0.01)
+    assert p == pytest.approx(want, abs=0.015)
     rho_n, p_n = evaluation.spearman(x, -y)
     assert rho_n == pytest.approx(-rho) and p_n > 0.9
     with pytest.raises(ValueError, match="equal-length"):

@@ -137,12 +137,20 @@ def test_compact_tokenizer_renumbers_and_maps_unknowns():
 def test_el2n_scores_by_prefix_forward_passes(model_and_batch):
     model, (tokens, mask, loss) = model_and_batch
     got = lmrec.el2n_scores(model, tokens, mask, loss, batch=2)
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def last_logits(state, prefix):
+        m = nnx.merge(graphdef, state)
+        t = prefix.shape[1]
+        hidden, _ = m(prefix, jnp.arange(t)[None], mask=jnp.ones((1, t), bool))
+        return m.logits(hidden[:, -1])
+
     for i in range(3):
         errs = []
         for t in np.flatnonzero(loss[i]):  # each answer token from its own prefix alone
-            prefix = jnp.asarray(tokens[i:i + 1, :t])
-            hidden, _ = model(prefix, jnp.arange(t)[None], mask=jnp.ones((1, t), bool))
-            z = np.asarray(model.logits(hidden[:, -1]), np.float64)[0]
+            z = np.asarray(last_logits(state, jnp.asarray(tokens[i:i + 1, :t])),
+                           np.float64)[0]
             p = np.exp(z - z.max())
             p /= p.sum()
             p[tokens[i, t]] -= 1.0
