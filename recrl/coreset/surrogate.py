@@ -22,6 +22,8 @@ forward-mode pass of the per-sample losses.
 
 from __future__ import annotations
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -131,5 +133,10 @@ def surrogate_influence(params, history: np.ndarray, mask: np.ndarray, target: n
         x, r = x + alpha * p, r - alpha * ap
         rr_new = r @ r
         p, rr = r + (rr_new / rr) * p, rr_new
+    rel = float(jnp.sqrt(rr / jnp.maximum(gbar @ gbar, 1e-30)))
+    if rel > 1e-3:
+        warnings.warn(f"surrogate_influence: conjugate gradient stopped at relative residual "
+                      f"{rel:.1e} after {cg_iters} iterations (raise cg_iters or damping)",
+                      stacklevel=2)
     return np.concatenate([np.asarray(directional(flat, x, h[c], m[c], t[c]), np.float64)
                            for c in chunks])
