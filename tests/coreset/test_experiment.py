@@ -147,3 +147,38 @@ def test_click_task_uses_the_papers_lambda():
     assert goracs.lam_of(cfg) == 0.5
     cfg.select.lam = 0.2
     assert goracs.lam_of(cfg) == 0.2
+
+
+def _fake_runs(out, cfg, nll_of_poo, users, seed=0):
+    """Per-run files as run_decisive writes them, with test NLL = nll_of_poo(exact POO)."""
+    rng = np.random.default_rng(seed)
+    (out / "runs").mkdir(parents=True)
+    np.save(out / "test_users.npy", users)
+    names = [("goracs", None), ("greedy", None), *(("random", s) for s in range(6)),
+             ("kcenter", None)]
+    for i, (m, s) in enumerate(names):
+        name = f"{m}_n100" + (f"_s{s}" if s is not None else "")
+        poo = 0.1 + 0.01 * i
+        nll = nll_of_poo(poo) + 0.01 * rng.normal(size=users.shape)
+        ranks = rng.integers(0, 100, users.shape)
+        np.savez(out / "runs" / f"{name}.npz", nll=nll, ranks=ranks)
+        rec = {"name": name, "method": m, "budget": 100, "exact_poo": poo, "best_step": 25,
+               "test_nll": float(nll.mean()), "NDCG@10": 0.0,
+               "HR@10": float(np.mean(ranks < 10))}
+        (out / "runs" / f"{name}.json").write_text(json.dumps(rec))
+
+
+def test_decisive_report_applies_the_decision_rules(tmp_path):
+    cfg = get_config("decisive_tiny")
+    cfg.budgets, cfg.report.bootstrap = (100,), 500
+    users = np.repeat(np.arange(200), 2)
+    _fake_runs(tmp_path / "a", cfg, lambda p: 3.0 + 10 * p, users)  # NLL rises with POO
+    text = goracs.decisive_report(tmp_path / "a", cfg)
+    assert "ρ = +1.000" in text and "**POO predicts test NLL**" in text
+    assert "percentile 0 %" in text  # GORACS (lowest POO) beats every random subset
+    assert "test NLL: GORACS − random mean" in text and "**GORACS better**" in text
+    rng = np.random.default_rng(7)
+    noise = {round(0.1 + 0.01 * i, 6): v for i, v in enumerate(rng.permutation(9))}
+    _fake_runs(tmp_path / "b", cfg, lambda p: 3.0 + 0.001 * noise[round(p, 6)], users)
+    text = goracs.decisive_report(tmp_path / "b", cfg)
+    assert "**POO does not predict test NLL at n = 100**" in text
