@@ -175,11 +175,12 @@ def refine(cost: jax.Array, init: np.ndarray, *, max_iters: int = 100, cut: int 
     continued from its own potentials with plain updates for up to ``retry_iterations``;
     if it still has not converged, the move is decided by the exact POT values of the
     candidate and the current set instead (accepted only if the exact value drops), so an
-    unconverged (too low) entropic value never accepts a swap
-    (``check_convergence=False`` trusts every value, as recrl did before); after such an exactly
-    decided acceptance the search verifies exactly (a feasible entropic plan's cost is not below
-    the exact value, so the trace keeps falling). ``info`` (a dict, if
-    given) receives ``retries``, ``exact_fallbacks`` and ``iterations`` (per check).
+    unconverged (possibly too low) entropic value never accepts a swap
+    (``check_convergence=False`` trusts every value, as recrl did before). After such an
+    exactly decided acceptance the search verifies exactly (a feasible entropic plan's
+    cost is not below the exact value, so the trace keeps falling). ``info`` (a dict, if
+    given) receives ``retries``, ``exact_fallbacks`` and ``iterations`` (per check,
+    including a continuation's).
     """
     if verify not in ("sinkhorn", "exact"):
         raise ValueError(f"verify must be 'sinkhorn' or 'exact'; got {verify!r}")
@@ -194,16 +195,16 @@ def refine(cost: jax.Array, init: np.ndarray, *, max_iters: int = 100, cut: int 
     stats.update(retries=0, exact_fallbacks=0, iterations=[])
 
     def converged(r: objective.POOResult, rows: np.ndarray):
-        """The solve of ``rows``, continued when unconverged; ``(result, ok)``."""
+        """The solve of ``rows``, continued when unconverged: ``(result, ok, iterations)``."""
         if bool(r.converged) or not check_convergence:
-            return r, True
+            return r, True, int(r.n_iters)
         stats["retries"] += 1
         r2 = objective.poo_sinkhorn_rows(cost, jnp.asarray(rows), r.f, r.g,
                                          max_iterations=retry_iterations, **kw)
-        return r2, bool(r2.converged)
+        return r2, bool(r2.converged), int(r.n_iters) + int(r2.n_iters)
 
     res = cold_solve(cost, sel, epsilon=epsilon, threshold=threshold, momentum=momentum)
-    res, res_ok = converged(res, sel)
+    res, res_ok, _ = converged(res, sel)
     mode = verify
     value = float(res.value) if verify == "sinkhorn" else objective.poo_exact(cost_np, sel)
     trace, checks, done = [value], 0, 0
@@ -241,8 +242,8 @@ def refine(cost: jax.Array, init: np.ndarray, *, max_iters: int = 100, cut: int 
                                               momentum=momentum,
                                               max_iterations=max_iterations, **kw)
             checks += 1
-            new, ok = converged(new, cand)
-            stats["iterations"].append(int(new.n_iters))
+            new, ok, iters = converged(new, cand)
+            stats["iterations"].append(iters)
             if mode == "exact":
                 v = objective.poo_exact(cost_np, cand)
                 better = v < value - rel_tol * abs(value)
