@@ -442,35 +442,6 @@ def write_report(out: Path, results: dict) -> str:
     return text
 
 
-def main(argv: list[str]) -> None:
-    del argv
-    jnp.zeros(())
-    if FLAGS.report_only:  # rebuild report.md and plots from a finished results.json
-        decisive = FLAGS.config.get("protocol") == "decisive"
-        path = Path(FLAGS.out_dir) / ("test_users.npy" if decisive else "results.json")
-        if not path.exists():
-            raise FileNotFoundError(f"--report_only: no {path} (run the experiment first)")
-        if decisive:
-            decisive_report(Path(FLAGS.out_dir), FLAGS.config)
-        else:
-            write_report(Path(FLAGS.out_dir), json.loads(path.read_text()))
-    elif FLAGS.config.get("protocol") == "decisive":
-        run_decisive(FLAGS.config, FLAGS.out_dir)
-    else:
-        run(FLAGS.config, FLAGS.out_dir)
-    print((Path(FLAGS.out_dir) / "report.md").read_text())
-
-
-if __name__ == "__main__":
-    # flags are defined here, not at import: launchers share one flag registry in a process
-    config_flags.DEFINE_config_file("config", "experiments/configs/goracs.py:ml1m_cpu",
-                                    "GORACS experiment config.")
-    flags.DEFINE_string("out_dir", "runs/goracs", "Output directory.")
-    flags.DEFINE_bool("report_only", False,
-                      "Only rebuild report.md and the plots from out_dir/results.json.")
-    app.run(main)
-
-
 # --- decisive protocol (docs/goracs.md, "decisive_cpu") -------------------------------
 
 def load_decisive_data(cfg) -> tuple[Any, dict[str, Any], np.ndarray]:
@@ -714,3 +685,33 @@ def decisive_report(out: Path, cfg) -> str:
     text = "\n".join(lines) + "\n"
     _atomic_write(out / "report.md", text)
     return text
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    jnp.zeros(())
+    if FLAGS.report_only:  # rebuild report.md and plots from a finished results.json
+        decisive = FLAGS.config.get("protocol") == "decisive"
+        path = Path(FLAGS.out_dir) / ("test_users.npy" if decisive else "results.json")
+        if not path.exists():
+            raise FileNotFoundError(f"--report_only: no {path} (run the experiment first)")
+        if decisive:
+            decisive_report(Path(FLAGS.out_dir), FLAGS.config)
+        else:
+            write_report(Path(FLAGS.out_dir), json.loads(path.read_text()))
+    elif FLAGS.config.get("protocol") == "decisive":
+        run_decisive(FLAGS.config, FLAGS.out_dir)
+    else:
+        run(FLAGS.config, FLAGS.out_dir)
+    print((Path(FLAGS.out_dir) / "report.md").read_text())
+
+
+if __name__ == "__main__":
+    # flags are defined here, not at import: launchers share one flag registry in a process
+    config_flags.DEFINE_config_file("config", "experiments/configs/goracs.py:ml1m_cpu",
+                                    "GORACS experiment config.")
+    flags.DEFINE_string("out_dir", "runs/goracs", "Output directory.")
+    flags.DEFINE_bool("report_only", False,
+                      "Only rebuild report.md and the plots from out_dir/results.json.")
+    app.run(main)
+

@@ -12,6 +12,7 @@ Override any field on the command line, e.g. ``--config.budgets=32,64``; the cli
 """
 
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 METHODS = ("goracs", "random", "el2n", "grand", "ccs", "kcenter", "dealrec", "full")
 
@@ -38,7 +39,7 @@ def get_config(variant: str = "ml1m_cpu") -> ml_collections.ConfigDict:
     # disjoint from the selection pool's (history -> next title) samples.
     c.pretrain = ml_collections.ConfigDict(dict(steps=0, batch=32, lr=3e-3, cache=True))
     # lam: None = the paper's value for the task (0.1 next item, 0.5 click)
-    c.select = ml_collections.ConfigDict(dict(lam=None, max_iters=100, cut=10, max_checks=20,
+    c.select = ml_collections.ConfigDict(dict(lam=placeholder(float), max_iters=100, cut=10, max_checks=20,
                                               epsilon=0.05, threshold=1e-3,
                                               exact_ot=True, block=1))  # block>1: recrl ext.
     c.finetune = ml_collections.ConfigDict(dict(epochs=3, batch=16, lr=1e-3, max_steps=2000))

@@ -1,6 +1,10 @@
 """The GORACS launcher end to end at the tiny (synthetic) size (slow: ~1 min of compiles)."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -177,6 +181,15 @@ def test_decisive_report_applies_the_decision_rules(tmp_path):
     assert "ρ = +1.000" in text and "**POO predicts test NLL**" in text
     assert "percentile 0 %" in text  # GORACS (lowest POO) beats every random subset
     assert "test NLL: GORACS − random mean" in text and "**GORACS better**" in text
+    root = Path(__file__).resolve().parents[2]  # the checkout under test, not an install
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.goracs",
+         "--config=experiments/configs/goracs.py:decisive_tiny", "--config.budgets=(100,)",
+         "--config.report.bootstrap=500", "--report_only", f"--out_dir={tmp_path / 'a'}"],
+        cwd=root, env={**os.environ, "PYTHONPATH": str(root)}, capture_output=True,
+        text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "**POO predicts test NLL**" in proc.stdout
     rng = np.random.default_rng(7)
     noise = {round(0.1 + 0.01 * i, 6): v for i, v in enumerate(rng.permutation(9))}
     _fake_runs(tmp_path / "b", cfg, lambda p: 3.0 + 0.001 * noise[round(p, 6)], users)
