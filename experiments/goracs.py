@@ -599,12 +599,15 @@ def run_decisive(cfg, out_dir: str) -> dict:
             continue
         m = nnx.clone(model)
         info = {"best_step": 0, "steps_run": 0, "val_curve": []}
+        t0 = time.perf_counter()
         if idx is not None:
             info = lmrec.finetune_early_stopping(
                 m, tuple(x[np.asarray(idx)] for x in enc["train"]), enc["val"],
                 max_steps=ft.max_steps, eval_every=ft.eval_every, patience=ft.patience,
                 batch=ft.batch, lr=ft.lr, seed=ft.seed)
+        t1 = time.perf_counter()
         ev = decisive_evaluate(m, encode, cfg, texts, enc, cand, data.titles)
+        info.update(finetune_seconds=t1 - t0, eval_seconds=time.perf_counter() - t1)
         np.savez(out / "runs" / f"{name}.npz", **ev)
         rec = {"name": name, **{k: v for k, v in sels.get(name, {}).items()
                                 if k != "indices"}, **info,
@@ -619,6 +622,29 @@ def run_decisive(cfg, out_dir: str) -> dict:
     return {"report": text}
 
 
+def _plot_nll_vs_poo(out: Path, recs: dict, cfg) -> None:
+    """``nll_vs_poo.png``: mean test NLL against exact POO, one panel per budget."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    budgets = list(cfg.budgets)
+    fig, axes = plt.subplots(1, len(budgets), figsize=(4.5 * len(budgets), 3.4),
+                             squeeze=False)
+    for ax, n in zip(axes[0], budgets, strict=True):
+        rs = [r for r in recs.values() if r.get("budget") == n]
+        for r in rs:
+            rnd = r["method"] == "random"
+            ax.scatter(r["exact_poo"], r["test_nll"], s=12 if rnd else 30,
+                       c="0.6" if rnd else "C3" if r["method"] == "goracs" else "C0")
+            if not rnd:
+                ax.annotate(r["method"], (r["exact_poo"], r["test_nll"]), fontsize=6)
+        ax.set_title(f"n = {n} (grey: random subsets)", fontsize=8)
+        ax.set_xlabel("exact POO"), ax.set_ylabel("test NLL")
+    fig.tight_layout(), fig.savefig(out / "nll_vs_poo.png", dpi=100), plt.close(fig)
+
+
 def decisive_report(out: Path, cfg) -> str:
     """``report.md`` of the decisive protocol from the per-run files (decision rules as in
     docs/goracs.md)."""
@@ -631,7 +657,10 @@ def decisive_report(out: Path, cfg) -> str:
     lines = [f"# GORACS decisive report ({cfg.variant})", "",
              f"Test windows: {len(users)} (one per test user); primary metric: test NLL of "
              "the target title (mean answer-token NLL; lower is better); 95 % user-level "
-             f"bootstrap intervals ({cfg.report.bootstrap} resamples).", ""]
+             f"bootstrap intervals ({cfg.report.bootstrap} resamples). Fine-tuning: at most "
+             f"{cfg.finetune.max_steps} steps of batch {cfg.finetune.batch}, validation loss "
+             f"every {cfg.finetune.eval_every} steps, patience {cfg.finetune.patience}, the "
+             "best validation point tested.", ""]
     for ref in ("base", "full"):
         if ref in recs:
             iv = evaluation.user_interval(per[ref]["nll"], users, **boot)
@@ -682,8 +711,10 @@ def decisive_report(out: Path, cfg) -> str:
                 lines.append(f"3. {label}: GORACS − random mean = {iv.mean:+.4f} "
                              f"[{iv.lo:+.4f}, {iv.hi:+.4f}] (paired, user-level): "
                              f"**{verdict}**.")
+    lines += ["", "![test NLL vs exact POO](nll_vs_poo.png)"]
     text = "\n".join(lines) + "\n"
     _atomic_write(out / "report.md", text)
+    _plot_nll_vs_poo(out, recs, cfg)
     return text
 
 

@@ -38,9 +38,9 @@ def get_config(variant: str = "ml1m_cpu") -> ml_collections.ConfigDict:
     # CPU models are pretrained on the catalogue titles ("Movie: <title>"), which are
     # disjoint from the selection pool's (history -> next title) samples.
     c.pretrain = ml_collections.ConfigDict(dict(steps=0, batch=32, lr=3e-3, cache=True))
-    # lam: None = the paper's value for the task (0.1 next item, 0.5 click)
-    c.select = ml_collections.ConfigDict(dict(lam=placeholder(float), max_iters=100, cut=10, max_checks=20,
-                                              epsilon=0.05, threshold=1e-3,
+    # lam unset (None) = the paper's value for the task (0.1 next item, 0.5 click)
+    c.select = ml_collections.ConfigDict(dict(lam=placeholder(float), max_iters=100, cut=10,
+                                              max_checks=20, epsilon=0.05, threshold=1e-3,
                                               exact_ot=True, block=1))  # block>1: recrl ext.
     c.finetune = ml_collections.ConfigDict(dict(epochs=3, batch=16, lr=1e-3, max_steps=2000))
     c.features = ml_collections.ConfigDict(dict(batch=128, chunk=16))
