@@ -21,7 +21,12 @@ from flax import nnx
 
 from recrl.models.cache import KVCache, init_cache
 from recrl.models.llama import Llama, ParamsLike, merge, positions_from_mask
-from recrl.models.scoring import prefill_prefix
+from recrl.models.scoring import (
+    _check_prefix_args,
+    prefill_prefix,
+    prefill_prefixes,
+    rows_from_prefixes,
+)
 
 f32 = jnp.float32
 
@@ -259,3 +264,55 @@ def sample_group(
         return h[:, 0], cache
 
     return decode(model, step, h0, pos0, cache, key, config)
+
+
+@functools.partial(jax.jit, static_argnums=0, static_argnames="config")
+def sample_with_prefixes(
+    graphdef: nnx.GraphDef,
+    params: ParamsLike,
+    prefixes: jax.Array,
+    prefix_mask: jax.Array,
+    prefix_index: jax.Array,
+    prompt: jax.Array,
+    prompt_mask: jax.Array,
+    key: jax.Array,
+    *,
+    config: SamplingConfig,
+) -> SampleOutput:
+    """Samples one continuation per row of ``prefixes[prefix_index[b]] ++ prompt[b]``.
+
+    The ``U`` prefixes are prefilled once and their keys/values gathered into each row's
+    cache; rows then prefill only their own prompt and decode. Row ``b`` equals row ``b`` of
+    ``sample`` on the concatenated (unpadded) prompts with the same key.
+
+    Args:
+      graphdef: model graphdef (static).
+      params: model state or sequence of states.
+      prefixes: int ``[U, D]`` (left-padded), e.g. the demonstrations of a batch.
+      prefix_mask: bool ``[U, D]`` (at least one real token per prefix).
+      prefix_index: int ``[B]``.
+      prompt: int ``[B, L]``, the rest of each prompt (at least one real token per row).
+      prompt_mask: bool ``[B, L]``.
+      key: PRNG key.
+      config: ``SamplingConfig`` (static).
+
+    Returns:
+      ``SampleOutput`` with ``[B, max_new_tokens]`` tokens and log-probs.
+    """
+    _check_prefix_args(prefixes, prefix_mask, prefix_index, prompt, prompt_mask)
+    model = merge(graphdef, params)
+    b, p = prompt.shape
+    _check_length(model, prefixes.shape[1] + p, config)
+    mask = prompt_mask.astype(bool)
+    cache = rows_from_prefixes(prefill_prefixes(model, prefixes, prefix_mask), prefix_index,
+                               p + config.max_new_tokens)
+    offset = jnp.sum(prefix_mask.astype(jnp.int32), axis=1)[prefix_index]
+    hidden, cache = model(prompt, positions_from_mask(mask, offset[:, None]), mask, cache)
+    last = jnp.max(jnp.where(mask, jnp.arange(p), 0), axis=1)
+    h0 = hidden[jnp.arange(b), last]
+
+    def step(tok, pos, real, cache):
+        h, cache = model(tok[:, None], pos[:, None], real[:, None], cache)
+        return h[:, 0], cache
+
+    return decode(model, step, h0, offset + mask.sum(1).astype(jnp.int32), cache, key, config)
