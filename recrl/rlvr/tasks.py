@@ -36,7 +36,8 @@ _STEP = re.compile(r"^\s*(-?\d+)\s*([+\-*])\s*(-?\d+)\s*=\s*(-?\d+)\s*$")
 # "Step 2: 7 × 2 = 14." is one step, decimals are not
 _OP_CHARS = {"+": "+", "-": "-", "−": "-", "–": "-", "*": "*", "×": "*", "x": "*", "X": "*",
              "·": "*"}
-_STEP_ANY = re.compile(r"(?<![\d.])(-?\d+)\s*([+\-−–*×xX·])\s*(-?\d+)\s*=\s*(-?\d+)(?![\d.]*\d)")
+_STEP_ANY = re.compile(
+    r"(?<![\d.])\(?\s*(-?\d+)\s*([+\-−–*×xX·])\s*(-?\d+)\s*\)?\s*=\s*(-?\d+)(?![\d.]*\d)")
 _ANSWER = re.compile(r"(?:answer\s*:|####)\s*(-?\d+)", re.IGNORECASE)
 Step = tuple[int, str, int, int]
 
@@ -145,8 +146,8 @@ def parse_steps(text: str, *, strict: bool = False) -> list[Step]:
     """Steps ``a op b = c`` of a trace, in order.
 
     Default (tolerant): every equation ``a op b = c`` found anywhere in a line, so
-    ``"Step 1: 3 + 4 = 7."``, ``"7 × 2 = 14, then 14 - 5 = 9"`` and prose around an equation
-    all parse; ``×``/``x``/``·`` read as ``*`` and ``−``/``–`` as ``-``.
+    ``"Step 1: 3 + 4 = 7."``, ``"7 × 2 = 14, then 14 - 5 = 9"``, ``"(3+4) = 7"`` and prose around an
+    equation all parse; ``×``/``x``/``·`` read as ``*`` and ``−``/``–`` as ``-``.
     An equation with more than one operator (``3+4*2=11``) is not a step (it is skipped).
     ``strict=True``: only whole lines of the exact form (the previous parser).
     """
