@@ -37,6 +37,7 @@ from recrl.models.sampling import (
     SamplingConfig,
     sample,
     sample_group,
+    sample_prefix_groups,
     sample_with_prefixes,
 )
 from recrl.models.scoring import (
@@ -88,6 +89,7 @@ __all__ = [
     "restore_model",
     "sample",
     "sample_group",
+    "sample_prefix_groups",
     "sample_with_prefixes",
     "save_model",
     "score_completions",

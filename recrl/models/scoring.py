@@ -284,10 +284,19 @@ def prefill_prefixes(model: Llama, prefixes: jax.Array, prefix_mask: jax.Array) 
 
 def rows_from_prefixes(cache: KVCache, index: jax.Array, extra: int) -> KVCache:
     """Per-row caches: row ``b`` starts with prefix ``index[b]``'s keys/values (gathered, not
-    recomputed) and has ``extra`` empty slots after them; writing resumes after the prefix."""
-    pad = lambda x: jnp.pad(x[index], ((0, 0), (0, extra)) + ((0, 0),) * (x.ndim - 2))
+    recomputed) and has ``extra`` empty slots after them; writing resumes after the prefix.
+    ``index[b] = -1``: no prefix (its slots are marked invalid, never attended to)."""
+    idx = jnp.maximum(index, 0)
+    pad = lambda x: jnp.pad(x[idx], ((0, 0), (0, extra)) + ((0, 0),) * (x.ndim - 2))
+    valid = pad(cache.valid) & (index >= 0)[:, None]
     return KVCache(k=tuple(pad(x) for x in cache.k), v=tuple(pad(x) for x in cache.v),
-                   valid=pad(cache.valid), index=jnp.asarray(cache.length, jnp.int32))
+                   valid=valid, index=jnp.asarray(cache.length, jnp.int32))
+
+
+def prefix_offsets(prefix_mask: jax.Array, index: jax.Array) -> jax.Array:
+    """``[B]`` RoPE position after each row's prefix (its real-token count; 0 without one)."""
+    n = jnp.sum(prefix_mask.astype(jnp.int32), axis=1)
+    return jnp.where(index >= 0, n[jnp.maximum(index, 0)], 0)
 
 
 def _check_prefix_args(prefixes, prefix_mask, prefix_index, prompt, prompt_mask) -> None:
@@ -325,7 +334,9 @@ def logprobs_with_prefixes(
       params: model state or sequence of states.
       prefixes: int ``[U, D]`` (left-padded).
       prefix_mask: bool ``[U, D]``, real prefix tokens (at least one per prefix).
-      prefix_index: int ``[B]`` which prefix each row continues.
+      prefix_index: int ``[B]`` which prefix each row continues (``-1``: none; such a row's
+        attention still spans the ``D`` masked slots, so give bare rows their own call when
+        ``D`` is large).
       prompt: int ``[B, L]``, the rest of each prompt (at least one real token per row).
       prompt_mask: bool ``[B, L]``.
       completion: int ``[B, C]``.
@@ -341,5 +352,5 @@ def logprobs_with_prefixes(
     mask = jnp.concatenate([prompt_mask, completion_mask], axis=1).astype(bool)
     cache = rows_from_prefixes(prefill_prefixes(model, prefixes, prefix_mask), prefix_index,
                                tokens.shape[1])
-    offset = jnp.sum(prefix_mask.astype(jnp.int32), axis=1)[prefix_index][:, None]
+    offset = prefix_offsets(prefix_mask, prefix_index)[:, None]
     return _score_tail(model, tokens, mask, prompt.shape[1], temperature, cache, offset)

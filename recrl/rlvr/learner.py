@@ -241,8 +241,10 @@ def sample_rollouts(graphdef: nnx.GraphDef, params, tok, problems: Sequence[task
     """Samples one group per problem, decodes and scores the completions (malformed text gets
     reward 0).
 
-    Demo rows (``P·K``): ``models.sample_with_prefixes`` with the batch's ``K`` demonstrations
-    as shared prefixes; bare rows (``P·(G−K)``): ``models.sample`` on their own prompt.
+    One ``models.sample_prefix_groups`` loop over ``G`` groups of ``P`` rows: slot ``k < K``
+    continues demonstration ``k`` (run once, its keys/values shared by the ``P`` rows), the bare
+    slots have an empty prefix; every row's own cache holds only its prompt and completion.
+    ``K = 0``: ``models.sample``.
     ``pool``: ``encode_demo_pool(tok, demo_pool)`` (computed here when omitted).
 
     Returns:
@@ -261,27 +263,23 @@ def sample_rollouts(graphdef: nnx.GraphDef, params, tok, problems: Sequence[task
     scfg = models.SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                                  stop_tokens=(tok.eos_id,), pad_id=tok.pad_id)
     c = cfg.max_new_tokens
-    toks = np.full((n, g, c), tok.pad_id, np.int32)
-    logp, lens = np.zeros((n, g, c), np.float32), np.zeros((n, g), np.int32)
-    key_demo, key_bare = jax.random.split(key)
-    if k > 0:
+    if k > 0:  # slot j of every prompt is one group: prefix demo j (j < K) or none (bare)
         if pool is None:
             pool = encode_demo_pool(tok, demo_pool)
-        out = models.sample_with_prefixes(
-            graphdef, params, jnp.asarray(pool[0][picks]), jnp.asarray(pool[1][picks]),
-            jnp.tile(jnp.arange(k, dtype=jnp.int32), n),
-            jnp.asarray(prompt[:, :k].reshape(n * k, -1)),
-            jnp.asarray(pmask[:, :k].reshape(n * k, -1)), key_demo, config=scfg)
-        toks[:, :k] = np.asarray(out.tokens).reshape(n, k, c)
-        logp[:, :k] = np.asarray(out.logprobs).reshape(n, k, c)
-        lens[:, :k] = np.asarray(out.lengths).reshape(n, k)
-    if g > k:
-        out = models.sample(graphdef, params, jnp.asarray(prompt[:, k:].reshape(n * (g - k), -1)),
-                            jnp.asarray(pmask[:, k:].reshape(n * (g - k), -1)), key_bare,
-                            config=scfg)
-        toks[:, k:] = np.asarray(out.tokens).reshape(n, g - k, c)
-        logp[:, k:] = np.asarray(out.logprobs).reshape(n, g - k, c)
-        lens[:, k:] = np.asarray(out.lengths).reshape(n, g - k)
+        pre = np.zeros((g, pool[0].shape[1]), np.int32)
+        pre_mask = np.zeros(pre.shape, bool)
+        pre[:k], pre_mask[:k] = pool[0][picks], pool[1][picks]
+        out = models.sample_prefix_groups(
+            graphdef, params, jnp.asarray(pre), jnp.asarray(pre_mask),
+            jnp.asarray(prompt.transpose(1, 0, 2)), jnp.asarray(pmask.transpose(1, 0, 2)), key,
+            config=scfg)
+        toks, logp, lens = (np.swapaxes(np.asarray(x), 0, 1) for x in out)
+    else:
+        flat = lambda x: jnp.asarray(x.reshape(n * g, -1))
+        out = models.sample(graphdef, params, flat(prompt), flat(pmask), key, config=scfg)
+        toks = np.asarray(out.tokens).reshape(n, g, c)
+        logp = np.asarray(out.logprobs).reshape(n, g, c)
+        lens = np.asarray(out.lengths).reshape(n, g)
     flat_t, flat_l = toks.reshape(n * g, c), lens.reshape(-1)
     texts = [tasks.decode_completion(tok, flat_t[i], int(flat_l[i])) for i in range(n * g)]
     kept = np.array([tasks.scored_length(tok, flat_t[i], int(flat_l[i])) for i in range(n * g)])
