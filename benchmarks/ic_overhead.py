@@ -37,9 +37,10 @@ from recrl.rlvr import tasks
 
 
 def _timed(fn, *args):
-    t0 = time.perf_counter()
+    """``fn(*args)``, its wall seconds and this process's CPU seconds (all threads)."""
+    t0, c0 = time.perf_counter(), time.process_time()
     out = jax.block_until_ready(fn(*args))
-    return out, time.perf_counter() - t0
+    return out, (time.perf_counter() - t0, time.process_time() - c0)
 
 
 def _pad(seqs, pad_id, length):
@@ -150,13 +151,15 @@ class Runner:
         s = self.s
         (toks, lps), t_s = _timed(s.sample, self.variant, jax.random.key(self.calls))
         self.calls += 1
-        t0 = time.perf_counter()
-        mask, reward = s.score(toks)
-        t_h = time.perf_counter() - t0
+        (mask, reward), t_h = _timed(s.score, toks)
         b = s.batch(self.variant, toks, lps, mask, reward)
         (self.params, self.opt, _), t_u = _timed(L.train_step, s.graphdef, self.params,
                                                  self.opt, b, s.cfg, self.tx, None, self.demos)
-        return {"sample": t_s, "score": t_h, "update": t_u, "total": t_s + t_h + t_u}
+        out = {}
+        for j, clock in enumerate(("", "cpu_")):
+            out.update({clock + "sample": t_s[j], clock + "score": t_h[j],
+                        clock + "update": t_u[j], clock + "total": t_s[j] + t_h[j] + t_u[j]})
+        return out
 
 
 def run_variants(s: Setup, variants: list[str], steps: int) -> dict[str, dict[str, float]]:
@@ -192,18 +195,23 @@ def main() -> None:
           f"C={args.new_tokens}; token lengths {s.lengths}; backend {jax.default_backend()}")
     res = run_variants(s, args.variants.split(","), args.steps)
     base = res.get("plain")
-    print("| variant | sample s | score s | update s | total s | vs plain | warm-up s |")
-    print("|---|---|---|---|---|---|---|")
-    for v, r in res.items():
-        ratio = f"{100 * (r['total'] / base['total'] - 1):+.1f} %" if base else "–"
-        print(f"| {v} | {r['sample']:.3f} | {r['score']:.3f} | {r['update']:.3f} | "
-              f"{r['total']:.3f} | {ratio} | {r['warmup']:.1f} |")
-    if base:
+    for clock, name in (("", "wall"), ("cpu_", "process CPU")):
+        print(f"\n{name} seconds per step (median of {args.steps}):")
+        print("| variant | sample | score | update | total | total vs plain |")
+        print("|---|---|---|---|---|---|")
         for v, r in res.items():
-            if v != "plain":
-                print(f"{v} per stage vs plain: " + ", ".join(
-                    f"{k} {100 * (r[k] / base[k] - 1):+.1f} %" for k in ("sample", "score",
-                                                                         "update")))
+            ratio = (f"{100 * (r[clock + 'total'] / base[clock + 'total'] - 1):+.1f} %"
+                     if base else "–")
+            print(f"| {v} | {r[clock + 'sample']:.3f} | {r[clock + 'score']:.3f} | "
+                  f"{r[clock + 'update']:.3f} | {r[clock + 'total']:.3f} | {ratio} |")
+        if base:
+            for v, r in res.items():
+                if v != "plain":
+                    print(f"{v} per stage vs plain ({name}): " + ", ".join(
+                        f"{k} {100 * (r[clock + k] / base[clock + k] - 1):+.1f} %"
+                        for k in ("sample", "score", "update")))
+    print("warm-up (compile) wall s: " + ", ".join(f"{v} {r['warmup']:.1f}"
+                                                   for v, r in res.items()))
 
 
 if __name__ == "__main__":
