@@ -12,9 +12,12 @@ Three ways to run one RL step on ``P`` prompts × ``G`` rollouts × ``C`` new to
   to the demo-augmented length, sampled and rescored as one padded batch.
 
 Stages: ``sample`` (prefill + decoding, no stop token so every row generates ``C``
-tokens), ``score`` (decode to text, scored length, reward on the host), ``update`` (one jitted
-train step: log-probs, clipped loss, gradient, AdamW). Median over ``--steps`` after one warm-up call
-(compilation); the variants run interleaved, step by step, so machine load hits them alike. The paper reports +1.0 % to +4.1 % per step for in-context training.
+tokens), ``score`` (decode to text, scored length, reward on the host), ``update`` (one
+jitted train step: log-probs, clipped loss, gradient, AdamW). Median over ``--steps`` after
+one warm-up call (compilation); the variants run interleaved, step by step, so machine load
+hits them alike; wall and process-CPU seconds are both reported (on a loaded shared machine
+the CPU seconds are the steadier measure of work). The paper reports +1.0 % to +4.1 % per
+step for in-context training.
 
     python -m benchmarks.ic_overhead                          # tiny char model
     python -m benchmarks.ic_overhead --model smollm2 --prompts 2 --new_tokens 32 --steps 2
@@ -92,7 +95,7 @@ class Setup:
 
     # ---- sampling -------------------------------------------------------------------------
     def sample(self, variant, key):
-        p, g, k = self.p, self.g, self.k
+        p, g = self.p, self.g
         rep = lambda x, n: jnp.repeat(x, n, axis=0)
         if variant == "plain":
             o = models.sample(self.graphdef, self.params, rep(self.bare[0], g),

@@ -212,9 +212,9 @@ def export_labels(rows: Sequence[dict], problems, path: str, n: int, seed: int) 
                     "hand_sc"])
         for r in pick:
             p = problems[r["question"]]
+            parsed = "; ".join(f"{a}{op}{b}={c}" for a, op, b, c in tasks.parse_steps(r["text"]))
             w.writerow([r["id"], p.question, tasks.format_steps(p.steps, p.answer), r["text"],
-                        "; ".join(f"{a}{op}{b}={c}" for a, op, b, c in tasks.parse_steps(r["text"])),
-                        f"{r['sc']:.4f}", ""])
+                        parsed, f"{r['sc']:.4f}", ""])
 
 
 def label_agreement(path: str, rows_by_id: dict[int, dict]) -> dict | None:

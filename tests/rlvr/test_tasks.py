@@ -102,7 +102,7 @@ def test_char_tokenizer_round_trip_and_prompts():
 class _WordTokenizer:
     """Multi-character tokens, as BPE: the stop string can sit inside one token."""
 
-    VOCAB = ["<eos>", "3+4=7", "\n", "\n\n", "answer: 7", "Q:", " 1+1", "7.\n\nQ"]
+    VOCAB = ("<eos>", "3+4=7", "\n", "\n\n", "answer: 7", "Q:", " 1+1", "7.\n\nQ")
     eos_id = 0
 
     def decode(self, ids):
@@ -142,7 +142,7 @@ def test_tolerant_step_parser_on_realistic_outputs(text, steps):
 
 def test_tolerant_vs_strict_step_correctness():
     p = tasks.Problem("((3+4)*2)-5", 9, ((3, "+", 4, 7), (7, "*", 2, 14), (14, "-", 5, 9)))
-    spaced, steps = SMOL_STYLE[1]
+    spaced = SMOL_STYLE[1][0]
     assert tasks.step_correctness(spaced, p) == 1.0
     assert tasks.step_correctness(spaced, p, strict=True) == 0.0  # the old whole-line parser
     prose = SMOL_STYLE[2][0]
