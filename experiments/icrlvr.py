@@ -5,9 +5,11 @@ r"""In-Context RLVR experiments on the built-in checkable arithmetic.
     correct final answer, Spearman ρ of step correctness with EG (summed, per token, exact
     log-weight), trace length and mean token log-prob. Also the measured EG cost per trace
     per probe.
-(b) ``training``: GRPO vs IC-GRPO (K of G rollouts on one demonstration each) vs
-    EG-reweighted GRPO, from one SFT-warmed policy, over seeds; held-out zero-shot accuracy
-    (greedy, avg@k) and step correctness over training; (c) seconds per step of each.
+(b) ``training``: ``<preset>`` vs ``ic_<preset>`` (K of G rollouts on one demonstration each,
+    demonstrations drawn per generation batch and shared as KV-cache prefixes) vs
+    ``eg_<preset>`` (explicit EG reweighting), e.g. ``dapo`` / ``ic_dapo`` / ``eg_dapo``, from one
+    SFT-warmed policy, over seeds; held-out zero-shot accuracy (greedy, avg@k) and step
+    correctness over training; (c) seconds per step of each.
 
 Launch::
 
@@ -117,7 +119,7 @@ def _sample_texts(graphdef, params, tok, prompts, key, max_prompt_len, scfg, chu
         toks, lens, lp = np.asarray(o.tokens), np.asarray(o.lengths), np.asarray(o.logprobs)
         for i in range(min(chunk, len(prompts) - s)):
             text = tasks.decode_completion(tok, toks[i], int(lens[i]))
-            n = max(len(tok.encode(text)), 1)  # tokens of the kept trace
+            n = max(tasks.scored_length(tok, toks[i], int(lens[i])), 1)  # the kept trace
             texts.append(text)
             lengths.append(n)
             mean_lp.append(float(lp[i, :n].mean()))
@@ -188,24 +190,33 @@ def quality_experiment(qc, sp: tasks.Splits, tok, graphdef, params, seed: int = 
     return out
 
 
-def _prompt_len(tok, problems, demos) -> int:
-    n = max(len(tasks.encode_prompt(tok, p.question, demos[:1] if demos else [])) for p in problems)
-    if demos:
-        n = max(n, max(len(tasks.encode_prompt(tok, p.question, [d]))
-                       for p in problems[:64] for d in demos))
+def _prompt_len(tok, problems) -> int:
+    """Own-prompt budget: the longest ``bos + "Q: q\nA: "`` over every problem, rounded up to
+    16 (demonstrations are separate shared prefixes, sized by ``learner.encode_demo_pool``)."""
+    n = max(len(tasks.encode_prompt(tok, p.question)) for p in problems)
     return -(-n // 16) * 16
+
+
+def parse_method(method: str) -> tuple[str, str]:
+    """``"ic_dapo"`` -> ``("ic", "dapo")``; ``"grpo"`` -> ``("", "grpo")``; unknown: error."""
+    kind, _, algo = method.rpartition("_") if method[:3] in ("ic_", "eg_") else ("", "", method)
+    if algo not in L.PRESETS:
+        raise ValueError(f"unknown method {method!r}: use <preset>, ic_<preset> or eg_<preset> "
+                         f"with a preset in {sorted(L.PRESETS)}")
+    return kind, algo
 
 
 def train_method(method: str, seed: int, rc, ec, sp: tasks.Splits, tok, graphdef, params
                  ) -> dict:
     """Part (b)/(c): one RL run; evaluation curve and seconds per step."""
-    ic = method == "ic_grpo"
+    kind, algo = parse_method(method)
     everything = sp.train + sp.eval
-    cfg = L.preset(rc.algorithm, group_size=rc.group_size, num_demo=rc.num_demo if ic else 0,
+    cfg = L.preset(algo, group_size=rc.group_size, num_demo=rc.num_demo if kind == "ic" else 0,
                    prompts_per_step=rc.prompts_per_step, max_new_tokens=rc.max_new_tokens,
-                   max_prompt_len=_prompt_len(tok, everything, sp.demo if ic else []),
+                   max_prompt_len=_prompt_len(tok, everything),
                    lr=rc.lr, warmup_steps=rc.warmup_steps, temperature=rc.temperature,
-                   eg_reweight=method == "eg_grpo", eg_temperature=rc.eg_temperature,
+                   eg_reweight=kind == "eg", eg_temperature=rc.eg_temperature,
+                   eg_mode=rc.eg_mode, eg_signal=rc.eg_signal,
                    dynamic_sampling=rc.dynamic_sampling,
                    max_sampling_rounds=rc.max_sampling_rounds)
     lrn = L.Learner(graphdef, params, tok, cfg, demo_pool=sp.demo,
@@ -213,7 +224,7 @@ def train_method(method: str, seed: int, rc, ec, sp: tasks.Splits, tok, graphdef
     rng = random.Random(1000 + seed)
     draw = lambda n: rng.sample(sp.train, n)
     held_out = sp.eval[:ec.max_problems]
-    eval_len = _prompt_len(tok, held_out, [])
+    eval_len = _prompt_len(tok, held_out)
 
     def ev(step):
         m = L.evaluate(graphdef, lrn.params, tok, held_out, jax.random.key(10_000 + step), k=ec.k,
@@ -269,7 +280,7 @@ def report(res: dict, out_dir: str) -> str:
     runs = res.get("runs", [])
     if runs:
         k = res["eval_k"]
-        lines += ["## (b) GRPO vs IC-GRPO vs EG-reweighted GRPO (held-out, zero-shot)", "",
+        lines += ["## (b) plain vs in-context vs EG-reweighted RL (held-out, zero-shot)", "",
                   f"| method | seeds | greedy acc start → end | avg@{k} end | step-correct end "
                   "| s/step (median) | prompt len |", "|---|---|---|---|---|---|---|"]
         for m in res["methods"]:
@@ -283,10 +294,13 @@ def report(res: dict, out_dir: str) -> str:
                          f"{_mean_sd([r['curve'][-1]['step_correct'] for r in rs])} | "
                          f"{_mean_sd([r['seconds_per_step'] for r in rs])} | "
                          f"{rs[0]['max_prompt_len']} |")
-        base = [r["seconds_per_step"] for r in runs if r["method"] == "grpo"]
-        icr = [r["seconds_per_step"] for r in runs if r["method"] == "ic_grpo"]
-        if base and icr:
-            lines += ["", f"(c) IC time overhead per step: "
+        for m in res["methods"]:
+            kind, algo = parse_method(m)
+            base = [r["seconds_per_step"] for r in runs if r["method"] == algo]
+            icr = [r["seconds_per_step"] for r in runs if r["method"] == m]
+            if kind != "ic" or not base or not icr:
+                continue
+            lines += ["", f"(c) {m} time overhead per step over {algo}: "
                       f"{100 * (np.mean(icr) / np.mean(base) - 1):+.1f}% (paper: +1.0% to +4.1%)."]
         lines += ["", "![curves](curves.png)", ""]
         _plot(res, os.path.join(out_dir, "curves.png"))

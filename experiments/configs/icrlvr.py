@@ -1,10 +1,16 @@
-r"""In-Context RLVR: EG as a quality signal, GRPO vs IC-GRPO vs EG-reweighted GRPO, costs.
+r"""In-Context RLVR: EG as a quality signal, DAPO/GRPO vs IC- vs EG-reweighted, costs; EG study.
 
 Variants (the part after ``:``)::
 
     python -m experiments.icrlvr --config=experiments/configs/icrlvr.py:smollm2   # GPU, real
     python -m experiments.icrlvr --config=experiments/configs/icrlvr.py:tiny_cpu  # 2-core budget
     python -m experiments.icrlvr --config=experiments/configs/icrlvr.py:tiny      # tests
+    python -m experiments.eg_study --config=experiments/configs/icrlvr.py:eg_study  # ~2-3 h CPU
+    python -m experiments.eg_study --config=experiments/configs/icrlvr.py:eg_study_tiny
+
+Methods are ``<preset>``, ``ic_<preset>`` (K of G rollouts on a demonstration) and
+``eg_<preset>`` (explicit EG reweighting) for a preset of ``recrl.rlvr.learner.PRESETS``
+(``grpo``, ``drgrpo``, ``dapo``): the name says what runs.
 
 Override any field on the command line, e.g. ``--config.rl.steps=40``. Outputs go to
 ``--out_dir`` (default ``runs/icrlvr``): ``results.json``, ``report.md``, ``curves.png``.
@@ -12,12 +18,14 @@ Override any field on the command line, e.g. ``--config.rl.steps=40``. Outputs g
 
 import ml_collections
 
-METHODS = ("grpo", "ic_grpo", "eg_grpo")
+METHODS = ("dapo", "ic_dapo", "eg_dapo")
 
 
 def get_config(variant: str = "tiny_cpu") -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.variant = variant
+    if variant.startswith("eg_study"):
+        return _study_config(c, variant)
     c.seeds = (0, 1, 2)
     c.methods = METHODS
     c.parts = ("quality", "training")  # which experiments to run
@@ -28,9 +36,10 @@ def get_config(variant: str = "tiny_cpu") -> ml_collections.ConfigDict:
                                              n_kv_heads=2, ffn_dim=192))
     c.sft = ml_collections.ConfigDict(dict(steps=600, batch_size=32, lr=3e-3))
     c.rl = ml_collections.ConfigDict(dict(
-        algorithm="dapo", steps=40, prompts_per_step=8, group_size=8, num_demo=6,
+        steps=40, prompts_per_step=8, group_size=8, num_demo=6,
         max_prompt_len=96, max_new_tokens=40, lr=3e-4, warmup_steps=3, temperature=1.0,
-        eval_every=10, eg_probes=4, eg_temperature=1.0, dynamic_sampling=True,
+        eval_every=10, eg_probes=4, eg_temperature=1.0, eg_mode="reward",
+        eg_signal="log_weight", dynamic_sampling=True,
         max_sampling_rounds=2))
     c.eval = ml_collections.ConfigDict(dict(k=4, max_problems=64))
     # EG as a quality signal: traces sampled few-shot from `model` ("smollm2" or "policy")
@@ -59,4 +68,30 @@ def get_config(variant: str = "tiny_cpu") -> ml_collections.ConfigDict:
                          max_new_tokens=16)
     else:
         raise ValueError(f"unknown variant {variant!r}; known: smollm2, tiny_cpu, tiny")
+    return c
+
+
+def _study_config(c: ml_collections.ConfigDict, variant: str) -> ml_collections.ConfigDict:
+    """The Evidence Gain study (experiments/eg_study.py): protocol in docs/icrlvr.md."""
+    c.seeds = (0,)
+    c.data = ml_collections.ConfigDict(dict(seed=0))
+    c.model = ml_collections.ConfigDict(dict(kind="smollm2", dim=64, n_layers=2, n_heads=4,
+                                             n_kv_heads=2, ffn_dim=192))
+    c.study = ml_collections.ConfigDict(dict(
+        # candidate difficulties for the pilot (num_ops >= 2: several checkable steps)
+        difficulties=(dict(num_ops=(2,), max_operand=5), dict(num_ops=(2,), max_operand=9),
+                      dict(num_ops=(3,), max_operand=9)),
+        pilot_questions=64, min_accuracy=0.2, shots=3, samples=8, temperature=0.7,
+        max_new_tokens=48, prompt_len=32, chunk=32, target_correct=300, max_questions=1500,
+        n_probes=32, eg_chunk=8, demo_len=96, n_boot=1000, n_label=60))
+    if variant == "eg_study":
+        pass
+    elif variant == "eg_study_tiny":
+        c.model.update(kind="tiny", dim=32, n_layers=1, n_heads=2, n_kv_heads=1, ffn_dim=64)
+        c.study.update(difficulties=(dict(num_ops=(2,), max_operand=5),), pilot_questions=4,
+                       shots=1, samples=2, max_new_tokens=12, prompt_len=24, chunk=4,
+                       target_correct=6, max_questions=8, n_probes=2, eg_chunk=4, demo_len=48,
+                       n_boot=50, n_label=4)
+    else:
+        raise ValueError(f"unknown variant {variant!r}; known: eg_study, eg_study_tiny")
     return c

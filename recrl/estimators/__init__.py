@@ -16,7 +16,12 @@ from recrl.estimators.advantages import (
     rloo_advantages,
     rtg_advantages,
 )
-from recrl.estimators.evidence import evidence_gain, evidence_gain_weights, evidence_log_weight
+from recrl.estimators.evidence import (
+    evidence_gain,
+    evidence_gain_weights,
+    evidence_log_weight,
+    evidence_weighted_advantages,
+)
 from recrl.estimators.losses import (
     AGGREGATIONS,
     aggregate_loss,
@@ -46,6 +51,7 @@ __all__ = [
     "evidence_gain",
     "evidence_gain_weights",
     "evidence_log_weight",
+    "evidence_weighted_advantages",
     "full_kl",
     "get_advantage_estimator",
     "grpo_advantages",

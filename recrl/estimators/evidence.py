@@ -6,15 +6,22 @@ For a question ``q``, a trace ``r`` and probes ``e = (e_q, e_r)`` on other quest
     \Delta_e(q, r) = \log\pi(e_r \mid \mathrm{demo}(q, r), e_q) - \log\pi(e_r \mid e_q),
     \qquad \mathrm{EG}(q, r) = \operatorname{mean}_e \Delta_e(q, r)
 
-The in-context objective reweights rewards by ``w(q, r) = E_e[exp Δ_e] >= exp(EG)``.
+The in-context objective reweights rewards by ``w(q, r) = E_e[exp Δ_e] >= exp(EG)``:
+:math:`J_{IC} = E_q E_{r \sim \pi(\cdot|q)}[R(q, r)\, w(q, r)]` with
+:math:`E_{r \sim \pi(\cdot|q)}[w] = 1`. :func:`evidence_weighted_advantages` is the explicit
+estimator of that objective (weights on rewards); :func:`evidence_gain_weights` alone is the
+older form that multiplies advantages.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
 
 from recrl.estimators._checks import check_finite, check_min_rank, check_rank, check_shape
+from recrl.estimators.advantages import grpo_advantages, rloo_advantages
 
 
 def _deltas(logp_with_demo, logp_without, num_tokens) -> jax.Array:
@@ -136,3 +143,76 @@ def evidence_gain_weights(
     mx = jax.lax.stop_gradient(jnp.max(jnp.where(v > 0, x, -jnp.inf), axis=-1, keepdims=True))
     e = jnp.where(v > 0, jnp.exp(x - jnp.where(n > 0, mx, 0.0)), 0.0)
     return n * e / jnp.maximum(jnp.sum(e, axis=-1, keepdims=True), 1e-30)
+
+
+def evidence_weighted_advantages(
+    reward: jax.typing.ArrayLike,
+    log_weight: jax.typing.ArrayLike,
+    *,
+    temperature: float = 1.0,
+    normalize: bool = True,
+    baseline: Literal["mean", "loo"] = "mean",
+    scale: Literal["std", "none"] = "std",
+    valid: jax.typing.ArrayLike | None = None,
+    eps: float = 1e-6,
+) -> jax.Array:
+    r"""Group advantages of the exp(EG)-reweighted objective :math:`E_r[R\,w]` (weights on rewards).
+
+    .. math::
+        w_g = \frac{\exp(\ell_g/\tau)}{\operatorname{mean}_{g'} \exp(\ell_{g'}/\tau)},\qquad
+        \tilde R_g = w_g R_g,\qquad
+        A_g = \frac{\tilde R_g - \operatorname{mean}_{g'} \tilde R_{g'}}
+                   {\operatorname{std}_{g'} \tilde R_{g'} + \epsilon}
+
+    over all (valid) rollouts of a question, correct or not: the implicit in-context weight
+    averages to 1 under :math:`\pi(\cdot|q)`, so the normalisation estimates that constraint.
+    With binary rewards the correct rollouts get :math:`(w_g - p)/\sigma` style advantages
+    (:math:`p` = the group's weighted success rate) and the incorrect ones :math:`-p/\sigma`.
+    ``ℓ`` is the exact log-weight :math:`\log \operatorname{mean}_e \exp\Delta_e`
+    (:func:`evidence_log_weight`, the theory's quantity) or the summed / per-token EG (its
+    Jensen lower bound).
+
+    ``normalize=False, baseline="loo", scale="none"`` is unbiased for
+    :math:`\nabla_\theta E_{r\sim\pi_\theta}[R\, e^{\ell/\tau}]` (weights held fixed):
+    :math:`E[\frac1G \sum_g A_g \nabla \log\pi(r_g)]` equals it exactly (tested by
+    enumeration); ``baseline="mean"`` scales it by :math:`(G-1)/G`.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> evidence_weighted_advantages(jnp.array([[1.0, 0.0]]), jnp.zeros((1, 2)), scale="none")
+      Array([[ 0.5, -0.5]], dtype=float32)
+
+    Args:
+      reward: ``[..., G]`` rewards (binary in RLVR).
+      log_weight: ``[..., G]`` ``ℓ``: exact log-weight, EG or per-token EG per rollout.
+      temperature: ``τ > 0``.
+      normalize: divide the weights by their group mean (over valid rollouts).
+      baseline: ``"mean"`` (GRPO) or ``"loo"`` (leave-one-out; needs ``scale="none"``).
+      scale: ``"std"`` (GRPO/DAPO) or ``"none"`` (Dr.GRPO).
+      valid: ``[..., G]`` rollouts that take part (default all).
+      eps: added to the std.
+
+    Returns:
+      ``[..., G]`` advantages (0 for invalid rollouts and groups with < 2 valid ones).
+    """
+    check_min_rank(log_weight, "log_weight", 1)
+    check_finite(log_weight, "log_weight")
+    if baseline not in ("mean", "loo"):
+        raise ValueError(f"`baseline` must be 'mean' or 'loo', got {baseline!r}")
+    if baseline == "loo" and scale != "none":
+        raise ValueError("`baseline='loo'` is defined without std scaling: pass scale='none'")
+    if isinstance(temperature, int | float) and temperature <= 0:
+        raise ValueError(f"`temperature` must be > 0, got {temperature}")
+    r = jnp.asarray(reward, jnp.float32)
+    if jnp.shape(log_weight) != r.shape:
+        raise ValueError(f"`log_weight` has shape {jnp.shape(log_weight)} but `reward` has "
+                         f"shape {r.shape}")
+    v = jnp.ones_like(r) if valid is None else jnp.asarray(valid, jnp.float32)
+    if normalize:
+        w = evidence_gain_weights(log_weight, temperature, valid=v)
+    else:
+        w = jnp.exp(jnp.asarray(log_weight, jnp.float32) / temperature) * v
+    weighted = r * w
+    if baseline == "loo":
+        return rloo_advantages(weighted, valid=v)
+    return grpo_advantages(weighted, scale=scale, eps=eps, valid=v)

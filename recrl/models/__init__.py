@@ -32,10 +32,18 @@ from recrl.models.lora import (
     split_lora,
 )
 from recrl.models.safetensors_loader import hf_config, hf_tokenizer, load_hf_llama
-from recrl.models.sampling import SampleOutput, SamplingConfig, sample, sample_group
+from recrl.models.sampling import (
+    SampleOutput,
+    SamplingConfig,
+    sample,
+    sample_group,
+    sample_prefix_groups,
+    sample_with_prefixes,
+)
 from recrl.models.scoring import (
     logprobs,
     logprobs_from_prefix,
+    logprobs_with_prefixes,
     prefix_cache,
     score_completions,
     sequence_nll,
@@ -66,6 +74,7 @@ __all__ = [
     "load_hf_llama",
     "logprobs",
     "logprobs_from_prefix",
+    "logprobs_with_prefixes",
     "merge",
     "merge_lora",
     "model_from_weights",
@@ -80,6 +89,8 @@ __all__ = [
     "restore_model",
     "sample",
     "sample_group",
+    "sample_prefix_groups",
+    "sample_with_prefixes",
     "save_model",
     "score_completions",
     "sequence_nll",

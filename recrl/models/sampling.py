@@ -21,7 +21,13 @@ from flax import nnx
 
 from recrl.models.cache import KVCache, init_cache
 from recrl.models.llama import Llama, ParamsLike, merge, positions_from_mask
-from recrl.models.scoring import prefill_prefix
+from recrl.models.scoring import (
+    _check_prefix_args,
+    prefill_prefix,
+    prefill_prefixes,
+    prefix_offsets,
+    rows_from_prefixes,
+)
 
 f32 = jnp.float32
 
@@ -259,3 +265,119 @@ def sample_group(
         return h[:, 0], cache
 
     return decode(model, step, h0, pos0, cache, key, config)
+
+
+@functools.partial(jax.jit, static_argnums=0, static_argnames="config")
+def sample_with_prefixes(
+    graphdef: nnx.GraphDef,
+    params: ParamsLike,
+    prefixes: jax.Array,
+    prefix_mask: jax.Array,
+    prefix_index: jax.Array,
+    prompt: jax.Array,
+    prompt_mask: jax.Array,
+    key: jax.Array,
+    *,
+    config: SamplingConfig,
+) -> SampleOutput:
+    """Samples one continuation per row of ``prefixes[prefix_index[b]] ++ prompt[b]``.
+
+    The ``U`` prefixes are prefilled once and their keys/values gathered into each row's
+    cache; rows then prefill only their own prompt and decode. Row ``b`` equals row ``b`` of
+    ``sample`` on the concatenated (unpadded) prompts with the same key.
+
+    Args:
+      graphdef: model graphdef (static).
+      params: model state or sequence of states.
+      prefixes: int ``[U, D]`` (left-padded), e.g. the demonstrations of a batch.
+      prefix_mask: bool ``[U, D]`` (at least one real token per prefix).
+      prefix_index: int ``[B]`` (``-1``: no prefix; the row's attention reads ``D`` masked
+        slots but no prefix token is computed for it, so bare and prefixed rows can share one
+        decoding loop).
+      prompt: int ``[B, L]``, the rest of each prompt (at least one real token per row).
+      prompt_mask: bool ``[B, L]``.
+      key: PRNG key.
+      config: ``SamplingConfig`` (static).
+
+    Returns:
+      ``SampleOutput`` with ``[B, max_new_tokens]`` tokens and log-probs.
+    """
+    _check_prefix_args(prefixes, prefix_mask, prefix_index, prompt, prompt_mask)
+    model = merge(graphdef, params)
+    b, p = prompt.shape
+    _check_length(model, prefixes.shape[1] + p, config)
+    mask = prompt_mask.astype(bool)
+    cache = rows_from_prefixes(prefill_prefixes(model, prefixes, prefix_mask), prefix_index,
+                               p + config.max_new_tokens)
+    offset = prefix_offsets(prefix_mask, prefix_index)
+    hidden, cache = model(prompt, positions_from_mask(mask, offset[:, None]), mask, cache)
+    last = jnp.max(jnp.where(mask, jnp.arange(p), 0), axis=1)
+    h0 = hidden[jnp.arange(b), last]
+
+    def step(tok, pos, real, cache):
+        h, cache = model(tok[:, None], pos[:, None], real[:, None], cache)
+        return h[:, 0], cache
+
+    return decode(model, step, h0, offset + mask.sum(1).astype(jnp.int32), cache, key, config)
+
+
+@functools.partial(jax.jit, static_argnums=0, static_argnames="config")
+def sample_prefix_groups(
+    graphdef: nnx.GraphDef,
+    params: ParamsLike,
+    prefixes: jax.Array,
+    prefix_mask: jax.Array,
+    prompt: jax.Array,
+    prompt_mask: jax.Array,
+    key: jax.Array,
+    *,
+    config: SamplingConfig,
+) -> SampleOutput:
+    """Samples ``U`` groups of ``N`` rows; every row of group ``u`` continues prefix ``u``.
+
+    Each prefix is a shared ``Prefix`` (keys/values stored once, read by its ``N`` rows through a
+    broadcasting einsum, as in ``sample_group``); a row's own cache holds only its prompt and
+    the new tokens. A prefix whose mask is all False is no prefix (bare rows). Group ``u`` uses
+    the key ``fold_in(key, u)`` and within it row ``n`` the key ``fold_in(·, n)``.
+
+    Args:
+      graphdef: model graphdef (static).
+      params: model state or sequence of states.
+      prefixes: int ``[U, D]`` (left-padded), e.g. the ``K`` demonstrations of a batch.
+      prefix_mask: bool ``[U, D]`` (all False: no prefix).
+      prompt: int ``[U, N, L]``, each row's own prompt (at least one real token per row).
+      prompt_mask: bool ``[U, N, L]``.
+      key: PRNG key.
+      config: ``SamplingConfig`` (static).
+
+    Returns:
+      ``SampleOutput`` with ``[U, N, max_new_tokens]`` tokens and log-probs, ``[U, N]`` lengths
+      (its ``mask`` property expects ``[B, C]``: reshape to ``U·N`` rows first).
+    """
+    if prefixes.ndim != 2 or prefix_mask.shape != prefixes.shape or prompt.ndim != 3 \
+            or prompt.shape[0] != prefixes.shape[0] or prompt_mask.shape != prompt.shape:
+        raise ValueError(f"need prefixes [U, D], prompt [U, N, L] and masks of the same shapes, "
+                         f"got {prefixes.shape}, {prefix_mask.shape}, {prompt.shape}, "
+                         f"{prompt_mask.shape}")
+    model = merge(graphdef, params)
+    _check_length(model, prefixes.shape[1] + prompt.shape[2], config)
+
+    def one(pre, pre_mask, own, own_mask, k):
+        prefix = prefill_prefix(model, pre, pre_mask)
+        n, p = own.shape
+        mask = own_mask.astype(bool)
+        cache = init_cache(model.config, n, p + config.max_new_tokens)
+        hidden, cache = model(own, positions_from_mask(mask, prefix.next_position), mask, cache,
+                              prefix)
+        last = jnp.max(jnp.where(mask, jnp.arange(p), 0), axis=1)
+        h0 = hidden[jnp.arange(n), last]
+
+        def step(tok, pos, real, cache):
+            h, cache = model(tok[:, None], pos[:, None], real[:, None], cache, prefix)
+            return h[:, 0], cache
+
+        pos0 = prefix.next_position + mask.sum(1).astype(jnp.int32)
+        return decode(model, step, h0, pos0, cache, k, config)
+
+    keys = jax.vmap(jax.random.fold_in, (None, 0))(key, jnp.arange(prefixes.shape[0]))
+    return jax.vmap(one)(prefixes, prefix_mask, prompt, prompt_mask, keys)

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from recrl.models.cache import Prefix, cache_to_prefix, init_cache
+from recrl.models.cache import KVCache, Prefix, cache_to_prefix, init_cache
 from recrl.models.llama import Llama, ParamsLike, merge, positions_from_mask
 
 f32 = jnp.float32
@@ -35,9 +35,11 @@ def _token_logprobs(model: Llama, hidden: jax.Array, targets: jax.Array,
 
 
 def _score_tail(model: Llama, tokens: jax.Array, mask: jax.Array, start: int,
-                temperature: float | jax.Array) -> jax.Array:
-    """Log-probs of ``tokens[:, start:]`` given everything real before each of them."""
-    hidden, _ = model(tokens, positions_from_mask(mask), mask)
+                temperature: float | jax.Array, cache: KVCache | None = None,
+                offset: jax.Array | int = 0) -> jax.Array:
+    """Log-probs of ``tokens[:, start:]`` given everything real before each of them (and the
+    keys/values already in ``cache``, whose real tokens shift positions by ``offset``)."""
+    hidden, _ = model(tokens, positions_from_mask(mask, offset), mask, cache)
     prev = _last_real(mask)[:, start - 1 : -1]  # last real slot before each scored slot
     h = jnp.take_along_axis(hidden, jnp.maximum(prev, 0)[..., None], axis=1)
     lp = _token_logprobs(model, h, tokens[:, start:], temperature)
@@ -270,3 +272,85 @@ def score_completions(
     prefix = prefix_cache(graphdef, params, prompt, prompt_mask)
     return logprobs_from_prefix(graphdef, params, prefix, completions, completion_mask,
                                 temperature, batch_size=batch_size)
+
+
+def prefill_prefixes(model: Llama, prefixes: jax.Array, prefix_mask: jax.Array) -> KVCache:
+    """Runs ``U`` prompt prefixes ``[U, D]`` once; their keys/values as a ``D``-slot cache."""
+    mask = prefix_mask.astype(bool)
+    cache = init_cache(model.config, prefixes.shape[0], prefixes.shape[1])
+    _, cache = model(prefixes, positions_from_mask(mask), mask, cache)
+    return cache
+
+
+def rows_from_prefixes(cache: KVCache, index: jax.Array, extra: int) -> KVCache:
+    """Per-row caches: row ``b`` starts with prefix ``index[b]``'s keys/values (gathered, not
+    recomputed) and has ``extra`` empty slots after them; writing resumes after the prefix.
+    ``index[b] = -1``: no prefix (its slots are marked invalid, never attended to)."""
+    idx = jnp.maximum(index, 0)
+    pad = lambda x: jnp.pad(x[idx], ((0, 0), (0, extra)) + ((0, 0),) * (x.ndim - 2))
+    valid = pad(cache.valid) & (index >= 0)[:, None]
+    return KVCache(k=tuple(pad(x) for x in cache.k), v=tuple(pad(x) for x in cache.v),
+                   valid=valid, index=jnp.asarray(cache.length, jnp.int32))
+
+
+def prefix_offsets(prefix_mask: jax.Array, index: jax.Array) -> jax.Array:
+    """``[B]`` RoPE position after each row's prefix (its real-token count; 0 without one)."""
+    n = jnp.sum(prefix_mask.astype(jnp.int32), axis=1)
+    return jnp.where(index >= 0, n[jnp.maximum(index, 0)], 0)
+
+
+def _check_prefix_args(prefixes, prefix_mask, prefix_index, prompt, prompt_mask) -> None:
+    if prefixes.ndim != 2 or prefix_mask.shape != prefixes.shape:
+        raise ValueError(f"prefixes must be [U, D] with a mask of the same shape, got "
+                         f"{prefixes.shape} and {prefix_mask.shape}")
+    if prefix_index.shape != prompt.shape[:1] or prompt_mask.shape != prompt.shape:
+        raise ValueError(f"prefix_index must be [B] and prompt_mask [B, L] for prompt "
+                         f"{prompt.shape}, got {prefix_index.shape} and {prompt_mask.shape}")
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def logprobs_with_prefixes(
+    graphdef: nnx.GraphDef,
+    params: ParamsLike,
+    prefixes: jax.Array,
+    prefix_mask: jax.Array,
+    prefix_index: jax.Array,
+    prompt: jax.Array,
+    prompt_mask: jax.Array,
+    completion: jax.Array,
+    completion_mask: jax.Array,
+    temperature: float | jax.Array = 1.0,
+) -> jax.Array:
+    """Per-token log-probs of completions whose prompts start with one of ``U`` shared prefixes.
+
+    Row ``b`` is scored on ``prefixes[prefix_index[b]] ++ prompt[b] ++ completion[b]`` (padding
+    dropped). Each prefix is run once (``U · D`` tokens) and its keys/values are gathered into
+    the rows' caches, so rows only run their own ``L + C`` tokens: e.g. ``K`` demonstrations
+    shared by all the prompts of an in-context RL batch. Differentiable (the gradient reaches the
+    prefix computation); equal to ``logprobs`` on the concatenated prompts.
+
+    Args:
+      graphdef: model graphdef (static).
+      params: model state or sequence of states.
+      prefixes: int ``[U, D]`` (left-padded).
+      prefix_mask: bool ``[U, D]``, real prefix tokens (at least one per prefix).
+      prefix_index: int ``[B]`` which prefix each row continues (``-1``: none; such a row's
+        attention still spans the ``D`` masked slots, so give bare rows their own call when
+        ``D`` is large).
+      prompt: int ``[B, L]``, the rest of each prompt (at least one real token per row).
+      prompt_mask: bool ``[B, L]``.
+      completion: int ``[B, C]``.
+      completion_mask: bool ``[B, C]``.
+      temperature: logits divisor.
+
+    Returns:
+      float32 ``[B, C]``, 0 where ``completion_mask`` is False.
+    """
+    _check_prefix_args(prefixes, prefix_mask, prefix_index, prompt, prompt_mask)
+    model = merge(graphdef, params)
+    tokens = jnp.concatenate([prompt, completion], axis=1)
+    mask = jnp.concatenate([prompt_mask, completion_mask], axis=1).astype(bool)
+    cache = rows_from_prefixes(prefill_prefixes(model, prefixes, prefix_mask), prefix_index,
+                               tokens.shape[1])
+    offset = prefix_offsets(prefix_mask, prefix_index)[:, None]
+    return _score_tail(model, tokens, mask, prompt.shape[1], temperature, cache, offset)

@@ -32,6 +32,12 @@ import numpy as np
 
 OPS = ("+", "-", "*")
 _STEP = re.compile(r"^\s*(-?\d+)\s*([+\-*])\s*(-?\d+)\s*=\s*(-?\d+)\s*$")
+# tolerant form: an equation anywhere in a line, unicode/letter operators, spaces;
+# "Step 2: 7 × 2 = 14." is one step, decimals are not
+_OP_CHARS = {"+": "+", "-": "-", "−": "-", "–": "-", "*": "*", "×": "*", "x": "*", "X": "*",
+             "·": "*"}
+_STEP_ANY = re.compile(
+    r"(?<![\d.])\(?\s*(-?\d+)\s*([+\-−–*×xX·])\s*(-?\d+)\s*\)?\s*=\s*(-?\d+)(?![\d.]*\d)")
 _ANSWER = re.compile(r"(?:answer\s*:|####)\s*(-?\d+)", re.IGNORECASE)
 Step = tuple[int, str, int, int]
 
@@ -136,13 +142,27 @@ def extract_answer(text: str) -> int | None:
         return None
 
 
-def parse_steps(text: str) -> list[Step]:
-    """Step lines ``a op b = c`` of a trace, in order (other lines are ignored)."""
+def parse_steps(text: str, *, strict: bool = False) -> list[Step]:
+    """Steps ``a op b = c`` of a trace, in order.
+
+    Default (tolerant): every equation ``a op b = c`` found anywhere in a line, so
+    ``"Step 1: 3 + 4 = 7."``, ``"7 × 2 = 14, then 14 - 5 = 9"``, ``"(3+4) = 7"`` and prose around an
+    equation all parse; ``×``/``x``/``·`` read as ``*`` and ``−``/``–`` as ``-``.
+    An equation with more than one operator (``3+4*2=11``) is not a step (it is skipped).
+    ``strict=True``: only whole lines of the exact form (the previous parser).
+    """
     out = []
     for line in (text or "").splitlines():
-        m = _STEP.match(line)
-        if m:
-            out.append((int(m[1]), m[2], int(m[3]), int(m[4])))
+        if strict:
+            m = _STEP.match(line)
+            if m:
+                out.append((int(m[1]), m[2], int(m[3]), int(m[4])))
+            continue
+        for m in _STEP_ANY.finditer(line):
+            before = line[:m.start()].rstrip()
+            if before.endswith(tuple(_OP_CHARS)) and not before.endswith(("x", "X")):
+                continue  # part of a longer expression (3+4*2=11)
+            out.append((int(m[1]), _OP_CHARS[m[2]], int(m[3]), int(m[4])))
     return out
 
 
@@ -152,9 +172,10 @@ def answer_reward(text: str, problem: Problem) -> float:
     return float(got is not None and got == problem.answer)
 
 
-def step_correctness(text: str, problem: Problem) -> float:
-    r"""Fraction of reference steps reproduced in place (formula in the module docstring)."""
-    got = parse_steps(text)
+def step_correctness(text: str, problem: Problem, *, strict: bool = False) -> float:
+    r"""Fraction of reference steps reproduced in place (formula in the module docstring);
+    ``strict`` selects the whole-line step parser (see :func:`parse_steps`)."""
+    got = parse_steps(text, strict=strict)
     ref = list(problem.steps)
     denom = max(len(got), len(ref))
     if denom == 0:
@@ -255,6 +276,27 @@ def decode_completion(tok, ids: Sequence[int] | np.ndarray, length: int) -> str:
     :func:`truncate_trace`."""
     ids = [int(i) for i in np.asarray(ids)[:length] if int(i) != tok.eos_id]
     return truncate_trace(tok.decode(ids))
+
+
+def scored_length(tok, ids: Sequence[int] | np.ndarray, length: int,
+                  stops: Sequence[str] = STOP_STRINGS) -> int:
+    """Number of generated tokens the scored text comes from: the shortest prefix of the first
+    ``length`` ids whose text contains a stop string (that token ends the trace, as eos does),
+    or ``length`` if none does. The training mask of a rollout ends there, so a policy that
+    runs on into an invented next question is not trained on the run-on.
+    """
+    ids = [int(i) for i in np.asarray(ids)[:length]]
+    text = lambda n: tok.decode([i for i in ids[:n] if i != tok.eos_id])
+    if not any(s in text(len(ids)) for s in stops):
+        return len(ids)
+    lo, hi = 1, len(ids)  # smallest n whose text holds a stop string (monotone in n)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if any(s in text(mid) for s in stops):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
 
 
 # ------------------------------------------------------------------------ reasoning-gym

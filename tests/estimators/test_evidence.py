@@ -89,3 +89,80 @@ def test_evidence_gain_weights_rejects_bad_temperature_and_nan():
         est.evidence_gain_weights(jnp.zeros((1, 2)), temperature=0.0)
     with pytest.raises(ValueError, match="`eg` contains"):
         est.evidence_gain_weights(jnp.array([[0.0, jnp.nan]]))
+
+
+# ---------------------------------------------------------------- exp(EG)-weighted objective
+
+THETA = np.array([0.3, -0.2, 0.1], np.float32)  # softmax policy over 3 outcomes
+R3 = np.array([1.0, 1.0, 0.0], np.float32)
+ELL = np.array([0.5, -0.3, 0.2], np.float32)  # fixed log-weights of the outcomes
+
+
+def _objective(theta):  # J(theta) = sum_r pi(r) R(r) exp(ell(r)), weights held fixed
+    return jnp.sum(jax.nn.softmax(theta) * R3 * jnp.exp(ELL))
+
+
+def _enumerated_expectation(group, **kw):
+    """E over all 3^G groups of (1/G) sum_g A_g grad log pi(r_g), computed exactly."""
+    pi = np.asarray(jax.nn.softmax(THETA), np.float64)
+    glogp = np.eye(3) - pi[None, :]  # grad_theta log softmax(theta)[r] = e_r - pi
+    outcomes = np.array(np.meshgrid(*[np.arange(3)] * group, indexing="ij")).reshape(group, -1).T
+    adv = np.asarray(est.evidence_weighted_advantages(R3[outcomes], ELL[outcomes], **kw),
+                     np.float64)
+    prob = np.prod(pi[outcomes], axis=1)
+    per_group = np.einsum("ng,ngk->nk", adv, glogp[outcomes]) / group
+    return prob @ per_group
+
+
+@pytest.mark.parametrize("group", [2, 4])
+def test_weighted_estimator_expectation_is_the_reweighted_gradient(group):
+    exact = np.asarray(jax.grad(_objective)(jnp.asarray(THETA)), np.float64)
+    loo = _enumerated_expectation(group, normalize=False, baseline="loo", scale="none")
+    np.testing.assert_allclose(loo, exact, rtol=1e-5, atol=1e-7)
+    mean = _enumerated_expectation(group, normalize=False, baseline="mean", scale="none")
+    np.testing.assert_allclose(mean, exact * (group - 1) / group, rtol=1e-5, atol=1e-7)
+    # the old form (weights on advantages) is a different estimator: not this gradient
+    pi = np.asarray(jax.nn.softmax(THETA), np.float64)
+    outcomes = np.array(np.meshgrid(*[np.arange(3)] * group, indexing="ij")).reshape(group, -1).T
+    r = R3[outcomes]
+    old = np.asarray(est.rloo_advantages(r)) * np.exp(ELL[outcomes])
+    old_e = np.prod(pi[outcomes], 1) @ (np.einsum("ng,ngk->nk", old,
+                                                   (np.eye(3) - pi)[outcomes]) / group)
+    assert np.abs(old_e - exact).max() > 0.01
+
+
+def test_normalised_weights_monte_carlo():
+    # weights with E_pi[w] = 1 (the implicit in-context weight's property): the group-normalised
+    # estimator's expectation approaches grad E[R w] (self-normalised: O(1/G) bias)
+    pi = np.asarray(jax.nn.softmax(THETA), np.float64)
+    ell = ELL - np.log(pi @ np.exp(ELL))
+    exact = np.asarray(jax.grad(lambda t: jnp.sum(jax.nn.softmax(t) * R3 * jnp.exp(ell)))(
+        jnp.asarray(THETA)), np.float64)
+    g, n = 64, 4000
+    draws = np.asarray(jax.random.categorical(jax.random.key(0), jnp.log(pi), shape=(n, g)))
+    adv = np.asarray(est.evidence_weighted_advantages(R3[draws], ell[draws].astype(np.float32),
+                                                      baseline="loo", scale="none"), np.float64)
+    per_group = np.einsum("ng,ngk->nk", adv, (np.eye(3) - pi)[draws]) / g
+    mean, se = per_group.mean(0), per_group.std(0) / np.sqrt(n)
+    assert np.all(np.abs(mean - exact) < 4 * se + 0.02 * np.abs(exact).max()), (mean, exact, se)
+
+
+def test_weighted_advantages_by_hand():
+    # w = (1.5, 0.5, 1, 1) after normalisation (mean 1 over all four rollouts)
+    ell = jnp.log(jnp.array([[3.0, 1.0, 2.0, 2.0]]))
+    r = jnp.array([[1.0, 1.0, 0.0, 0.0]])
+    got = est.evidence_weighted_advantages(r, ell, scale="none")
+    np.testing.assert_allclose(got, [[1.5 - 0.5, 0.5 - 0.5, -0.5, -0.5]], rtol=1e-6)
+    std = np.std([1.5, 0.5, 0.0, 0.0])
+    got = jax.jit(est.evidence_weighted_advantages)(r, ell)
+    np.testing.assert_allclose(got, [[1.0 / std, 0.0, -0.5 / std, -0.5 / std]], rtol=1e-5)
+    # temperature 2 halves the log-weights: w = sqrt(3, 1, 2, 2) / mean
+    w = np.sqrt([3.0, 1.0, 2.0, 2.0])
+    w /= w.mean()
+    got = est.evidence_weighted_advantages(r, ell, temperature=2.0, scale="none")
+    np.testing.assert_allclose(got, [[w[0] - (w[0] + w[1]) / 4, w[1] - (w[0] + w[1]) / 4,
+                                      -(w[0] + w[1]) / 4, -(w[0] + w[1]) / 4]], rtol=1e-5)
+    with pytest.raises(ValueError, match="loo"):
+        est.evidence_weighted_advantages(r, ell, baseline="loo")
+    with pytest.raises(ValueError, match="`log_weight` has shape"):
+        est.evidence_weighted_advantages(r, ell[:, :3])

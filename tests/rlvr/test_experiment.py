@@ -18,6 +18,15 @@ def test_spearman_by_hand():
     assert np.isnan(icrlvr.spearman(np.array([1, 1, 1]), np.array([1, 2, 3])))
 
 
+def test_method_names_say_what_runs():
+    assert icrlvr.parse_method("ic_dapo") == ("ic", "dapo")
+    assert icrlvr.parse_method("eg_drgrpo") == ("eg", "drgrpo")
+    assert icrlvr.parse_method("grpo") == ("", "grpo")
+    with pytest.raises(ValueError, match="unknown method 'ic_ppo'"):
+        icrlvr.parse_method("ic_ppo")
+    assert get_config("tiny_cpu").methods == ("dapo", "ic_dapo", "eg_dapo")
+
+
 def _check(res, out, methods):
     assert [r["method"] for r in res["runs"]] == list(methods)
     for r in res["runs"]:
@@ -25,7 +34,7 @@ def _check(res, out, methods):
         assert all(np.isfinite(h["loss"]) for h in r["history"])
     assert res["quality"]["n_traces"] == 8
     text = (out / "report.md").read_text()
-    assert "## (a) EG as a quality signal" in text and "| ic_grpo | 1 |" in text
+    assert "## (a) EG as a quality signal" in text and "| ic_dapo | 1 |" in text
     assert json.loads((out / "results.json").read_text())["variant"] == "tiny"
     assert (out / "curves.png").stat().st_size > 0
 
@@ -33,10 +42,11 @@ def _check(res, out, methods):
 @pytest.mark.slow  # ~40 s of XLA compiles on 2 idle cores (2 min under load)
 def test_tiny_run_in_context(tmp_path):
     cfg = get_config("tiny")
-    cfg.methods = ("ic_grpo",)
+    cfg.methods = ("ic_dapo",)
     res = icrlvr.run(cfg, str(tmp_path))
     _check(res, tmp_path, cfg.methods)
-    assert res["runs"][0]["max_prompt_len"] > 48  # the demo-augmented prompts
+    assert all(np.isfinite(h["reward_demo"]) and np.isfinite(h["reward_bare"])
+               for h in res["runs"][0]["history"])
 
 
 @pytest.mark.slow

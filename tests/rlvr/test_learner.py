@@ -61,7 +61,8 @@ def test_drgrpo_and_grpo_by_hand():
 
 def test_weights_and_invalid_groups():
     b = _batch([[1.0, 0.0]], weight=[[2.0, 1.0]])
-    np.testing.assert_allclose(L.advantages(b, L.preset("dapo")), [[2.0, -1.0]], rtol=1e-5)
+    np.testing.assert_allclose(L.advantages(b, L.preset("dapo", eg_mode="advantage")),
+                               [[2.0, -1.0]], rtol=1e-5)
     b = _batch([[1.0, 0.0]], valid=(False,))
     assert float(L.loss_terms(_logp(b), b, L.preset("dapo"))[0]) == 0.0
     with pytest.raises(ValueError):
@@ -112,25 +113,62 @@ def test_in_context_groups_and_update_logprobs():
     tok, graphdef, params = _tiny()
     sp = tasks.make_splits(2, 10, 0, 0, seed=1, num_ops=(1,))
     prompts, demo = L.build_prompts(tok, sp.train, sp.demo, 8, 6, random.Random(0))
+    # demos drawn once per batch: slot k holds the same demo for every prompt
+    assert len(set(demo[0, :6])) == 6 and (demo[1] == demo[0]).all() and (demo[:, 6:] == -1).all()
     for p, prob in enumerate(sp.train):
-        assert len(set(demo[p, :6])) == 6 and (demo[p, 6:] == -1).all()
         for g in range(8):
             shots = [sp.demo[demo[p, g]]] if demo[p, g] >= 0 else []
             assert tok.decode(prompts[p][g]) == tasks.format_prompt(prob.question, shots)
-    cfg = L.preset("dapo", group_size=3, num_demo=2, max_prompt_len=40, max_new_tokens=4)
+    cfg = L.preset("dapo", group_size=3, num_demo=2, max_prompt_len=16, max_new_tokens=12)
+    pool = L.encode_demo_pool(tok, sp.demo)
     batch, texts = L.sample_rollouts(graphdef, params, tok, sp.train, sp.demo,
-                                     jax.random.key(0), cfg, random.Random(0))
-    assert batch.prompt.shape == (2, 3, 40) and len(texts) == 6
-    lp = L.rollout_logprobs(graphdef, params, batch)
+                                     jax.random.key(0), cfg, random.Random(0), pool=pool)
+    assert batch.prompt.shape == (2, 3, 16) and len(texts) == 6  # own prompts, not padded
+    assert (batch.demo[:, :2] == batch.demo[0, :2]).all() and (batch.demo[:, 2] == -1).all()
+    # the mask ends where the scored text ends (independent check: decode every prefix)
+    for p in range(2):
+        for g in range(3):
+            toks = [int(t) for t in batch.completion[p, g]]
+            n = int(batch.completion_mask[p, g].sum())
+            full = [t for t in toks if t not in (tok.eos_id, tok.pad_id)]
+            assert tok.decode(full[:n]).startswith(texts[p * 3 + g])
+            assert not any(s in tok.decode(full[:n - 1]) for s in tasks.STOP_STRINGS)
+    demos = L.demo_prefixes(pool, batch.demo, 2)
+    assert demos.tokens.shape[0] == 2 and (demos.index == [[0, 1], [0, 1]]).all()
+    lp = L.rollout_logprobs(graphdef, params, batch, demos=demos)
     # first update: ratio 1 (recomputed on the same demo prompt)
     np.testing.assert_allclose(lp, batch.old_logp, atol=2e-5)
     # and it is the log-prob under the *demo-augmented* prompt, unpadded
-    p, g = 1, 0
-    ids = tasks.encode_prompt(tok, sp.train[p].question, [sp.demo[batch.demo[p, g]]])
-    n = int(batch.completion_mask[p, g].sum())
-    ref = models.logprobs(graphdef, params, jnp.array([ids]), jnp.ones((1, len(ids)), bool),
-                          jnp.asarray(batch.completion[p, g, :n])[None], jnp.ones((1, n), bool))
-    np.testing.assert_allclose(lp[p, g, :n], ref[0], atol=2e-5)
+    for p, g in ((1, 0), (0, 1), (1, 2)):
+        shots = [sp.demo[batch.demo[p, g]]] if batch.demo[p, g] >= 0 else []
+        ids = tasks.encode_prompt(tok, sp.train[p].question, shots)
+        n = int(batch.completion_mask[p, g].sum())
+        ref = models.logprobs(graphdef, params, jnp.array([ids]), jnp.ones((1, len(ids)), bool),
+                              jnp.asarray(batch.completion[p, g, :n])[None],
+                              jnp.ones((1, n), bool))
+        np.testing.assert_allclose(lp[p, g, :n], ref[0], atol=2e-5)
+
+
+def test_demo_prefixes_after_dynamic_sampling():
+    pool = (np.arange(40).reshape(10, 4), np.ones((10, 4), bool))
+    demo = np.array([[3, 7, -1], [3, 7, -1], [5, 1, -1]])  # groups from two generation batches
+    d = L.demo_prefixes(pool, demo, 2)
+    assert d.tokens.shape == (4, 4)  # U = 4 distinct, a multiple of K = 2
+    np.testing.assert_array_equal(d.tokens[d.index], pool[0][demo[:, :2]])
+    d = L.demo_prefixes(pool, demo[:2], 2)
+    assert d.tokens.shape == (2, 4)
+    np.testing.assert_array_equal(d.tokens[d.index], pool[0][demo[:2, :2]])
+    assert L.demo_prefixes(pool, demo, 0) is None
+
+
+def test_eg_modes_by_hand():
+    # reward mode: GRPO on w * R with w mean 1 over the group; advantage mode: A * w
+    b = _batch([[1.0, 0.0]], weight=[[1.5, 0.5]])
+    np.testing.assert_allclose(L.advantages(b, L.preset("drgrpo")), [[0.75, -0.75]], rtol=1e-5)
+    np.testing.assert_allclose(L.advantages(b, L.preset("drgrpo", eg_mode="advantage")),
+                               [[0.75, -0.25]], rtol=1e-5)
+    with pytest.raises(ValueError, match="eg_signal"):
+        L.preset("dapo", eg_signal="exp")
 
 
 def test_pass_at_k():

@@ -91,6 +91,64 @@ def test_char_tokenizer_round_trip_and_prompts():
     assert max(ids) < tok.vocab_size
     run_on = tok.encode(p.solution + "\n\nQ: 1+1\nA: answer: 2")
     assert tasks.decode_completion(tok, run_on, len(run_on)) == p.solution
+    # the training mask ends at the token that completes the stop string (like eos)
+    assert tasks.scored_length(tok, run_on, len(run_on)) == len(p.solution) + 2
+    single = tok.encode("answer: 3\nQ: 2+2")
+    assert tasks.scored_length(tok, single, len(single)) == len("answer: 3\nQ:")
+    assert tasks.scored_length(tok, sol + [0, 0], len(sol)) == len(sol)  # ends at eos
+    assert tasks.scored_length(tok, run_on, 5) == 5  # no stop within the generated length
+
+
+class _WordTokenizer:
+    """Multi-character tokens, as BPE: the stop string can sit inside one token."""
+
+    VOCAB = ("<eos>", "3+4=7", "\n", "\n\n", "answer: 7", "Q:", " 1+1", "7.\n\nQ")
+    eos_id = 0
+
+    def decode(self, ids):
+        return "".join(self.VOCAB[i] for i in ids if i != self.eos_id)
+
+
+def test_scored_length_with_multichar_tokens():
+    tok = _WordTokenizer()
+    assert tasks.scored_length(tok, [1, 2, 4, 3, 5, 6], 6) == 4  # "\n\n" is token 4
+    assert tasks.scored_length(tok, [1, 2, 4, 2, 5, 6], 6) == 5  # "\n" + "Q:" completes "\nQ:"
+    assert tasks.scored_length(tok, [1, 7, 6], 3) == 2  # stop inside one token: it is kept
+    assert tasks.scored_length(tok, [1, 2, 4, 0], 4) == 4
+
+
+# Hand-written outputs in the style SmolLM2-135M produces for these prompts (spaces around
+# operators, "Step n:" prefixes, prose, unicode times, trailing periods, chained equations)
+SMOL_STYLE = [
+    ("3 + 4 = 7\n7 * 2 = 14\n14 - 5 = 9\nanswer: 9", [(3, "+", 4, 7), (7, "*", 2, 14),
+                                                      (14, "-", 5, 9)]),
+    ("Step 1: 3+4=7.\nStep 2: 7*2=14.\nStep 3: 14-5=9.\nanswer: 9",
+     [(3, "+", 4, 7), (7, "*", 2, 14), (14, "-", 5, 9)]),
+    ("First we add 3 + 4 = 7, then 7 × 2 = 14 and finally 14 − 5 = 9.\nanswer: 9",
+     [(3, "+", 4, 7), (7, "*", 2, 14), (14, "-", 5, 9)]),
+    ("(3+4) = 7\n7 x 2 = 15\n15-5 = 10\nanswer: 10", [(3, "+", 4, 7), (7, "*", 2, 15),
+                                                     (15, "-", 5, 10)]),
+    ("((3+4)*2)-5 = 9\nanswer: 9", []),
+    ("3+4*2 = 11\nSo 11 - 2 = 9\nanswer: 9", [(11, "-", 2, 9)]),
+    ("The answer is 9.\nanswer: 9", []),
+    ("3.5 + 1 = 4.5\n2 + 2 = 4\nanswer: 4", [(2, "+", 2, 4)]),
+]
+
+
+@pytest.mark.parametrize("text,steps", SMOL_STYLE)
+def test_tolerant_step_parser_on_realistic_outputs(text, steps):
+    assert tasks.parse_steps(text) == steps
+
+
+def test_tolerant_vs_strict_step_correctness():
+    p = tasks.Problem("((3+4)*2)-5", 9, ((3, "+", 4, 7), (7, "*", 2, 14), (14, "-", 5, 9)))
+    spaced = SMOL_STYLE[1][0]
+    assert tasks.step_correctness(spaced, p) == 1.0
+    assert tasks.step_correctness(spaced, p, strict=True) == 0.0  # the old whole-line parser
+    prose = SMOL_STYLE[2][0]
+    assert tasks.step_correctness(prose, p) == 1.0
+    wrong = SMOL_STYLE[3][0]  # 7 x 2 = 15 is wrong, so is the step after it -> 1 of 3
+    assert tasks.step_correctness(wrong, p) == pytest.approx(1 / 3)
 
 
 @pytest.mark.skipif(not tasks.reasoning_gym_available(),
