@@ -75,6 +75,24 @@ def reference_refine(cost: np.ndarray, init: np.ndarray, *, max_iters: int, cut:
     return sel, trace, checks
 
 
+def progress_table(prog: list, marks: list, window: int) -> None:
+    """Time per accepted move over windows of ``window`` moves, with checks, Sinkhorn
+    iterations and compilations in each window (flat rows = no late slowdown)."""
+    if not prog:
+        return
+    print("| moves | s/move | checks/move | iterations/check | ms/iteration | compiles |")
+    print("|---|---|---|---|---|---|")
+    prev = (0.0, 0, 0, 0)
+    for lo in range(0, len(prog), window):
+        hi = min(lo + window, len(prog)) - 1
+        t, (c, it, comp) = prog[hi][0], marks[hi]
+        dm, dc, dit = hi + 1 - lo, c - prev[1], it - prev[2]
+        print(f"| {lo + 1}-{hi + 1} | {(t - prev[0]) / dm:.2f} | {dc / dm:.1f} | "
+              f"{dit / max(dc, 1):.0f} | {1e3 * (t - prev[0]) / max(dit, 1):.1f} | "
+              f"{comp - prev[3]} |")
+        prev = (t, c, it, comp)
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--pool", type=int, default=15000)
@@ -98,11 +116,19 @@ def main(argv=None) -> None:
     ap.add_argument("--ref_checks", type=int, default=900,
                     help="the reference's own verification budget per swap (30 x 30)")
     ap.add_argument("--skip_reference", action="store_true")
+    ap.add_argument("--window", type=int, default=10,
+                    help="print time per accepted move over windows of this many moves")
     args = ap.parse_args(argv)
 
     import jax.numpy as jnp
+    from jax import monitoring
 
     from recrl import coreset
+
+    compile_events: list[float] = []  # XLA compilations (any function), for recompiles
+    monitoring.register_event_duration_secs_listener(
+        lambda event, secs, **_: compile_events.append(secs)
+        if event.endswith("backend_compile_duration") else None)
 
     p, v, g = synthetic_features(args.pool, args.val, args.dim)
     t = time.perf_counter()
@@ -125,16 +151,25 @@ def main(argv=None) -> None:
     def ours(name: str, **extra) -> None:
         coreset.refine(cost_j, init, **{**kw, **extra, "max_iters": 2})  # compile (untimed)
         prog: list[tuple[float, np.ndarray]] = []
+        marks: list[tuple[int, int, int]] = []  # per move: (checks, iterations, compiles)
         info: dict = {}
+        compiles0 = len(compile_events)
+
+        def on_accept(s: np.ndarray) -> None:
+            prog.append((time.perf_counter() - t0, s.copy()))
+            marks.append((len(info["iterations"]), int(sum(info["iterations"])),
+                          len(compile_events) - compiles0))
+
         t0 = time.perf_counter()
-        sel, trace, checks = coreset.refine(
-            cost_j, init, **kw, **extra, info=info,
-            on_accept=lambda s: prog.append((time.perf_counter() - t0, s.copy())))
+        sel, trace, checks = coreset.refine(cost_j, init, **kw, **extra, info=info,
+                                            on_accept=on_accept)
         secs = time.perf_counter() - t0
         it = np.asarray(info["iterations"] or [0])
         print(f"{name}: Sinkhorn iterations per check: median {np.median(it):.0f}, max "
               f"{it.max()}; {info['retries']} unconverged solves continued, "
-              f"{info['exact_fallbacks']} decided exactly")
+              f"{info['exact_fallbacks']} decided exactly; "
+              f"{len(compile_events) - compiles0} compiles during the timed search")
+        progress_table(prog, marks, args.window)
         rows.append((name, secs, len(trace) - 1, checks, coreset.poo_exact(cost, sel)))
         progress[name] = prog
 
