@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import resource
 import time
 
 import numpy as np
@@ -75,22 +76,17 @@ def reference_refine(cost: np.ndarray, init: np.ndarray, *, max_iters: int, cut:
     return sel, trace, checks
 
 
-def progress_table(prog: list, marks: list, window: int) -> None:
-    """Time per accepted move over windows of ``window`` moves, with checks, Sinkhorn
-    iterations and compilations in each window (flat rows = no late slowdown)."""
-    if not prog:
-        return
-    print("| moves | s/move | checks/move | iterations/check | ms/iteration | compiles |")
-    print("|---|---|---|---|---|---|")
-    prev = (0.0, 0, 0, 0)
-    for lo in range(0, len(prog), window):
-        hi = min(lo + window, len(prog)) - 1
-        t, (c, it, comp) = prog[hi][0], marks[hi]
-        dm, dc, dit = hi + 1 - lo, c - prev[1], it - prev[2]
-        print(f"| {lo + 1}-{hi + 1} | {(t - prev[0]) / dm:.2f} | {dc / dm:.1f} | "
-              f"{dit / max(dc, 1):.0f} | {1e3 * (t - prev[0]) / max(dit, 1):.1f} | "
-              f"{comp - prev[3]} |")
-        prev = (t, c, it, comp)
+def progress_row(prog: list, marks: list, lo: int, hi: int) -> str:
+    """One row of the per-window table: moves ``lo..hi`` (0-based, inclusive)."""
+    t0, (c0, it0, comp0) = (prog[lo - 1][0], marks[lo - 1]) if lo else (0.0, (0, 0, 0))
+    t, (c, it, comp) = prog[hi][0], marks[hi]
+    dm, dc, dit = hi + 1 - lo, c - c0, it - it0
+    return (f"| {lo + 1}-{hi + 1} | {(t - t0) / dm:.2f} | {dc / dm:.1f} | "
+            f"{dit / max(dc, 1):.0f} | {1e3 * (t - t0) / max(dit, 1):.1f} | {comp - comp0} |")
+
+
+TABLE_HEAD = ("| moves | s/move | checks/move | iterations/check | ms/iteration | compiles |\n"
+              "|---|---|---|---|---|---|")
 
 
 def main(argv=None) -> None:
@@ -116,6 +112,10 @@ def main(argv=None) -> None:
     ap.add_argument("--ref_checks", type=int, default=900,
                     help="the reference's own verification budget per swap (30 x 30)")
     ap.add_argument("--skip_reference", action="store_true")
+    ap.add_argument("--skip_single", action="store_true",
+                    help="run only the block-move search (paper-sized pools)")
+    ap.add_argument("--random", type=int, default=3,
+                    help="exact POO of this many random n-subsets (seeds 0..), for comparison")
     ap.add_argument("--window", type=int, default=10,
                     help="print time per accepted move over windows of this many moves")
     args = ap.parse_args(argv)
@@ -130,6 +130,7 @@ def main(argv=None) -> None:
         lambda event, secs, **_: compile_events.append(secs)
         if event.endswith("backend_compile_duration") else None)
 
+    t_start = time.perf_counter()
     p, v, g = synthetic_features(args.pool, args.val, args.dim)
     t = time.perf_counter()
     cost = np.asarray(coreset.cost_matrix(p, v, g, args.lam))
@@ -155,11 +156,16 @@ def main(argv=None) -> None:
         info: dict = {}
         compiles0 = len(compile_events)
 
-        def on_accept(s: np.ndarray) -> None:
+        def on_accept(s: np.ndarray) -> None:  # prints each window as it completes
             prog.append((time.perf_counter() - t0, s.copy()))
             marks.append((len(info["iterations"]), int(sum(info["iterations"])),
                           len(compile_events) - compiles0))
+            if len(prog) % args.window == 0:
+                print(progress_row(prog, marks, len(prog) - args.window, len(prog) - 1))
 
+        print(f"{name}: time per accepted move, by windows of {args.window} moves "
+              "(ms/iteration: the window's time over its Sinkhorn iterations)")
+        print(TABLE_HEAD)
         t0 = time.perf_counter()
         sel, trace, checks = coreset.refine(cost_j, init, **kw, **extra, info=info,
                                             on_accept=on_accept)
@@ -169,11 +175,13 @@ def main(argv=None) -> None:
               f"{it.max()}; {info['retries']} unconverged solves continued, "
               f"{info['exact_fallbacks']} decided exactly; "
               f"{len(compile_events) - compiles0} compiles during the timed search")
-        progress_table(prog, marks, args.window)
+        if len(prog) % args.window:
+            print(progress_row(prog, marks, len(prog) - len(prog) % args.window, len(prog) - 1))
         rows.append((name, secs, len(trace) - 1, checks, coreset.poo_exact(cost, sel)))
         progress[name] = prog
 
-    ours("recrl (Sinkhorn)")
+    if not args.skip_single:
+        ours("recrl (Sinkhorn)")
     if args.block > 1:
         ours(f"recrl (Sinkhorn, block {args.block})", block=args.block)
     if not args.skip_reference:
@@ -189,6 +197,20 @@ def main(argv=None) -> None:
             t_ref = time.perf_counter() - t
             rows.append((f"reference (EMD, {cut} x {cut} / {max_checks} checks)", t_ref,
                          len(trace_r) - 1, checks_r, trace_r[-1]))
+    t_total = time.perf_counter() - t_start  # end to end, before the reference runs
+    rand = [coreset.poo_exact(cost, np.random.default_rng(s).choice(args.pool, args.n,
+                                                                    replace=False))
+            for s in range(args.random)]
+    if rand:
+        print(f"random n-subsets (seeds 0-{args.random - 1}): exact POO mean "
+              f"{np.mean(rand):.6f} (std {np.std(rand):.6f}); greedy init "
+              f"{exact_init - np.mean(rand):+.6f} vs random")
+        for name, _, _, _, val in rows:
+            print(f"{name}: exact POO {val:.6f}, {val - np.mean(rand):+.6f} vs random "
+                  f"({100 * (val - np.mean(rand)) / abs(np.mean(rand)):+.2f} %)")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
+    print(f"end to end (features, cost, init, recrl searches incl. their compile warm-ups "
+          f"and exact POO checks): {t_total:.1f} s; peak resident memory {peak:.2f} GiB")
     print("\n| method | refine s | moves | checks | s/check | exact POO | vs init |")
     print("|---|---|---|---|---|---|---|")
     for name, secs, swaps, ch, val in rows:
