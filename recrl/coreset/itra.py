@@ -161,7 +161,7 @@ def refine(cost: jax.Array, init: np.ndarray, *, max_iters: int = 100, cut: int 
            verify: str = "sinkhorn", rel_tol: float = 1e-6, block: int = 1,
            momentum: float = 1.5, on_accept=None, max_iterations: int = 2000,
            retry_iterations: int = 20000, check_convergence: bool = True,
-           exact_after: int | None = 250,
+           exact_after: int | None = 100,
            info: dict | None = None) -> tuple[np.ndarray, list, int]:
     """Dual-guided verified swap search from ``init``; returns ``(indices, trace, checks)``.
 
@@ -196,8 +196,9 @@ def refine(cost: jax.Array, init: np.ndarray, *, max_iters: int = 100, cut: int 
     exactly and the search continues with exact verification (network simplex, whose cost
     does not grow), so the time per accepted move stays flat. ``None`` = no cap.
     ``info`` (a dict, if given) receives ``retries``, ``exact_fallbacks``, ``iterations``
-    (per Sinkhorn check, including a continuation's) and ``exact_from_check`` (the check
-    at which exact verification took over, or ``None``).
+    (per Sinkhorn check, including a continuation's), ``checks`` (so far, updated live)
+    and ``exact_from_check`` (the check at which exact verification took over, or
+    ``None``).
     """
     if verify not in ("sinkhorn", "exact"):
         raise ValueError(f"verify must be 'sinkhorn' or 'exact'; got {verify!r}")
@@ -212,7 +213,7 @@ def refine(cost: jax.Array, init: np.ndarray, *, max_iters: int = 100, cut: int 
     kw = dict(epsilon=epsilon, threshold=threshold)
     budget = max_iterations if exact_after is None else min(max_iterations, exact_after)
     stats = info if info is not None else {}
-    stats.update(retries=0, exact_fallbacks=0, iterations=[], exact_from_check=None)
+    stats.update(retries=0, exact_fallbacks=0, iterations=[], exact_from_check=None, checks=0)
 
     def converged(r: objective.POOResult, rows: np.ndarray):
         """The solve of ``rows``, continued when unconverged: ``(result, ok, iterations)``."""
@@ -269,6 +270,7 @@ def refine(cost: jax.Array, init: np.ndarray, *, max_iters: int = 100, cut: int 
             pos = np.array([p for _, p in move])
             cand[pos] = rows_in
             checks += 1
+            stats["checks"] = checks
             new = None
             if mode == "exact":
                 v, new_duals = exact(cand)
