@@ -317,8 +317,9 @@ def refine(cost: jax.Array, init: np.ndarray, *, max_iters: int = 100, cut: int 
 def itra(cost: jax.typing.ArrayLike, n: int, *, tie_break: np.ndarray | None = None,
          max_iters: int = 100, cut: int = 10, max_checks: int = 20, epsilon: float = 0.05,
          threshold: float = 1e-3, verify: str = "sinkhorn", block: int = 1,
-         momentum: float = 1.5) -> ITRAResult:
-    """Greedy facility-location init, then dual-guided verified swaps (see module doc)."""
+         momentum: float = 1.5, exact_after: int | None = 100) -> ITRAResult:
+    """Greedy facility-location init, then dual-guided verified swaps (see module doc;
+    ``exact_after``: see :func:`refine`)."""
     t0 = time.perf_counter()
     cost_np = np.asarray(cost, np.float32)
     cost_j = jnp.asarray(cost_np)
@@ -339,5 +340,6 @@ def itra(cost: jax.typing.ArrayLike, n: int, *, tie_break: np.ndarray | None = N
     semi = objective.semi_relaxed(cost_np, init)
     sel, trace, checks = refine(cost_j, init, max_iters=max_iters, cut=cut,
                                 max_checks=max_checks, epsilon=epsilon, threshold=threshold,
-                                verify=verify, block=block, momentum=momentum)
+                                verify=verify, block=block, momentum=momentum,
+                                exact_after=exact_after)
     return ITRAResult(sel, np.asarray(trace), k, semi, checks, time.perf_counter() - t0)
