@@ -13,7 +13,9 @@ r"""ITRA (Initialization-Then-Refinement) for GORACS' POO.
    :math:`F_i = \max_y \tfrac{y}{|S|} + \tfrac1{|V|}\sum_j\min(0, C_{ij} - y - f_j)`, attained
    at the :math:`R`-th smallest gap :math:`C_{ij} - f_j`, :math:`R = \lceil |V|/|S|\rceil`.
    Try swaps (outsider with low F in, member with high F out) in order of estimated gain,
-   verify each by re-solving, accept the first strict improvement.
+   verify each by re-solving, accept the first strict improvement. A check that needs more
+   than ``exact_after`` Sinkhorn iterations (the problem turns ill-conditioned late in
+   long searches) hands the search to exact (network simplex) verification.
 """
 
 from __future__ import annotations
