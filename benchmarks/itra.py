@@ -12,6 +12,14 @@ does), ``cut`` candidates each side, first strict improvement by exact ``ot.emd2
 twice: with recrl's candidate budget (``--cut`` x ``--cut``, ``--max_checks``) and with its
 own (``--ref_cut`` = 30 x 30, ``--ref_checks`` = 900); the ratios compare with the latter.
 The final exact POO of both selections is computed with ``ot.emd2``.
+
+recrl's searches print the time per accepted move by windows of ``--window`` moves (checks
+per move, Sinkhorn iterations per check, time per iteration, XLA compilations), the exact
+POO of ``--random`` random n-subsets for comparison, the end-to-end time and the peak
+resident memory. The paper's pool size (block moves only, no reference):
+
+    python -m benchmarks.itra --pool 140000 --val 5000 --n 1024 --block 10 --skip_single \
+        --skip_reference
 """
 
 from __future__ import annotations
