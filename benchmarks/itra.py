@@ -180,14 +180,14 @@ def main(argv=None) -> None:
         sel, trace, checks = coreset.refine(cost_j, init, **kw, **extra, info=info,
                                             on_accept=on_accept)
         secs = time.perf_counter() - t0
+        if len(prog) % args.window:
+            print(progress_row(prog, marks, len(prog) - len(prog) % args.window, len(prog) - 1))
         it = np.asarray(info["iterations"] or [0])
         print(f"{name}: Sinkhorn iterations per check: median {np.median(it):.0f}, max "
               f"{it.max()}; {info['retries']} unconverged solves continued, "
               f"{info['exact_fallbacks']} decided exactly; exact verification from check "
               f"{info['exact_from_check']}; "
               f"{len(compile_events) - compiles0} compiles during the timed search")
-        if len(prog) % args.window:
-            print(progress_row(prog, marks, len(prog) - len(prog) % args.window, len(prog) - 1))
         rows.append((name, secs, len(trace) - 1, checks, coreset.poo_exact(cost, sel)))
         progress[name] = prog
 
