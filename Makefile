@@ -46,6 +46,7 @@ notebooks: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m benchmarks.estimators
 	$(PY) -m benchmarks.prorl_step --steps 3
+	$(PY) -m benchmarks.itra --pool 2000 --val 600 --n 100 --swaps 20 --window 5
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache docs/api/_build

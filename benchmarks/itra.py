@@ -12,12 +12,21 @@ does), ``cut`` candidates each side, first strict improvement by exact ``ot.emd2
 twice: with recrl's candidate budget (``--cut`` x ``--cut``, ``--max_checks``) and with its
 own (``--ref_cut`` = 30 x 30, ``--ref_checks`` = 900); the ratios compare with the latter.
 The final exact POO of both selections is computed with ``ot.emd2``.
+
+recrl's searches print the time per accepted move by windows of ``--window`` moves (checks
+per move, Sinkhorn iterations per check, time per iteration, XLA compilations), the exact
+POO of ``--random`` random n-subsets for comparison, the end-to-end time and the peak
+resident memory. The paper's pool size (block moves only, no reference):
+
+    python -m benchmarks.itra --pool 140000 --val 5000 --n 1024 --block 10 --skip_single \
+        --skip_reference
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import resource
 import time
 
 import numpy as np
@@ -75,6 +84,20 @@ def reference_refine(cost: np.ndarray, init: np.ndarray, *, max_iters: int, cut:
     return sel, trace, checks
 
 
+def progress_row(prog: list, marks: list, lo: int, hi: int) -> str:
+    """One row of the per-window table: moves ``lo..hi`` (0-based, inclusive)."""
+    t0, (c0, it0, comp0) = (prog[lo - 1][0], marks[lo - 1]) if lo else (0.0, (0, 0, 0))
+    t, (c, it, comp) = prog[hi][0], marks[hi]
+    dm, dc, dit = hi + 1 - lo, c - c0, it - it0
+    per_it = f"{1e3 * (t - t0) / dit:.1f}" if dit else "- (exact checks)"
+    return (f"| {lo + 1}-{hi + 1} | {(t - t0) / dm:.2f} | {dc / dm:.1f} | "
+            f"{dit / max(dc, 1):.0f} | {per_it} | {comp - comp0} |")
+
+
+TABLE_HEAD = ("| moves | s/move | checks/move | iterations/check | ms/iteration | compiles |\n"
+              "|---|---|---|---|---|---|")
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--pool", type=int, default=15000)
@@ -98,12 +121,25 @@ def main(argv=None) -> None:
     ap.add_argument("--ref_checks", type=int, default=900,
                     help="the reference's own verification budget per swap (30 x 30)")
     ap.add_argument("--skip_reference", action="store_true")
+    ap.add_argument("--skip_single", action="store_true",
+                    help="run only the block-move search (paper-sized pools)")
+    ap.add_argument("--random", type=int, default=3,
+                    help="exact POO of this many random n-subsets (seeds 0..), for comparison")
+    ap.add_argument("--window", type=int, default=10,
+                    help="print time per accepted move over windows of this many moves")
     args = ap.parse_args(argv)
 
     import jax.numpy as jnp
+    from jax import monitoring
 
     from recrl import coreset
 
+    compile_events: list[float] = []  # XLA compilations (any function), for recompiles
+    monitoring.register_event_duration_secs_listener(
+        lambda event, secs, **_: compile_events.append(secs)
+        if event.endswith("backend_compile_duration") else None)
+
+    t_start = time.perf_counter()
     p, v, g = synthetic_features(args.pool, args.val, args.dim)
     t = time.perf_counter()
     cost = np.asarray(coreset.cost_matrix(p, v, g, args.lam))
@@ -125,20 +161,38 @@ def main(argv=None) -> None:
     def ours(name: str, **extra) -> None:
         coreset.refine(cost_j, init, **{**kw, **extra, "max_iters": 2})  # compile (untimed)
         prog: list[tuple[float, np.ndarray]] = []
+        marks: list[tuple[int, int, int]] = []  # per move: (checks, iterations, compiles)
         info: dict = {}
+        compiles0 = len(compile_events)
+
+        def on_accept(s: np.ndarray) -> None:  # prints each window as it completes
+            prog.append((time.perf_counter() - t0, s.copy()))
+            marks.append((info["checks"], int(sum(info["iterations"])),
+                          len(compile_events) - compiles0))
+            if len(prog) % args.window == 0:
+                print(progress_row(prog, marks, len(prog) - args.window, len(prog) - 1))
+
+        print(f"{name}: time per accepted move, by windows of {args.window} moves "
+              "(iterations/check: Sinkhorn iterations over all the window's checks, 0 once "
+              "exact verification took over; ms/iteration: the window's time over them)")
+        print(TABLE_HEAD)
         t0 = time.perf_counter()
-        sel, trace, checks = coreset.refine(
-            cost_j, init, **kw, **extra, info=info,
-            on_accept=lambda s: prog.append((time.perf_counter() - t0, s.copy())))
+        sel, trace, checks = coreset.refine(cost_j, init, **kw, **extra, info=info,
+                                            on_accept=on_accept)
         secs = time.perf_counter() - t0
+        if len(prog) % args.window:
+            print(progress_row(prog, marks, len(prog) - len(prog) % args.window, len(prog) - 1))
         it = np.asarray(info["iterations"] or [0])
         print(f"{name}: Sinkhorn iterations per check: median {np.median(it):.0f}, max "
               f"{it.max()}; {info['retries']} unconverged solves continued, "
-              f"{info['exact_fallbacks']} decided exactly")
+              f"{info['exact_fallbacks']} decided exactly; exact verification from check "
+              f"{info['exact_from_check']}; "
+              f"{len(compile_events) - compiles0} compiles during the timed search")
         rows.append((name, secs, len(trace) - 1, checks, coreset.poo_exact(cost, sel)))
         progress[name] = prog
 
-    ours("recrl (Sinkhorn)")
+    if not args.skip_single:
+        ours("recrl (Sinkhorn)")
     if args.block > 1:
         ours(f"recrl (Sinkhorn, block {args.block})", block=args.block)
     if not args.skip_reference:
@@ -154,6 +208,20 @@ def main(argv=None) -> None:
             t_ref = time.perf_counter() - t
             rows.append((f"reference (EMD, {cut} x {cut} / {max_checks} checks)", t_ref,
                          len(trace_r) - 1, checks_r, trace_r[-1]))
+    t_total = time.perf_counter() - t_start  # end to end, before the reference runs
+    rand = [coreset.poo_exact(cost, np.random.default_rng(s).choice(args.pool, args.n,
+                                                                    replace=False))
+            for s in range(args.random)]
+    if rand:
+        print(f"random n-subsets (seeds 0-{args.random - 1}): exact POO mean "
+              f"{np.mean(rand):.6f} (std {np.std(rand):.6f}); greedy init "
+              f"{exact_init - np.mean(rand):+.6f} vs random")
+        for name, _, _, _, val in rows:
+            print(f"{name}: exact POO {val:.6f}, {val - np.mean(rand):+.6f} vs random "
+                  f"({100 * (val - np.mean(rand)) / abs(np.mean(rand)):+.2f} %)")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
+    print(f"end to end (features, cost, init, recrl searches incl. their compile warm-ups "
+          f"and exact POO checks): {t_total:.1f} s; peak resident memory {peak:.2f} GiB")
     print("\n| method | refine s | moves | checks | s/check | exact POO | vs init |")
     print("|---|---|---|---|---|---|---|")
     for name, secs, swaps, ch, val in rows:

@@ -74,19 +74,47 @@ def _distances(pool: jax.Array, val: jax.Array) -> jax.Array:
 
 
 def cost_matrix(pool: jax.typing.ArrayLike, val: jax.typing.ArrayLike,
-                grad_norms: jax.typing.ArrayLike | None = None, lam: float = 0.1) -> jax.Array:
+                grad_norms: jax.typing.ArrayLike | None = None, lam: float = 0.1, *,
+                block_rows: int | None = None) -> jax.Array | np.ndarray:
     r"""The POO cost :math:`C_{ij} = d_{ij} - \lambda\hat g_i` (``[N_pool, N_val]`` float32).
 
     ``d`` is the Euclidean distance divided by its maximum over all pairs (1 if all are 0);
     ``ĝ = g / max g`` (0 if all are 0). ``grad_norms=None`` means ``λ = 0``.
+
+    Pools of more than ``block_rows`` rows (default 16,384) are computed ``block_rows`` rows
+    at a time into one host float32 array, returned as ``np.ndarray``: the peak memory is the
+    matrix itself plus one block (the dense path holds several matrix-sized temporaries,
+    ~4x the matrix at 140,000 x 5,000). Smaller pools return a ``jax.Array``; both paths
+    give the same values (same float32 arithmetic per entry).
     """
     check_inputs(np.asarray(pool), np.asarray(val), None if grad_norms is None
                  else np.asarray(grad_norms))
-    d = _distances(jnp.asarray(pool, jnp.float32), jnp.asarray(val, jnp.float32))
-    d = d / jnp.maximum(jnp.max(d), 1e-30)
-    if grad_norms is None or lam == 0:
-        return d
-    return d - lam * normalise_grad_norms(grad_norms)[:, None]
+    num = np.shape(pool)[0]
+    block = _BLOCK_ROWS if block_rows is None else int(block_rows)
+    if block < 1:
+        raise ValueError(f"block_rows must be >= 1; got {block_rows}")
+    ghat = None if grad_norms is None or lam == 0 else normalise_grad_norms(grad_norms)
+    if num <= block:
+        d = _distances(jnp.asarray(pool, jnp.float32), jnp.asarray(val, jnp.float32))
+        d = d / jnp.maximum(jnp.max(d), 1e-30)
+        return d if ghat is None else d - lam * ghat[:, None]
+    pool_np = np.asarray(pool, np.float32)
+    val_j = jnp.asarray(val, jnp.float32)
+    out = np.empty((num, np.shape(val)[0]), np.float32)
+    for lo in range(0, num, block):  # equal block shapes: one compilation
+        part = pool_np[lo:lo + block]
+        if part.shape[0] < block:
+            part = np.concatenate([part, np.zeros((block - part.shape[0], part.shape[1]),
+                                                  np.float32)])
+        out[lo:lo + block] = np.asarray(_distances(jnp.asarray(part), val_j))[:num - lo]
+    # the same float32 ops as the dense path, in place: d / max(max d, 1e-30) - λ ĝ
+    out /= np.maximum(out.max(), np.float32(1e-30))
+    if ghat is not None:
+        out -= np.float32(lam) * np.asarray(ghat)[:, None]
+    return out
+
+
+_BLOCK_ROWS = 16384
 
 
 def normalise_grad_norms(grad_norms: jax.typing.ArrayLike) -> jax.Array:
@@ -176,9 +204,9 @@ def poo_exact(cost: np.ndarray, subset: np.ndarray | None = None, *,
     except ImportError as e:
         raise missing("recrl.coreset.poo_exact", "goracs", e) from e
 
-    c = np.asarray(cost, np.float64)
-    if subset is not None:
-        c = c[np.asarray(subset)]
+    # subset first: converting the whole pool's cost to float64 would double its memory
+    c = np.asarray(cost) if subset is None else np.asarray(cost)[np.asarray(subset)]
+    c = np.asarray(c, np.float64)
     n, m = c.shape
     a, b = np.full(n, 1.0 / n), np.full(m, 1.0 / m)
     if not return_duals:

@@ -125,8 +125,42 @@ def test_unconverged_sinkhorn_never_accepts_a_swap_that_raises_the_exact_poo():
     checked, info = exact_steps(True)
     assert len(checked) >= 4 and np.all(checked < 0)
     assert info["exact_fallbacks"] >= 1 and info["retries"] >= 1
-    # converged solves need no fallback
+    # converged solves need no fallback (no iteration cap)
     info = {}
     coreset.refine(c, init, max_iters=3, cut=6, max_checks=12, epsilon=0.05,
-                   threshold=1e-3, info=info)
+                   threshold=1e-3, info=info, exact_after=None)
     assert info["exact_fallbacks"] == 0 and len(info["iterations"]) >= 3
+    assert info["exact_from_check"] is None
+
+
+def test_iteration_cap_hands_the_search_to_exact_verification():
+    c, _ = _cost(n_pool=60, n_val=30, seed=6)
+    init = np.arange(10)
+    kw = dict(max_iters=8, cut=6, max_checks=12, epsilon=0.01, threshold=1e-6)
+    ex, info = [coreset.poo_exact(c, init)], {}
+    sel, trace, checks = coreset.refine(
+        c, init, exact_after=30, info=info,
+        on_accept=lambda s: ex.append(coreset.poo_exact(c, s)), **kw)
+    k = info["exact_from_check"]
+    assert k is not None and max(info["iterations"]) <= 30
+    assert len(info["iterations"]) == k  # no Sinkhorn check after the switch
+    assert np.all(np.diff(ex) < 0) and len(ex) >= 3  # every accepted move lowers exact POO
+    assert trace[-1] == pytest.approx(coreset.poo_exact(c, sel), abs=1e-9)
+    assert checks >= k
+    # without a cap the checks run longer than 30 iterations
+    info = {}
+    coreset.refine(c, init, exact_after=None, info=info, **kw)
+    assert max(info["iterations"]) > 30  # so the cap of 30 did cut checks short
+    with pytest.raises(ValueError, match="exact_after"):
+        coreset.refine(c, init, exact_after=0)
+
+
+def test_dual_scores_with_a_partial_last_chunk_match_one_chunk():
+    c, _ = _cost(n_pool=45, n_val=12, seed=8)
+    c = c.astype(np.float32)
+    sel = np.arange(0, 45, 9)
+    u = np.random.default_rng(0).normal(size=5).astype(np.float32) * 0.01
+    whole = coreset.dual_scores(c, sel, u, rank=3, chunk=64)  # one chunk (clipped to 45)
+    parts = coreset.dual_scores(c, sel, u, rank=3, chunk=8)  # 6 chunks, the last overlaps
+    for w, p in zip(whole, parts, strict=True):
+        np.testing.assert_allclose(np.asarray(p), np.asarray(w), rtol=0, atol=1e-6)

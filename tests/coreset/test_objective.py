@@ -126,3 +126,22 @@ def test_over_relaxed_sinkhorn_reaches_the_same_value_in_fewer_iterations():
     assert int(fast.n_iters) < int(plain.n_iters)
     with pytest.raises(ValueError, match="momentum"):
         objective.poo_sinkhorn_rows(cost, rows, momentum=2.0)
+
+
+def test_blocked_cost_matrix_equals_the_dense_one_and_itra_selects_the_same_rows():
+    rng = np.random.default_rng(7)
+    p, v, g = rng.normal(size=(103, 5)), rng.normal(size=(17, 5)) + 0.3, rng.random(103)
+    dense = coreset.cost_matrix(p, v, g, 0.1)
+    blocked = coreset.cost_matrix(p, v, g, 0.1, block_rows=16)  # 7 blocks, last one short
+    assert isinstance(blocked, np.ndarray) and blocked.dtype == np.float32
+    np.testing.assert_allclose(blocked, np.asarray(dense), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(coreset.cost_matrix(p, v, None, block_rows=10),
+                               np.asarray(coreset.cost_matrix(p, v)), rtol=0, atol=1e-6)
+    # the selection and its exact objective do not depend on the path
+    a = coreset.itra(np.asarray(dense), 9, tie_break=g, max_iters=4, max_checks=8)
+    b = coreset.itra(blocked, 9, tie_break=g, max_iters=4, max_checks=8)
+    np.testing.assert_array_equal(np.sort(a.indices), np.sort(b.indices))
+    assert coreset.poo_exact(blocked, b.indices) == pytest.approx(
+        coreset.poo_exact(np.asarray(dense), a.indices), abs=1e-6)
+    with pytest.raises(ValueError, match="block_rows"):
+        coreset.cost_matrix(p, v, g, block_rows=0)
