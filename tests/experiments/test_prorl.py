@@ -41,7 +41,11 @@ def test_tiny_pipeline_writes_results_report_and_metrics(full_run):
     assert (out / "training.png").stat().st_size > 10_000
 
 
-def test_killed_run_resumes_to_the_same_result(full_run, tmp_path):
+def test_killed_run_resumes_to_the_same_result(full_run, tmp_path, monkeypatch):
+    """Killed after epoch 1 and resumed on a slowed-down machine (every RL step sleeps):
+    budgets are in steps, so the result is the uninterrupted run's."""
+    from tests.experiments.test_prorl_budget import slow_down
+
     cfg, out, res = full_run
     # reuse the trained simulators and pretrained policy; redo the RL run
     for name in ("sasrec", "gru4rec", "policy_pretrained"):
@@ -55,6 +59,7 @@ def test_killed_run_resumes_to_the_same_result(full_run, tmp_path):
     with pytest.raises(Interrupt):
         prorl.run(cfg, str(tmp_path), on_epoch_end=kill)
     assert not (tmp_path / "rl" / "prorl_s0" / "result.json").exists()
+    slow_down(monkeypatch, 0.2, modules=(prorl,))
     resumed = prorl.run(cfg, str(tmp_path))
     a, b = res["runs"][0], resumed["runs"][0]
     assert a["best_epoch"] == b["best_epoch"]

@@ -200,7 +200,7 @@ def test_src_statistics_count_real_items_with_the_sample_std():
             assert len(rows) < lengths.sum()  # the case has duplicates to leave out
         assert float(new.stats.count) == len(rows)
         np.testing.assert_allclose(new.stats.mean, rows.mean(0), rtol=1e-4, atol=1e-5)
-        mean, std = rl.src_mean_std(new.stats)
+        _, std = rl.src_mean_std(new.stats)
         np.testing.assert_allclose(std, rows.std(0, ddof=1), rtol=1e-4)
         _, pop = rl.src_mean_std(new.stats, sample=False)
         np.testing.assert_allclose(pop, rows.std(0), rtol=1e-4)
