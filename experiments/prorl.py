@@ -188,6 +188,7 @@ def train_method(ctx: Context, policy0: PathPolicy, method: str, seed: int,
     for epoch in range(meta["epoch"], r.epochs):
         order = np.random.default_rng([seed, epoch]).permutation(len(train_t))
         sums: dict[str, float] = {}
+        rows: list[dict] = []
         for s in tqdm(range(steps), desc=f"{run} epoch {epoch + 1}/{r.epochs}", leave=False):
             idx = order[(s * r.prompts) % len(train_t):][: r.prompts]
             if len(idx) < r.prompts:
@@ -204,6 +205,7 @@ def train_method(ctx: Context, policy0: PathPolicy, method: str, seed: int,
             for k, v in m.items():
                 tb.add_scalar(f"train/{k}", v, gstep)  # (no '@' in these names)
                 sums[k] = sums.get(k, 0.0) + v / steps
+            rows.append(m)
         if epoch == 0:
             state = rl.freeze_stats(state)
         nnx.update(policy, jax.device_get(state.params))
@@ -213,6 +215,7 @@ def train_method(ctx: Context, policy0: PathPolicy, method: str, seed: int,
                **{f"val_{k.split('/')[1]}": v for k, v in val.items()}}
         for k, v in row.items():
             tb.add_scalar(f"epoch/{k.replace('@', '_at_')}", v, epoch + 1)
+        row["blocks"] = diagnostic_blocks(rows, r.get("diag_every", 10))
         meta["history"].append(row)
         if row["val_ioi@1"] > meta["best_val"]:
             meta.update(best_val=row["val_ioi@1"], best_epoch=epoch + 1)
@@ -239,6 +242,23 @@ def train_method(ctx: Context, policy0: PathPolicy, method: str, seed: int,
     ckpt.close()
     best_ckpt.close()
     return result
+
+
+DIAGNOSTICS = ("length", "adv_var", "adv_var_reinforce", "target_share", "kl",
+               "centred_return")
+
+
+def diagnostic_blocks(rows: list[dict], every: int) -> dict[str, list[float]]:
+    """The epoch's per-update diagnostics as means over consecutive blocks of ``every``
+    updates (the last block may be shorter), plus the epoch's first update
+    (``first_<key>``: REINFORCE's first-update advantage variance normalises the others')."""
+    keys = [k for k in rows[0] if k in DIAGNOSTICS or k.startswith("centred_pos")]
+    every = max(int(every), 1)
+    out: dict[str, list[float]] = {
+        k: [float(np.mean([r[k] for r in rows[i:i + every]]))
+            for i in range(0, len(rows), every)] for k in keys}
+    out.update({f"first_{k}": [float(rows[0][k])] for k in ("adv_var", "adv_var_reinforce")})
+    return out
 
 
 def gradient_diagnostics(ctx: Context, graph: Any, score: Callable[..., Any],

@@ -51,6 +51,7 @@ def get_config(variant: str = "ml1m_cpu") -> ml_collections.ConfigDict:
         schedule_epochs=0,  # epochs the warm-up fraction refers to (0 = `epochs`)
         steps_per_epoch=0,  # 0 = a full pass over the training prompts
         grad_diag_batches=0,  # > 0: gradient cosine / SNR at the start and end of each run
+        diag_every=10,  # per-update diagnostics kept as means over blocks of this many
     ))
     # val: `val_prompts` spread evenly over users; test: every prompt (max_prompts = 0) or
     # that many spread over users; intervals: bootstrap over users (n_boot replicates).

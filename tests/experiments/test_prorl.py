@@ -64,8 +64,11 @@ def test_killed_run_resumes_to_the_same_result(full_run, tmp_path, monkeypatch):
     a, b = res["runs"][0], resumed["runs"][0]
     assert a["best_epoch"] == b["best_epoch"]
     for ra, rb in zip(a["history"], b["history"], strict=True):
+        assert set(ra) == set(rb)
         for k in ra:
-            np.testing.assert_allclose(ra[k], rb[k], rtol=1e-5, atol=1e-6, err_msg=k)
+            x, y = (ra[k], rb[k]) if k != "blocks" else (list(ra[k].values()),
+                                                          list(rb[k].values()))
+            np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6, err_msg=k)
     for k in a["test"]:
         np.testing.assert_allclose(a["test"][k], b["test"][k], rtol=1e-5, atol=1e-6, err_msg=k)
 
