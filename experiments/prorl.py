@@ -319,8 +319,9 @@ def load_per_prompt(path: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
 
 
 def baselines(ctx: Context, policy0: PathPolicy) -> dict:
-    """Test metrics of the pretrained policy and of the heuristic baselines (per-prompt
-    values in ``baselines/<name>.npz``)."""
+    """Test metrics of the pretrained policy, of the mined test paths themselves
+    (``mined``) and of the heuristic baselines (per-prompt values in
+    ``baselines/<name>.npz``)."""
     c = ctx.cfg
     path = ctx.out / "baselines.json"
     if path.exists():
@@ -332,6 +333,13 @@ def baselines(ctx: Context, policy0: PathPolicy) -> dict:
         per_file = ctx.out / "baselines" / f"{name}.npz"
         if name == "pretrained":
             res[name] = test_metrics(ctx, policy0, 0, per_file)
+        elif name == "mined":  # the demonstrations themselves (intermediates, no target)
+            tp = ctx.data.paths["test"]
+            idx = ev.stratified_prompts(np.asarray(tp.user), c.eval.max_prompts)
+            p = np.where(tp.path[idx] < 0, 0, tp.path[idx])
+            res[name], per = ev.evaluate_paths(ctx.sims, th, tt, p, tp.lengths[idx], ctx.genres,
+                                               ctx.data.sequences.num_items, per_prompt=True)
+            save_per_prompt(per_file, tu, per)
         else:
             gen = ev.ipg_paths if name == "ipg" else ev.greedy_sequential_paths
             p, lengths = gen(ctx.sims["sasrec"], th, tt, c.data.max_len)

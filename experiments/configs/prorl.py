@@ -26,7 +26,7 @@ def get_config(variant: str = "ml1m_cpu") -> ml_collections.ConfigDict:
     c.dataset = "ml-1m"  # ml-1m | ml-100k | synthetic
     c.seeds = (0, 1, 2)
     c.methods = PAPER_METHODS
-    c.baselines = ("pretrained", "ipg", "greedy_sequential")
+    c.baselines = ("pretrained", "mined", "ipg", "greedy_sequential")
     c.distributed = False  # call jax.distributed.initialize() (multi-host pods)
     c.num_devices = 0  # 0 = all local devices
 

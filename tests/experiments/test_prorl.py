@@ -19,7 +19,7 @@ def full_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("prorl_full")
     cfg = get_config("tiny")
     cfg.methods = ("prorl",)
-    cfg.baselines = ("pretrained", "ipg")
+    cfg.baselines = ("pretrained", "mined", "ipg")
     return cfg, out, prorl.run(cfg, str(out))
 
 
@@ -30,7 +30,26 @@ def test_tiny_pipeline_writes_results_report_and_metrics(full_run):
     for key in ("sasrec/ioi@1", "sasrec/ctr@1", "gru4rec/ior@1", "diversity@K",
                 "unseen/sasrec/ioi@1"):
         assert np.isfinite(test[key]), key
-    assert set(res["baselines"]) == {"pretrained", "ipg"}
+    assert set(res["baselines"]) == {"pretrained", "mined", "ipg"}
+    # no generated path that is scored contains its target (policy, @K samples, heuristic)
+    for m in (test, *res["baselines"].values()):
+        assert m["sasrec/has_target@1"] == 0.0
+    assert test["sasrec/has_target@K"] == 0.0
+    # user-clustered intervals for every system and for ProRL - baseline, on all users
+    iv = res["intervals"]
+    assert set(iv["systems"]) == {"prorl", "pretrained", "mined", "ipg"}
+    ci = iv["systems"]["prorl"]["sasrec/ioi@1"]
+    assert ci["lo"] <= ci["mean"] <= ci["hi"]
+    assert set(iv["vs_prorl"]) == {"pretrained", "mined", "ipg"}
+    users, per = prorl.load_per_prompt(out / "rl" / "prorl_s0" / "test_prompts.npz")
+    assert 0 < len(users) <= cfg.eval.max_prompts and ci["clusters"] == len(set(users.tolist()))
+    np.testing.assert_allclose(per["sasrec/ioi@1"].mean(), test["sasrec/ioi@1"], rtol=1e-5)
+    # diagnostics: blocks of updates and the gradient cosine / SNR at start and end
+    run = res["runs"][0]
+    assert set(run["grad_diag"]) == {"start", "end"}
+    assert -1 <= run["grad_diag"]["end"]["cosine"] <= 1 and run["grad_diag"]["end"]["snr"] > 0
+    blocks = run["history"][0]["blocks"]
+    assert len(blocks["length"]) == 1 and "centred_pos1" in blocks
     report = (out / "report.md").read_text()
     assert "| **prorl** (1 seeds) |" in report and "| ipg |" in report
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
