@@ -182,9 +182,12 @@ def train_method(ctx: Context, policy0: PathPolicy, method: str, seed: int,
         lambda x: parallel.replicate(x, ctx.mesh))
     tb = SummaryWriter(str(ctx.out / "tb" / run))
     diag_batches = r.get("grad_diag_batches", 0)
+    grad_fns = ((rl.make_gradient_fn(graph, score, rcfg),
+                 rl.make_gradient_fn(graph, score, dataclasses.replace(rcfg, method="psae_loo")))
+                if diag_batches else None)
     if diag_batches and "grad_diag" not in meta:
-        meta["grad_diag"] = {"start": gradient_diagnostics(ctx, graph, score, rcfg, state,
-                                                           sim_rep, put, seed, diag_batches)}
+        meta["grad_diag"] = {"start": gradient_diagnostics(ctx, grad_fns, state, sim_rep, put,
+                                                           seed, diag_batches)}
     for epoch in range(meta["epoch"], r.epochs):
         order = np.random.default_rng([seed, epoch]).permutation(len(train_t))
         sums: dict[str, float] = {}
@@ -228,8 +231,8 @@ def train_method(ctx: Context, policy0: PathPolicy, method: str, seed: int,
             on_epoch_end(epoch + 1)
     tb.close()
     if diag_batches and "end" not in meta["grad_diag"]:
-        meta["grad_diag"]["end"] = gradient_diagnostics(ctx, graph, score, rcfg, state,
-                                                        sim_rep, put, seed, diag_batches)
+        meta["grad_diag"]["end"] = gradient_diagnostics(ctx, grad_fns, state, sim_rep, put,
+                                                        seed, diag_batches)
     best, _ = best_ckpt.restore(like=jax.device_get(state.params))
     nnx.update(policy, best)
     mean, std = rl.src_mean_std(state.stats, rcfg.sample_std)
@@ -261,18 +264,21 @@ def diagnostic_blocks(rows: list[dict], every: int) -> dict[str, list[float]]:
     return out
 
 
-def gradient_diagnostics(ctx: Context, graph: Any, score: Callable[..., Any],
-                         rcfg: rl.RLConfig, state: rl.RLState, sim_state: Any,
-                         put: Callable[[Any], Any], seed: int, batches: int) -> dict:
-    """Cosine and SNR of ``rcfg.method``'s gradient over ``batches`` training batches,
-    against a reference: the unbiased ``psae_loo`` estimator (same centred rewards) averaged
-    over ``2 × batches`` other batches (:func:`recrl.prs.rl.gradient_diagnostics`)."""
+def gradient_diagnostics(ctx: Context, grad_fns: tuple[Callable, Callable], state: rl.RLState,
+                         sim_state: Any, put: Callable[[Any], Any], seed: int,
+                         batches: int) -> dict:
+    """Cosine and SNR of a method's gradient over ``batches`` training batches against a
+    reference: the unbiased ``psae_loo`` estimator (same centred rewards) averaged over
+    ``2 × batches`` other batches (:func:`recrl.prs.rl.gradient_diagnostics`).
+
+    Args:
+      grad_fns: ``(method, reference)`` from :func:`recrl.prs.rl.make_gradient_fn`.
+    """
     c = ctx.cfg
     train_h, train_t, _ = prompts_of(ctx.data.paths["train"])
     rng = np.random.default_rng([seed, 7919])
 
-    def estimates(cfg: rl.RLConfig, n: int, offset: int) -> np.ndarray:
-        fn = rl.make_gradient_fn(graph, score, cfg)
+    def estimates(fn: Callable, n: int, offset: int) -> np.ndarray:
         out = []
         for i in range(n):
             idx = rng.choice(len(train_t), c.rl.prompts, replace=False)
@@ -281,8 +287,8 @@ def gradient_diagnostics(ctx: Context, graph: Any, score: Callable[..., Any],
                                      key)))
         return np.stack(out)
 
-    ref = estimates(dataclasses.replace(rcfg, method="psae_loo"), 2 * batches, 0).mean(0)
-    return rl.gradient_diagnostics(estimates(rcfg, batches, 10_000), ref)
+    ref = estimates(grad_fns[1], 2 * batches, 0).mean(0)
+    return rl.gradient_diagnostics(estimates(grad_fns[0], batches, 10_000), ref)
 
 
 def test_metrics(ctx: Context, policy: PathPolicy, seed: int, per_prompt_file: Path | None = None
