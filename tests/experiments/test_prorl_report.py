@@ -67,7 +67,8 @@ def _epoch1_results(prorl_len, reinforce_len, grpo_len, prorl_var_blocks):
               prorl_len["hi"] - reinforce_len["lo"])}, "grpo": {"sasrec/length@K": _ci(0, 0, 0)}}}
     runs = [run("reinforce", [10.0, 8.0], first=10.0), run("prorl", prorl_var_blocks),
             run("grpo", [2.5, 2.0])]
-    return {"runs": runs, "intervals": iv, "config": {"data": {"max_len": 10}}}
+    return {"runs": runs, "intervals": iv,
+            "config": {"data": {"max_len": 10}, "rl": {"epochs": 1}}}
 
 
 def test_epoch1_predictions_follow_the_stated_rules():
@@ -90,6 +91,8 @@ def test_epoch1_predictions_follow_the_stated_rules():
     assert "ProRL < REINFORCE < GRPO: undecided" in text
     assert "prorl advantage variance ≈ 0.06 × REINFORCE's first update in epoch 1: undecided" \
         in text
+    res["config"]["rl"]["epochs"] = 3  # only for one-epoch runs
+    assert prorl_report.epoch1_predictions(res) == []
 
 
 def test_claims_use_user_clustered_intervals_when_present():
