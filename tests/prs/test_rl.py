@@ -121,7 +121,8 @@ def test_grpo_averages_within_each_path_and_the_others_sum():
     assert abs(float(m["pg_loss"]) - float(m2["pg_loss"])) > 1e-6
 
 
-@pytest.mark.parametrize("method", ["prorl", "grpo", "a2c"])
+@pytest.mark.parametrize("method", ["prorl", "grpo",
+                                    pytest.param("a2c", marks=pytest.mark.slow)])
 def test_gradient_accumulation_equals_one_big_batch(method):
     """4 micro-batches of 2 prompts give the update of one batch of 8 prompts: same sampled
     paths, same SRC statistics, same parameters and optimiser state, same metrics."""
@@ -162,7 +163,8 @@ def test_reference_defaults():
     assert cfg.sample_std and cfg.stats_real_items and cfg.mask_target
 
 
-def test_src_statistics_count_real_items_with_the_sample_std():
+@pytest.mark.parametrize("real_only", [True, pytest.param(False, marks=pytest.mark.slow)])
+def test_src_statistics_count_real_items_with_the_sample_std(real_only):
     """One step's SRC moments against a direct numpy computation over the sampled paths'
     non-duplicate item steps (sample std), and over every item step when asked."""
     table = fake_sim.make_table(N)
@@ -173,37 +175,36 @@ def test_src_statistics_count_real_items_with_the_sample_std():
     from recrl.prs.rewards import step_rewards
     from recrl.prs.rollout import generate, path_uniforms
 
-    for real_only in (True, False):
-        cfg = rl.RLConfig(samples=4, stats_real_items=real_only)
-        state, graph = rl.init_state(policy, cfg)
-        step = rl.make_train_step(graph, fake_sim.score, cfg)
-        key = jax.random.key(5)
-        new, _ = step(state, table, hist, tgt, key)
-        # the same paths, regenerated outside the step
-        hh, tt = jnp.repeat(hist, 4, 0), jnp.repeat(tgt, 4, 0)
-        paths = generate(policy, hh, tt, None, uniforms=path_uniforms(key, 32, CFG.max_len))
-        path, lengths = np.asarray(paths.path), np.asarray(paths.lengths)
-        safe = np.where(path < N, path, 0)
-        comps = np.asarray(step_rewards(fake_sim.score(table, hh, jnp.asarray(safe),
-                                                       paths.lengths, tt),
-                                        jnp.asarray(safe), paths.lengths))
-        rows = []
-        for b in range(32):
-            seen = set()
-            for t in range(lengths[b]):
-                if real_only and safe[b, t] in seen:
-                    continue
-                seen.add(safe[b, t])
-                rows.append(comps[b, t])
-        rows = np.array(rows)
-        if real_only:
-            assert len(rows) < lengths.sum()  # the case has duplicates to leave out
-        assert float(new.stats.count) == len(rows)
-        np.testing.assert_allclose(new.stats.mean, rows.mean(0), rtol=1e-4, atol=1e-5)
-        _, std = rl.src_mean_std(new.stats)
-        np.testing.assert_allclose(std, rows.std(0, ddof=1), rtol=1e-4)
-        _, pop = rl.src_mean_std(new.stats, sample=False)
-        np.testing.assert_allclose(pop, rows.std(0), rtol=1e-4)
+    cfg = rl.RLConfig(samples=4, stats_real_items=real_only)
+    state, graph = rl.init_state(policy, cfg)
+    step = rl.make_train_step(graph, fake_sim.score, cfg)
+    key = jax.random.key(5)
+    new, _ = step(state, table, hist, tgt, key)
+    # the same paths, regenerated outside the step
+    hh, tt = jnp.repeat(hist, 4, 0), jnp.repeat(tgt, 4, 0)
+    paths = generate(policy, hh, tt, None, uniforms=path_uniforms(key, 32, CFG.max_len))
+    path, lengths = np.asarray(paths.path), np.asarray(paths.lengths)
+    safe = np.where(path < N, path, 0)
+    comps = np.asarray(step_rewards(fake_sim.score(table, hh, jnp.asarray(safe),
+                                                   paths.lengths, tt),
+                                    jnp.asarray(safe), paths.lengths))
+    rows = []
+    for b in range(32):
+        seen = set()
+        for t in range(lengths[b]):
+            if real_only and safe[b, t] in seen:
+                continue
+            seen.add(safe[b, t])
+            rows.append(comps[b, t])
+    rows = np.array(rows)
+    if real_only:
+        assert len(rows) < lengths.sum()  # the case has duplicates to leave out
+    assert float(new.stats.count) == len(rows)
+    np.testing.assert_allclose(new.stats.mean, rows.mean(0), rtol=1e-4, atol=1e-5)
+    _, std = rl.src_mean_std(new.stats)
+    np.testing.assert_allclose(std, rows.std(0, ddof=1), rtol=1e-4)
+    _, pop = rl.src_mean_std(new.stats, sample=False)
+    np.testing.assert_allclose(pop, rows.std(0), rtol=1e-4)
 
 
 def test_step_reports_the_diagnostics():
@@ -212,6 +213,10 @@ def test_step_reports_the_diagnostics():
     assert float(m["target_share"]) == 0.0  # the target is out of the action space
     assert float(m["adv_var_reinforce"]) > 0 and float(m["adv_var"]) > 0
     assert all(f"centred_pos{t}" in m for t in range(1, CFG.max_len + 1))
+
+
+@pytest.mark.slow
+def test_without_the_mask_the_target_share_shows_target_emissions():
     state, step, hist, tgt = _setup(mask_target=False)
     tgt = hist[:, 0] * 0 + 1  # any target: without the mask some path emits it eventually
     shares = [float(step(state, fake_sim.make_table(N), hist, tgt, jax.random.key(i))[1]
