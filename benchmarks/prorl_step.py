@@ -7,6 +7,7 @@ weights. The reference reports ~1.0 s per step for 512 prompts × 16 paths on 4 
 (≈ 8,200 paths/s, ≈ 2,050 paths/s per GPU) and 10–17 paths/s for 128 × 16 on a 2-core CPU.
 
     python -m benchmarks.prorl_step [--prompts 128 --samples 16 --num_items 2670]
+    python -m benchmarks.prorl_step --prompts 512 --micro_batches 16   # paper_epoch1's update
     JAX_NUM_CPU_DEVICES=4 python -m benchmarks.prorl_step   # also time 4 (fake) devices
 """
 
@@ -31,7 +32,7 @@ def time_steps(n_dev: int, args: argparse.Namespace) -> tuple[float, float]:
     policy = PathPolicy(pcfg, nnx.Rngs(0))
     sim = simulator.build_simulator(simulator.SimConfig(kind="sasrec", num_items=args.num_items))
     graphdef, sim_state = nnx.split(sim)
-    cfg = rl.RLConfig(method="prorl", samples=args.samples)
+    cfg = rl.RLConfig(method="prorl", samples=args.samples, micro_batches=args.micro_batches)
     state, graph = rl.init_state(policy, cfg)
     step = rl.make_train_step(
         graph, lambda s, *a: simulator.score_paths((graphdef, s), *a), cfg)
@@ -61,7 +62,9 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=64)
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--steps", type=int, default=5)
-    ap.add_argument("--train_prompts", type=int, default=64198,
+    ap.add_argument("--micro_batches", type=int, default=1,
+                    help="gradient accumulation: the prompts in this many micro-batches")
+    ap.add_argument("--train_prompts", type=int, default=31230,
                     help="prompts in one RL epoch (ML-1M mined train paths, docs/data.md)")
     args = ap.parse_args()
     paths = args.prompts * args.samples

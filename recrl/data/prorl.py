@@ -10,13 +10,17 @@ Path mining (:func:`mine_paths`), with the feasibility oracle
           \{\text{Drama}\} \neq \emptyset]:
 
 after a user's first ``H = 10`` items the rest of the sequence is cut between consecutive
-items ``a, b`` with ``F(a, b) = 0``; every coherent run of length > 1 is a sample with
-``history`` = the ``H`` items right before the run, ``path`` = the run, ``target`` = its
-last item. Runs longer than ``L_max = 10`` keep their first ``L_max`` items
-(``long_runs="truncate"``, the default: one sample per run, closest to the paper's counts,
-see ``docs/data.md``). ``long_runs="split"`` instead cuts them into consecutive chunks of
-``L_max`` items, each chunk's history being the ``H`` items right before it (the tail of
-the previous chunk), and drops a final chunk of a single item.
+items ``a, b`` with ``F(a, b) = 0``. Every coherent run ``(i_1 .. i_k)`` with ``k >= 3`` is a
+sample whose **target** is its last item ``i_k`` and whose **path** is the intermediates
+``(i_1 .. i_{k-1})`` (2 to ``L_max = 10`` items), with ``history`` = the ``H`` items right
+before the run. The target is never part of the path: the policy sees it in its prompt only,
+is trained to emit the intermediates followed by EOS, and metrics score the intermediates
+(as the reference's labels: "path length 2..10" counts intermediates only). Runs longer
+than ``L_max + 1`` keep their first ``L_max + 1`` items (``long_runs="truncate"``, the
+default: one sample per run, closest to the paper's counts, see ``docs/data.md``).
+``long_runs="split"`` instead cuts them into consecutive chunks of ``L_max + 1`` items,
+each chunk's history being the ``H`` items right before it, and drops a final chunk of
+fewer than 3 items.
 
 Run ``python -m recrl.data.prorl --stats ml-1m`` for the statistics table and timings.
 """
@@ -44,9 +48,10 @@ class PathSamples(NamedTuple):
 
     Attributes:
       history: ``[N, H]`` the ``H`` items right before the path, oldest first.
-      path: ``[N, L_max]`` the path, padded with :data:`PAD` after ``lengths``.
-      lengths: ``[N]`` path lengths, in ``[2, L_max]``.
-      target: ``[N]`` the path's last item, ``path[n, lengths[n] - 1]``.
+      path: ``[N, L_max]`` the intermediates, padded with :data:`PAD` after ``lengths``.
+      lengths: ``[N]`` path lengths (intermediates only), in ``[2, L_max]``.
+      target: ``[N]`` the run's last item, right after the path in the user's sequence
+        (never inside ``path``).
       user: ``[N]`` user rows of :attr:`ProRLData.sequences`.
       start: ``[N]`` position of ``path[n, 0]`` in the user's sequence (the cut point).
     """
@@ -84,8 +89,9 @@ class ProRLConfig:
       fractions: train / val / test user fractions.
       seed: user-split seed.
       history: history length ``H``.
-      max_len: maximum path length ``L_max``.
-      ignore_genres: genres the oracle ignores.
+      max_len: maximum path length ``L_max`` (intermediates, the target excluded).
+      ignore_genres: genres the mining oracle ignores (the coherence metric uses all
+        genres: :attr:`ProRLData.all_genre_masks`).
       long_runs: ``"truncate"`` runs longer than ``max_len`` or ``"split"`` them into chunks.
     """
 
@@ -113,7 +119,8 @@ class ProRLData:
 
     Attributes:
       sequences: k-cored chronological sequences (row = user, compact item ids).
-      genre_masks: ``[I]`` uint64 genre bitmasks with the ignored genres removed.
+      genre_masks: ``[I]`` uint64 genre bitmasks with the ignored genres removed (the
+        mining oracle's).
       titles: ``[I]`` display titles.
       splits: ``{"train", "val", "test"}`` -> sorted user rows.
       paths: the same keys -> :class:`PathSamples`.
@@ -126,6 +133,7 @@ class ProRLData:
     splits: dict[str, np.ndarray]
     paths: dict[str, PathSamples]
     config: ProRLConfig
+    all_genre_masks: np.ndarray | None = None  # [I] every genre (the coherence metric's)
 
 
 def mine_paths(
@@ -147,8 +155,9 @@ def mine_paths(
       genre_masks: ``[I]`` integer bitmasks (ignored genres already removed).
       users: user rows to mine (default: all), e.g. one split.
       history: history length ``H``; positions ``< H`` are never in a path.
-      max_len: maximum path length ``L_max``.
-      long_runs: ``"truncate"`` or ``"split"`` runs longer than ``max_len``.
+      max_len: maximum path length ``L_max`` (intermediates; a run has up to ``L_max + 1``
+        items with its target).
+      long_runs: ``"truncate"`` or ``"split"`` runs longer than ``max_len + 1``.
 
     Returns:
       :class:`PathSamples`, ordered by user row then position.
@@ -169,18 +178,19 @@ def mine_paths(
     run_id = np.cumsum(run_start) - 1
     starts = elig[run_start]
     offset = elig - starts[run_id]  # position inside the run
+    run_len = max_len + 1  # intermediates + the target
     if long_runs == "split":
-        first = offset % max_len == 0
+        first = offset % run_len == 0
         sid = np.cumsum(first) - 1
         start = elig[first]
         length = np.bincount(sid, minlength=len(start))
     elif long_runs == "truncate":
         start = starts
-        length = np.minimum(np.bincount(run_id, minlength=len(starts)), max_len)
+        length = np.minimum(np.bincount(run_id, minlength=len(starts)), run_len)
     else:
         raise ValueError(f"long_runs must be 'split' or 'truncate', got {long_runs!r}")
-    keep = length >= 2
-    start, length = start[keep], length[keep]
+    keep = length >= 3  # at least 2 intermediates before the target
+    start, length = start[keep], length[keep] - 1  # length: intermediates only
     hist = items[start[:, None] + np.arange(-history, 0)]
     steps = np.arange(max_len)
     valid = steps[None, :] < length[:, None]
@@ -188,7 +198,7 @@ def mine_paths(
     path = np.where(valid, items[idx], PAD)
     return PathSamples(
         history=hist.astype(np.int32), path=path.astype(np.int32),
-        lengths=length.astype(np.int32), target=items[start + length - 1].astype(np.int32),
+        lengths=length.astype(np.int32), target=items[start + length].astype(np.int32),
         user=row[start].astype(np.int32), start=pos[start].astype(np.int32),
     )
 
@@ -210,7 +220,8 @@ def prepare_prorl(ml: MovieLens, config: ProRLConfig | None = None) -> ProRLData
                       strict=True))
     paths = {k: mine_paths(seqs, masks, u, history=config.history, max_len=config.max_len,
                            long_runs=config.long_runs) for k, u in splits.items()}
-    return ProRLData(seqs, masks, ml.titles()[seqs.item_ids], splits, paths, config)
+    all_masks = ml.genre_masks(ignore=())[seqs.item_ids]
+    return ProRLData(seqs, masks, ml.titles()[seqs.item_ids], splits, paths, config, all_masks)
 
 
 def random_unseen_targets(data: ProRLData, split: str = "test", *, seed: int = 0

@@ -10,7 +10,14 @@ Baselines (no learning):
   candidates and pick the one maximising ``P(i|S) · (e_T·e_u' − e_T·e_u)`` with the
   simulated user update ``e_u' = γ e_u + (1 − γ) e_i`` (γ = 0.8).
 - **Greedy sequential**: at each step take the top-``k`` candidates and pick the one whose
-  embedding is closest (dot product) to the target's. Both stop at the target or at ``T``.
+  embedding is closest (dot product) to the target's. Both never pick the target itself (a
+  path is the intermediates; the target is out of every generator's action space) and run
+  to ``T`` items.
+
+Evaluation over users (the test split's prompts are clustered by user: a user contributes
+many cut points): :func:`stratified_prompts` picks a validation subset spread evenly over
+users, and :func:`cluster_bootstrap` gives confidence intervals of a mean (or of a paired
+difference between two systems on the same prompts) by resampling users, not prompts.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from recrl.prs.policy import PathPolicy
 from recrl.prs.rewards import diversity, path_metrics
 from recrl.prs.rollout import generate
 
-METRICS = ("ctr", "coherence", "ioi", "ior", "length")
+METRICS = ("ctr", "coherence", "ioi", "ior", "length", "has_target")
 
 
 def _batches(n: int, size: int):
@@ -47,23 +54,30 @@ def score_generated(sim: Any, history: jax.Array, target: jax.Array, path: jax.A
 
 def evaluate_policy(policy: PathPolicy, sims: dict[str, Any], history: np.ndarray,
                     target: np.ndarray, genres: np.ndarray, *, k: int = 0, seed: int = 0,
-                    batch_size: int = 512) -> dict[str, float]:
+                    batch_size: int = 512, mask_target: bool = True,
+                    per_prompt: bool = False) -> dict[str, float] | tuple[dict, dict]:
     """Mean metrics @1 (greedy) and, with ``k > 0``, @K and diversity, for each simulator.
 
+    Args:
+      mask_target: keep the target out of the policy's action space (as in training).
+      per_prompt: also return every prompt's values (for :func:`cluster_bootstrap`).
+
     Returns:
-      ``{"<sim>/<metric>@1": value, "<sim>/<metric>@K": value, "diversity@K": value}``.
+      ``{"<sim>/<metric>@1": value, "<sim>/<metric>@K": value, "diversity@K": value}``;
+      with ``per_prompt``, ``(means, {name: [N] array})``.
     """
     graphdef, state = nnx.split(policy)
     n_items = policy.cfg.num_items
 
     @jax.jit
     def greedy(state, h, t):
-        return generate(nnx.merge(graphdef, state), h, t, None, greedy=True)
+        return generate(nnx.merge(graphdef, state), h, t, None, greedy=True,
+                        mask_target=mask_target)
 
     @jax.jit
     def sample(state, h, t, key):
         return generate(nnx.merge(graphdef, state), jnp.repeat(h, k, 0), jnp.repeat(t, k, 0),
-                        key)
+                        key, mask_target=mask_target)
 
     acc: dict[str, list] = {}
     key = jax.random.key(seed)
@@ -84,9 +98,84 @@ def evaluate_policy(policy: PathPolicy, sims: dict[str, Any], history: np.ndarra
             for name, sim in sims.items():
                 per = score_generated(sim, hk, tk, s.path, s.lengths, g, n_items)
                 for m, v in per.items():
-                    best = v.reshape(b, k).max(1) if m != "length" else v.reshape(b, k).mean(1)
+                    mean_of = ("length", "has_target")
+                    best = v.reshape(b, k).mean(1) if m in mean_of else v.reshape(b, k).max(1)
                     acc.setdefault(f"{name}/{m}@K", []).append(best)
-    return {name: float(np.mean(np.concatenate(v))) for name, v in acc.items()}
+    values = {name: np.concatenate(v) for name, v in acc.items()}
+    means = {name: float(np.mean(v)) for name, v in values.items()}
+    return (means, values) if per_prompt else means
+
+
+def stratified_prompts(users: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """Indices of ``n`` prompts spread as evenly as possible over users.
+
+    Every user's prompts are shuffled; the ``j``-th prompt of each user is taken before any
+    user's ``(j+1)``-th, users in a random order within a round. So ``n >=`` the number of
+    users takes at least one prompt of every user, and no user has more than one prompt more
+    than another (unless it has no more prompts).
+
+    Args:
+      users: ``[N]`` the user of each prompt.
+      n: how many to take (all when ``n <= 0`` or ``n >= N``).
+      seed: shuffling seed.
+
+    Returns:
+      ``[min(n, N)]`` sorted prompt indices.
+    """
+    users = np.asarray(users)
+    if n <= 0 or n >= len(users):
+        return np.arange(len(users))
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(len(users))
+    u = users[perm]
+    order = np.argsort(u, kind="stable")  # random order within each user
+    su = u[order]
+    first = np.r_[0, np.flatnonzero(su[1:] != su[:-1]) + 1]
+    within = np.arange(len(su)) - np.repeat(first, np.diff(np.r_[first, len(su)]))
+    user_rank = rng.permutation(int(su.max()) + 1)[su]  # random user order per round
+    pick = np.lexsort((user_rank, within))[:n]
+    return np.sort(perm[order[pick]])
+
+
+def cluster_bootstrap(values: np.ndarray, clusters: np.ndarray, *, n_boot: int = 2000,
+                      seed: int = 0, level: float = 0.95) -> dict[str, float]:
+    """Percentile bootstrap interval of a mean, resampling whole clusters (users).
+
+    Each replicate draws ``C`` clusters with replacement out of the ``C`` clusters present
+    and averages all values of the drawn clusters (a cluster drawn twice counts twice), so
+    prompts of one user vary together. For a paired comparison of two systems on the same
+    prompts pass the per-prompt differences.
+
+    Args:
+      values: ``[N]`` per-prompt values.
+      clusters: ``[N]`` cluster (user) id of each value.
+      n_boot: replicates.
+      seed: resampling seed.
+      level: interval coverage.
+
+    Returns:
+      ``{"mean", "lo", "hi", "se", "clusters"}`` (``se``: the replicates' std).
+    """
+    v = np.asarray(values, np.float64)
+    c = np.asarray(clusters)
+    if v.shape != c.shape or v.ndim != 1 or not len(v):
+        raise ValueError(f"values and clusters must be equal-length 1-d arrays: {v.shape}, "
+                         f"{c.shape}")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    _, idx = np.unique(c, return_inverse=True)
+    n_c = int(idx.max()) + 1
+    sums = np.bincount(idx, weights=v, minlength=n_c)
+    counts = np.bincount(idx, minlength=n_c).astype(np.float64)
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, n_c, (n_boot, n_c))
+    w = np.zeros((n_boot, n_c))
+    np.add.at(w, (np.repeat(np.arange(n_boot), n_c), draws.ravel()), 1.0)
+    reps = (w @ sums) / (w @ counts)
+    a = (1 - level) / 2
+    return {"mean": float(v.mean()), "lo": float(np.quantile(reps, a)),
+            "hi": float(np.quantile(reps, 1 - a)), "se": float(reps.std(ddof=1)),
+            "clusters": n_c}
 
 
 def _heuristic_paths(sim: Any, history: np.ndarray, target: np.ndarray, max_len: int,
@@ -97,19 +186,18 @@ def _heuristic_paths(sim: Any, history: np.ndarray, target: np.ndarray, max_len:
     b, h = history.shape
     seq = np.concatenate([history, np.zeros((b, max_len), history.dtype)], 1)
     lengths = np.zeros(b, np.int32)
-    done = np.zeros(b, bool)
     for t in range(max_len):
         cur = jnp.asarray(seq[:, : h + t])
         seq_len = jnp.full((b,), h + t)
         logits = simlib.next_item_logits(sim, cur, seq_len)
         e_u = simlib.sequence_representation(sim, cur, seq_len)
         seen = jnp.zeros(logits.shape, bool).at[jnp.arange(b)[:, None], cur].set(True)
+        seen = seen.at[jnp.arange(b), jnp.asarray(target)].set(True)  # never the target
         logits = jnp.where(seen, -jnp.inf, logits)
         top = jax.lax.top_k(logits, top_k)[1]  # [B, k]
         choice = np.asarray(pick(logits, top, e_u, emb, jnp.asarray(target)))
-        seq[:, h + t] = np.where(done, 0, choice)
-        lengths += ~done
-        done |= choice == target
+        seq[:, h + t] = choice
+        lengths += 1
     path = seq[:, h:]
     return path, lengths
 
@@ -135,20 +223,21 @@ def greedy_sequential_paths(sim: Any, history: np.ndarray, target: np.ndarray,
 
     def pick(logits, top, e_u, emb, tgt):
         close = jnp.sum(emb[top] * emb[tgt][:, None], -1)
-        is_t = top == tgt[:, None]
-        return jnp.take_along_axis(top, jnp.argmax(jnp.where(is_t, jnp.inf, close), -1)[:, None],
-                                   -1)[:, 0]
+        return jnp.take_along_axis(top, jnp.argmax(close, -1)[:, None], -1)[:, 0]
 
     return _heuristic_paths(sim, history, target, max_len, pick, top_k)
 
 
 def evaluate_paths(sims: dict[str, Any], history: np.ndarray, target: np.ndarray,
                    path: np.ndarray, lengths: np.ndarray, genres: np.ndarray,
-                   num_items: int) -> dict[str, float]:
-    """Mean metrics of fixed paths (e.g. a heuristic's) for each simulator."""
-    out = {}
+                   num_items: int, per_prompt: bool = False
+                   ) -> dict[str, float] | tuple[dict, dict]:
+    """Mean metrics of fixed paths (e.g. a heuristic's) for each simulator (and, with
+    ``per_prompt``, every prompt's values)."""
+    values = {}
     for name, sim in sims.items():
         m = score_generated(sim, jnp.asarray(history), jnp.asarray(target), jnp.asarray(path),
                             jnp.asarray(lengths), jnp.asarray(genres), num_items)
-        out.update({f"{name}/{k}@1": float(np.mean(v)) for k, v in m.items()})
-    return out
+        values.update({f"{name}/{k}@1": v for k, v in m.items()})
+    means = {k: float(np.mean(v)) for k, v in values.items()}
+    return (means, values) if per_prompt else means

@@ -225,24 +225,33 @@ def path_logits(policy: PathPolicy, history: jax.Array, target: jax.Array, path:
                   start=cfg.prompt_len - 1)
 
 
-def action_log_probs(logits: jax.Array, actions: jax.Array, eos_first_allowed: bool = False
-                     ) -> tuple[jax.Array, jax.Array]:
-    """Log-softmax over actions (EOS masked at t = 0 unless allowed) and the taken actions'.
+def action_log_probs(logits: jax.Array, actions: jax.Array, eos_first_allowed: bool = False,
+                     target: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """Log-softmax over actions (EOS masked at t = 0 unless allowed; the ``target`` ``[B]``
+    masked everywhere when given) and the taken actions'.
 
     Returns:
       ``(logp_all [B, T, N+1], logp_taken [B, T])``; PAD actions get 0.
     """
-    logp = masked_log_softmax(logits, eos_first_allowed)
+    logp = masked_log_softmax(logits, eos_first_allowed, target)
     n_act = logits.shape[-1]
     taken = jnp.take_along_axis(logp, jnp.minimum(actions, n_act - 1)[..., None], -1)[..., 0]
     return logp, jnp.where(actions < n_act, taken, 0.0)
 
 
-def masked_log_softmax(logits: jax.Array, eos_first_allowed: bool = False) -> jax.Array:
-    """Log-softmax over the ``N + 1`` actions with EOS forbidden at position 0."""
-    if eos_first_allowed:
+def masked_log_softmax(logits: jax.Array, eos_first_allowed: bool = False,
+                       target: jax.Array | None = None) -> jax.Array:
+    """Log-softmax over the ``N + 1`` actions with EOS forbidden at position 0 and, when
+    ``target`` ``[B]`` is given, each row's target forbidden at every position (the action
+    space of :func:`recrl.prs.rollout.generate` with ``mask_target``)."""
+    if eos_first_allowed and target is None:
         return jax.nn.log_softmax(logits, -1)
     T = logits.shape[-2]
-    allowed = jnp.ones(logits.shape[-2:], bool).at[0, -1].set(False) if T else None
+    allowed = jnp.ones(logits.shape[-2:], bool)
+    if not eos_first_allowed and T:
+        allowed = allowed.at[0, -1].set(False)
+    if target is not None:
+        cols = jnp.arange(logits.shape[-1])
+        allowed = allowed & (cols != target[:, None])[:, None, :]
     z = jnp.where(allowed, logits, -1e9)
     return jnp.where(allowed, jax.nn.log_softmax(z, -1), -jnp.inf)

@@ -1,8 +1,10 @@
 """Supervised pretraining of the path policy on mined demonstration paths.
 
-Token cross-entropy over every action of a demonstration (its items, then EOS when the path
-is shorter than ``T``); AdamW with a cosine schedule and gradient clipping (the paper's
-recipe: lr 5e-3, weight decay 0.05, clip 1.0). Pure jitted steps over
+Token cross-entropy over every action of a demonstration (its intermediates, then EOS when
+the path is shorter than ``T``; the target is in the prompt only, never a label, and is out
+of the action space as in sampling, see :mod:`recrl.prs.rollout`); AdamW with a cosine
+schedule and gradient clipping (the paper's recipe: lr 5e-3, weight decay 0.05, clip 1.0).
+Pure jitted steps over
 ``nnx.split(policy, nnx.Param, ...)``.
 """
 
@@ -41,14 +43,28 @@ class PretrainConfig:
 
 
 def demo_batch(paths: Any, pad: int, idx: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """Turns mined :class:`recrl.data.PathSamples` rows into policy inputs (PAD remapped)."""
+    """Turns mined :class:`recrl.data.PathSamples` rows into policy inputs (PAD remapped).
+
+    Raises:
+      ValueError: a path contains its own target (the target is never imitated as an
+        action; mine with :func:`recrl.data.prorl.mine_paths`).
+    """
     sel = slice(None) if idx is None else idx
     path = np.asarray(paths.path[sel])
+    lengths = np.asarray(paths.lengths[sel])
+    target = np.asarray(paths.target[sel])
+    inside = np.any((path == target[:, None])
+                    & (np.arange(path.shape[1])[None] < lengths[:, None]), axis=1)
+    if inside.any():
+        row = int(np.flatnonzero(inside)[0])
+        raise ValueError(f"{int(inside.sum())} demonstration paths contain their target as an "
+                         f"action (first: batch row {row}, target {int(target[row])}); the "
+                         "path must be the intermediates only")
     return {
         "history": np.asarray(paths.history[sel], np.int32),
         "target": np.asarray(paths.target[sel], np.int32),
         "path": np.where(path < 0, pad, path).astype(np.int32),
-        "lengths": np.asarray(paths.lengths[sel], np.int32),
+        "lengths": lengths.astype(np.int32),
     }
 
 
@@ -59,7 +75,7 @@ def sequence_nll(policy: PathPolicy, batch: dict, rngs: nnx.Rngs | None = None
     logits = path_logits(policy, batch["history"], batch["target"], batch["path"],
                          batch["lengths"], rngs)
     acts = action_tokens(cfg, batch["path"], batch["lengths"])
-    _, taken = action_log_probs(logits, acts)
+    _, taken = action_log_probs(logits, acts, target=batch["target"])
     mask = (acts != cfg.pad).astype(jnp.float32)
     return -jnp.sum(taken * mask) / jnp.maximum(mask.sum(), 1.0), mask.sum()
 

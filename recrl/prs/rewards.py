@@ -9,7 +9,9 @@ Given the simulator's scores after every prefix of ``history ⊕ path`` (``StepS
     \mathrm{CTR}_t = \sigma(h(S \oplus i_{<t}) \cdot v_{i_t})
 
 so the path metrics telescope: ``IoI = Σ_t IoI_t``, ``IoR = Σ_t IoR_t``. A repeated item in
-a path gets CTR 0.
+a path gets CTR 0. ``has_target`` flags paths that contain their target as an action (the
+policy's target mask makes it 0; with the mask off, any target emission shows here instead
+of hiding inside IoI).
 """
 
 from __future__ import annotations
@@ -32,6 +34,13 @@ class PathMetrics(NamedTuple):
     ctr: jax.Array
     coherence: jax.Array
     length: jax.Array
+    has_target: jax.Array
+
+
+def contains_target(path: jax.Array, lengths: jax.Array, target: jax.Array) -> jax.Array:
+    """``[B]`` 1.0 where one of the path's items (``t < L``) is its target."""
+    item, _ = path_masks(lengths, path.shape[-1], dtype=jnp.bool_)
+    return jnp.any((path == target[:, None]) & item, axis=-1).astype(jnp.float32)
 
 
 def duplicates(path: jax.Array, lengths: jax.Array) -> jax.Array:
@@ -61,7 +70,8 @@ def coherence(path: jax.Array, lengths: jax.Array, target: jax.Array,
       path: ``[B, T]`` items.
       lengths: ``[B]``.
       target: ``[B]``.
-      genres: ``[I, n_genres]`` 0/1 attribute matrix (ignored genres already removed).
+      genres: ``[I, n_genres]`` 0/1 attribute matrix (the reference's metric uses every
+        genre, Drama included; the mining oracle's Drama exclusion does not apply here).
 
     Returns:
       ``[B]`` coherence in [0, 1] (over ``L`` pairs: ``L - 1`` inside the path + the last
@@ -86,6 +96,7 @@ def path_metrics(scores, path: jax.Array, lengths: jax.Array, target: jax.Array,
     return PathMetrics(
         ioi=comps[..., 0].sum(-1), ior=comps[..., 1].sum(-1), ctr=comps[..., 2].sum(-1) / n,
         coherence=coherence(path, lengths, target, genres), length=lengths.astype(jnp.float32),
+        has_target=contains_target(path, lengths, target),
     )
 
 

@@ -15,13 +15,14 @@ SMALL = dict(min_user=5, min_item=5)
 
 
 def _as_raw(data, samples):
-    """``(movielens user, start, history, path)`` tuples of mined samples."""
+    """``(movielens user, start, history, path + (target,))`` tuples of mined samples."""
     ids, users = data.sequences.item_ids, data.sequences.user_ids
     out = []
     for k in range(len(samples.lengths)):
         path = samples.path[k, :samples.lengths[k]]
+        run = ids[path].tolist() + [int(ids[samples.target[k]])]
         out.append((int(users[samples.user[k]]), int(samples.start[k]),
-                    tuple(ids[samples.history[k]].tolist()), tuple(ids[path].tolist())))
+                    tuple(ids[samples.history[k]].tolist()), tuple(run)))
     return out
 
 
@@ -36,9 +37,12 @@ def test_mining_matches_slow_reference(synthetic, long_runs, history, max_len):
     genres = {i: set(g) for i, g in enumerate(synthetic.items["genres"])}
     for split in SPLITS:
         users = set(data.sequences.user_ids[data.splits[split]].tolist())
-        want = reference.mine_ref({u: s for u, s in seqs.items() if u in users}, genres,
-                                  history=history, max_len=max_len, long_runs=long_runs,
+        # the reference mines whole runs (target included) of up to max_len + 1 items; a
+        # sample needs 2 intermediates before its target
+        runs = reference.mine_ref({u: s for u, s in seqs.items() if u in users}, genres,
+                                  history=history, max_len=max_len + 1, long_runs=long_runs,
                                   ignore={"Drama"})
+        want = [r for r in runs if len(r[3]) >= 3]
         assert want and _as_raw(data, data.paths[split]) == want
 
 
@@ -52,18 +56,39 @@ def test_mining_by_hand():
                      item_genres=g, user_ids=["u"], item_ids=list("abcde"))
     s = build_sequences(ml)
     masks = ml.genre_masks(ignore=("Drama",))
-    # region from position 2: [2] [0 1] [2] [2] [3 4 0 1] [3]: Drama-Drama is no link
+    # region from position 2: [2] [0 1] [2] [2] [3 4 0 1] [3]: Drama-Drama is no link.
+    # A sample is a run of >= 3 items: the intermediates, then the target (not in the path).
     p = mine_paths(s, masks, history=2, max_len=3)
-    np.testing.assert_array_equal(p.start, [3, 7])
-    np.testing.assert_array_equal(p.lengths, [2, 3])
-    np.testing.assert_array_equal(p.path, [[0, 1, PAD], [3, 4, 0]])
-    np.testing.assert_array_equal(p.history, [[3, 2], [2, 2]])
-    np.testing.assert_array_equal(p.target, [1, 0])
-    q = mine_paths(s, masks, history=2, max_len=3, long_runs="split")  # [3 4 0] + [1] dropped
-    np.testing.assert_array_equal(q.start, [3, 7])
-    r = mine_paths(s, masks, history=2, max_len=2, long_runs="split")  # [3 4] + [0 1]
-    np.testing.assert_array_equal(r.start, [3, 7, 9])
-    np.testing.assert_array_equal(r.history[2], [3, 4])
+    np.testing.assert_array_equal(p.start, [7])
+    np.testing.assert_array_equal(p.lengths, [3])
+    np.testing.assert_array_equal(p.path, [[3, 4, 0]])
+    np.testing.assert_array_equal(p.target, [1])
+    np.testing.assert_array_equal(p.history, [[2, 2]])
+    q = mine_paths(s, masks, history=2, max_len=2)  # truncated to [3 4] -> 0
+    np.testing.assert_array_equal(q.path, [[3, 4]])
+    np.testing.assert_array_equal(q.target, [0])
+    r = mine_paths(s, masks, history=2, max_len=2, long_runs="split")  # [3 4 0] + [1] dropped
+    np.testing.assert_array_equal(r.start, [7])
+    np.testing.assert_array_equal(r.target, [0])
+    seq2 = [3, 3, 0, 1, 0, 1, 0, 1]  # one run of 6 items from position 2
+    ml2 = from_arrays("hand2", user=np.zeros(8, int), item=np.array(seq2), rating=np.ones(8),
+                      timestamp=np.arange(8), titles=list("abcde"), years=np.zeros(5),
+                      item_genres=g, user_ids=["u"], item_ids=list("abcde"))
+    s2 = build_sequences(ml2)
+    masks2 = ml2.genre_masks(ignore=("Drama",))[s2.item_ids]  # compact ids: a b d -> 0 1 2
+    m = mine_paths(s2, masks2, history=2, max_len=2, long_runs="split")  # [0 1 | 0] [1 0 | 1]
+    np.testing.assert_array_equal(m.start, [2, 5])
+    np.testing.assert_array_equal(m.path, [[0, 1], [1, 0]])
+    np.testing.assert_array_equal(m.target, [0, 1])
+    np.testing.assert_array_equal(m.history, [[2, 2], [1, 0]])
+
+
+def test_no_mined_path_contains_its_target(synthetic):
+    data = prepare_prorl(synthetic, ProRLConfig(**SMALL))
+    for split in SPLITS:
+        p = data.paths[split]
+        assert len(p.lengths) > 0
+        assert not np.any(p.path == p.target[:, None]), split
 
 
 def test_path_invariants(synthetic):
@@ -74,15 +99,16 @@ def test_path_invariants(synthetic):
         assert p.history.shape == (len(p.lengths), 10) and p.path.shape[1] == 10
         assert all(x.dtype == np.int32 for x in p)
         assert p.lengths.min() >= 2 and p.lengths.max() <= 10
-        np.testing.assert_array_equal(p.target, p.path[np.arange(len(p.target)), p.lengths - 1])
         assert (p.start >= 10).all()
         for k in range(len(p.lengths)):
             seq = s.sequence(p.user[k])
             L, st = p.lengths[k], p.start[k]
             np.testing.assert_array_equal(p.history[k], seq[st - 10:st])
             np.testing.assert_array_equal(p.path[k, :L], seq[st:st + L])
+            assert p.target[k] == seq[st + L]  # the run's last item, after the path
             assert (p.path[k, L:] == PAD).all()
-            assert (masks[p.path[k, 1:L]] & masks[p.path[k, :L - 1]]).all()
+            run = np.append(p.path[k, :L], p.target[k])
+            assert (masks[run[1:]] & masks[run[:-1]]).all()
             assert p.target[k] not in p.history[k]
 
 

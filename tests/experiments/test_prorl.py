@@ -19,7 +19,7 @@ def full_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("prorl_full")
     cfg = get_config("tiny")
     cfg.methods = ("prorl",)
-    cfg.baselines = ("pretrained", "ipg")
+    cfg.baselines = ("pretrained", "mined", "ipg")
     return cfg, out, prorl.run(cfg, str(out))
 
 
@@ -30,7 +30,26 @@ def test_tiny_pipeline_writes_results_report_and_metrics(full_run):
     for key in ("sasrec/ioi@1", "sasrec/ctr@1", "gru4rec/ior@1", "diversity@K",
                 "unseen/sasrec/ioi@1"):
         assert np.isfinite(test[key]), key
-    assert set(res["baselines"]) == {"pretrained", "ipg"}
+    assert set(res["baselines"]) == {"pretrained", "mined", "ipg"}
+    # no generated path that is scored contains its target (policy, @K samples, heuristic)
+    for m in (test, *res["baselines"].values()):
+        assert m["sasrec/has_target@1"] == 0.0
+    assert test["sasrec/has_target@K"] == 0.0
+    # user-clustered intervals for every system and for ProRL - baseline, on all users
+    iv = res["intervals"]
+    assert set(iv["systems"]) == {"prorl", "pretrained", "mined", "ipg"}
+    ci = iv["systems"]["prorl"]["sasrec/ioi@1"]
+    assert ci["lo"] <= ci["mean"] <= ci["hi"]
+    assert set(iv["vs_prorl"]) == {"pretrained", "mined", "ipg"}
+    users, per = prorl.load_per_prompt(out / "rl" / "prorl_s0" / "test_prompts.npz")
+    assert 0 < len(users) <= cfg.eval.max_prompts and ci["clusters"] == len(set(users.tolist()))
+    np.testing.assert_allclose(per["sasrec/ioi@1"].mean(), test["sasrec/ioi@1"], rtol=1e-5)
+    # diagnostics: blocks of updates and the gradient cosine / SNR at start and end
+    run = res["runs"][0]
+    assert set(run["grad_diag"]) == {"start", "end"}
+    assert -1 <= run["grad_diag"]["end"]["cosine"] <= 1 and run["grad_diag"]["end"]["snr"] > 0
+    blocks = run["history"][0]["blocks"]
+    assert len(blocks["length"]) == 1 and "centred_pos1" in blocks
     report = (out / "report.md").read_text()
     assert "| **prorl** (1 seeds) |" in report and "| ipg |" in report
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
@@ -41,7 +60,11 @@ def test_tiny_pipeline_writes_results_report_and_metrics(full_run):
     assert (out / "training.png").stat().st_size > 10_000
 
 
-def test_killed_run_resumes_to_the_same_result(full_run, tmp_path):
+def test_killed_run_resumes_to_the_same_result(full_run, tmp_path, monkeypatch):
+    """Killed after epoch 1 and resumed on a slowed-down machine (every RL step sleeps):
+    budgets are in steps, so the result is the uninterrupted run's."""
+    from tests.experiments.test_prorl_budget import slow_down
+
     cfg, out, res = full_run
     # reuse the trained simulators and pretrained policy; redo the RL run
     for name in ("sasrec", "gru4rec", "policy_pretrained"):
@@ -55,12 +78,16 @@ def test_killed_run_resumes_to_the_same_result(full_run, tmp_path):
     with pytest.raises(Interrupt):
         prorl.run(cfg, str(tmp_path), on_epoch_end=kill)
     assert not (tmp_path / "rl" / "prorl_s0" / "result.json").exists()
+    slow_down(monkeypatch, 0.2, modules=(prorl,))
     resumed = prorl.run(cfg, str(tmp_path))
     a, b = res["runs"][0], resumed["runs"][0]
     assert a["best_epoch"] == b["best_epoch"]
     for ra, rb in zip(a["history"], b["history"], strict=True):
+        assert set(ra) == set(rb)
         for k in ra:
-            np.testing.assert_allclose(ra[k], rb[k], rtol=1e-5, atol=1e-6, err_msg=k)
+            x, y = (ra[k], rb[k]) if k != "blocks" else (list(ra[k].values()),
+                                                          list(rb[k].values()))
+            np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6, err_msg=k)
     for k in a["test"]:
         np.testing.assert_allclose(a["test"][k], b["test"][k], rtol=1e-5, atol=1e-6, err_msg=k)
 

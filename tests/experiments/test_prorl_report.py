@@ -44,3 +44,66 @@ def test_epoch_table_normalises_variance_by_reinforce_epoch_one():
     row = next(line for line in table.splitlines() if line.startswith("| prorl |"))
     assert "2.00 / 4.00" in row  # mean sampled length per epoch over the two seeds
     assert row.endswith(f"| {0.1 / 2.0:.3g} / {0.2 / 2.0:.3g} |")
+
+
+def _ci(mean, lo, hi):
+    return {"mean": mean, "lo": lo, "hi": hi, "se": 0.0, "clusters": 10}
+
+
+def _epoch1_results(prorl_len, reinforce_len, grpo_len, prorl_var_blocks):
+    def run(method, var_blocks, first=None):
+        blocks = {"length": [2.0], "adv_var": var_blocks, "target_share": [0.0],
+                  "first_adv_var": [first if first is not None else var_blocks[0]],
+                  "centred_pos1": [0.1]}
+        return {"method": method, "seed": 0, "test": {},
+                "history": [{"train_length": 2.0, "train_adv_var": 1.0, "val_ioi@1": 0.0,
+                             "blocks": blocks}]}
+
+    iv = {"systems": {"prorl": {"sasrec/length@K": prorl_len},
+                      "reinforce": {"sasrec/length@K": reinforce_len},
+                      "grpo": {"sasrec/length@K": grpo_len}},
+          "vs_prorl": {"reinforce": {"sasrec/length@K": _ci(
+              prorl_len["mean"] - reinforce_len["mean"], prorl_len["lo"] - reinforce_len["hi"],
+              prorl_len["hi"] - reinforce_len["lo"])}, "grpo": {"sasrec/length@K": _ci(0, 0, 0)}}}
+    runs = [run("reinforce", [10.0, 8.0], first=10.0), run("prorl", prorl_var_blocks),
+            run("grpo", [2.5, 2.0])]
+    return {"runs": runs, "intervals": iv,
+            "config": {"data": {"max_len": 10}, "rl": {"epochs": 1}}}
+
+
+def test_epoch1_predictions_follow_the_stated_rules():
+    res = _epoch1_results(_ci(1.7, 1.5, 1.9), _ci(5.0, 4.5, 5.6), _ci(9.6, 9.2, 9.9),
+                          [0.5, 0.7])
+    text = "\n".join(prorl_report.epoch1_predictions(res))
+    assert "prorl sampled length ≈ 1.6 after epoch 1: holds" in text
+    assert "reinforce sampled length ≈ 5.2 after epoch 1: holds" in text
+    assert "grpo sampled length ≈ 10 after epoch 1: holds" in text
+    assert "ProRL < REINFORCE < GRPO: holds" in text
+    # variance / REINFORCE's first update (10): prorl blocks 0.05, 0.07 in [0.03, 0.12]
+    assert "prorl advantage variance ≈ 0.06 × REINFORCE's first update in epoch 1: holds" in text
+    assert "reinforce advantage variance ≈ 1 × REINFORCE's first update in epoch 1: holds" in text
+    assert "grpo advantage variance ≈ 0.22" in text and "blocks 0.2–0.25" in text
+    res = _epoch1_results(_ci(6.0, 5.5, 6.5), _ci(5.0, 4.5, 5.6), _ci(9.6, 9.2, 9.9),
+                          [5.0, 0.7])
+    text = "\n".join(prorl_report.epoch1_predictions(res))
+    assert "prorl sampled length ≈ 1.6 after epoch 1: does not hold" in text
+    assert "ProRL < REINFORCE < GRPO: does not hold" not in text  # overlapping: undecided
+    assert "ProRL < REINFORCE < GRPO: undecided" in text
+    assert "prorl advantage variance ≈ 0.06 × REINFORCE's first update in epoch 1: undecided" \
+        in text
+    res["config"]["rl"]["epochs"] = 3  # only for one-epoch runs
+    assert prorl_report.epoch1_predictions(res) == []
+
+
+def test_claims_use_user_clustered_intervals_when_present():
+    res = _results(prorl_ioi=2.0)
+    res["intervals"] = {"vs_prorl": {m: {"sasrec/ioi@1": _ci(0.1, lo, lo + 0.2),
+                                         "sasrec/ior@1": _ci(5.0, 1.0, 9.0)}
+                                     for m, lo in (("reinforce", 0.02), ("rtg", -0.05),
+                                                   ("grpo", 0.01))}}
+    text = "\n".join(prorl_report.claims(res))
+    assert "on IoI@1: undecided (ProRL − rival, 95 % interval over users:" in text
+    assert "on IoR@1: holds" in text
+    table = prorl_report.interval_table({"intervals": {"systems": {
+        "prorl": {"sasrec/ioi@1": _ci(2.0, 1.9, 2.1)}}, "vs_prorl": {}}})
+    assert "| prorl | 2.000 [1.900, 2.100] |" in table

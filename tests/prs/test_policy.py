@@ -60,8 +60,34 @@ def test_generated_paths_and_logp_match_teacher_forcing():
     # the log-probs recorded while decoding with the KV cache equal a fresh
     # teacher-forced forward pass over the same paths
     logits = path_logits(policy, hist, tgt, out.path, out.lengths)
-    _, taken = action_log_probs(logits, action_tokens(CFG, out.path, out.lengths))
+    _, taken = action_log_probs(logits, action_tokens(CFG, out.path, out.lengths), target=tgt)
     np.testing.assert_allclose(taken, out.logp, rtol=1e-4, atol=1e-5)
+    # without the target mask the two agree as well (and differ from the masked ones)
+    free = jax.jit(lambda k: generate(policy, hist, tgt, k, mask_target=False))(
+        jax.random.key(3))
+    logits = path_logits(policy, hist, tgt, free.path, free.lengths)
+    _, taken = action_log_probs(logits, action_tokens(CFG, free.path, free.lengths))
+    np.testing.assert_allclose(taken, free.logp, rtol=1e-4, atol=1e-5)
+
+
+def test_the_target_is_never_an_action_when_masked():
+    """The prompt's target is out of the action space: pushed far above every other item it
+    is still never emitted (and is emitted at once without the mask)."""
+    policy = _policy(8)
+    hist, tgt = _prompts(b=16)
+    tgt = jnp.full_like(tgt, 3)
+    policy.out_bias[...] = policy.out_bias[...].at[3].set(30.0)
+    out = generate(policy, hist, tgt, jax.random.key(0))
+    path = np.asarray(out.path)
+    item = np.arange(CFG.max_len)[None] < np.asarray(out.lengths)[:, None]
+    assert not np.any((path == 3) & item)
+    free = generate(policy, hist, tgt, jax.random.key(0), mask_target=False)
+    assert np.all(np.asarray(free.path)[:, 0] == 3)
+    greedy = generate(policy, hist, tgt, None, greedy=True)
+    assert not np.any(np.asarray(greedy.path) == 3)
+    logp, _ = action_log_probs(jnp.zeros((16, CFG.max_len, CFG.num_items + 1)),
+                               jnp.zeros((16, CFG.max_len), jnp.int32), target=tgt)
+    assert np.all(np.isneginf(np.asarray(logp)[..., 3]))
 
 
 def test_greedy_is_argmax_of_teacher_forced_logits_and_deterministic():
@@ -75,6 +101,7 @@ def test_greedy_is_argmax_of_teacher_forced_logits_and_deterministic():
     for i in range(hist.shape[0]):
         for t in range(int(a.lengths[i]) + (1 if a.lengths[i] < CFG.max_len else 0)):
             row = logits[i, t].copy()
+            row[int(tgt[i])] = -np.inf  # the target is never an action
             if t == 0:
                 row[CFG.eos] = -np.inf  # EOS is never first
             assert acts[i, t] == int(np.argmax(row))

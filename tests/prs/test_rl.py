@@ -119,3 +119,127 @@ def test_grpo_averages_within_each_path_and_the_others_sum():
         rl.AGGREGATION["grpo"] = "seq_mean_token_mean"
     assert float(m["length"]) == float(m2["length"])  # same sampled paths
     assert abs(float(m["pg_loss"]) - float(m2["pg_loss"])) > 1e-6
+
+
+@pytest.mark.parametrize("method", ["prorl", "grpo",
+                                    pytest.param("a2c", marks=pytest.mark.slow)])
+def test_gradient_accumulation_equals_one_big_batch(method):
+    """4 micro-batches of 2 prompts give the update of one batch of 8 prompts: same sampled
+    paths, same SRC statistics, same parameters and optimiser state, same metrics."""
+    policy = PathPolicy(CFG, nnx.Rngs(0))
+    table = fake_sim.make_table(N)
+    rng = np.random.default_rng(0)
+    hist = jnp.asarray(rng.integers(0, N, (8, 3)), jnp.int32)
+    tgt = jnp.asarray(rng.integers(0, N, 8), jnp.int32)
+    out = []
+    for micro in (1, 4):
+        cfg = rl.RLConfig(method=method, samples=4, lr=1e-2, warmup_steps=1,
+                          micro_batches=micro)
+        state, graph = rl.init_state(policy, cfg)
+        step = rl.make_train_step(graph, fake_sim.score, cfg)
+        for i in range(2):  # the second step also checks the updated optimiser state
+            state, m = step(state, table, hist, tgt, jax.random.key(i))
+        out.append((state, m))
+    (s1, m1), (s4, m4) = out
+    assert float(m1["grad_norm"]) > 0
+    for k in m1:
+        np.testing.assert_allclose(m1[k], m4[k], rtol=2e-5, atol=1e-6, err_msg=k)
+    for a, b in zip(jax.tree.leaves(s1), jax.tree.leaves(s4), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=1e-6)
+
+
+def test_micro_batches_must_divide_the_prompts():
+    state, step, hist, tgt = _setup(micro_batches=3)
+    with pytest.raises(ValueError, match="8 prompts do not split into 3 equal micro-batches"):
+        step(state, fake_sim.make_table(N), hist, tgt, jax.random.key(0))
+    with pytest.raises(ValueError, match="micro_batches must be >= 1"):
+        rl.RLConfig(micro_batches=0)
+
+
+def test_reference_defaults():
+    cfg = rl.RLConfig()
+    assert cfg.reward_weights == (1.0, 1.0, 0.1)  # CTR / L_max
+    assert cfg.weight_decay == 0.05 and cfg.lr == 1e-4 and cfg.kl_weight == 0.01
+    assert cfg.sample_std and cfg.stats_real_items and cfg.mask_target
+
+
+@pytest.mark.parametrize("real_only", [True, pytest.param(False, marks=pytest.mark.slow)])
+def test_src_statistics_count_real_items_with_the_sample_std(real_only):
+    """One step's SRC moments against a direct numpy computation over the sampled paths'
+    non-duplicate item steps (sample std), and over every item step when asked."""
+    table = fake_sim.make_table(N)
+    rng = np.random.default_rng(1)
+    hist = jnp.asarray(rng.integers(0, N, (8, 3)), jnp.int32)
+    tgt = jnp.asarray(rng.integers(0, N, 8), jnp.int32)
+    policy = PathPolicy(CFG, nnx.Rngs(0))
+    from recrl.prs.rewards import step_rewards
+    from recrl.prs.rollout import generate, path_uniforms
+
+    cfg = rl.RLConfig(samples=4, stats_real_items=real_only)
+    state, graph = rl.init_state(policy, cfg)
+    step = rl.make_train_step(graph, fake_sim.score, cfg)
+    key = jax.random.key(5)
+    new, _ = step(state, table, hist, tgt, key)
+    # the same paths, regenerated outside the step
+    hh, tt = jnp.repeat(hist, 4, 0), jnp.repeat(tgt, 4, 0)
+    paths = generate(policy, hh, tt, None, uniforms=path_uniforms(key, 32, CFG.max_len))
+    path, lengths = np.asarray(paths.path), np.asarray(paths.lengths)
+    safe = np.where(path < N, path, 0)
+    comps = np.asarray(step_rewards(fake_sim.score(table, hh, jnp.asarray(safe),
+                                                   paths.lengths, tt),
+                                    jnp.asarray(safe), paths.lengths))
+    rows = []
+    for b in range(32):
+        seen = set()
+        for t in range(lengths[b]):
+            if real_only and safe[b, t] in seen:
+                continue
+            seen.add(safe[b, t])
+            rows.append(comps[b, t])
+    rows = np.array(rows)
+    if real_only:
+        assert len(rows) < lengths.sum()  # the case has duplicates to leave out
+    assert float(new.stats.count) == len(rows)
+    np.testing.assert_allclose(new.stats.mean, rows.mean(0), rtol=1e-4, atol=1e-5)
+    _, std = rl.src_mean_std(new.stats)
+    np.testing.assert_allclose(std, rows.std(0, ddof=1), rtol=1e-4)
+    _, pop = rl.src_mean_std(new.stats, sample=False)
+    np.testing.assert_allclose(pop, rows.std(0), rtol=1e-4)
+
+
+def test_step_reports_the_diagnostics():
+    state, step, hist, tgt = _setup()
+    _, m = step(state, fake_sim.make_table(N), hist, tgt, jax.random.key(1))
+    assert float(m["target_share"]) == 0.0  # the target is out of the action space
+    assert float(m["adv_var_reinforce"]) > 0 and float(m["adv_var"]) > 0
+    assert all(f"centred_pos{t}" in m for t in range(1, CFG.max_len + 1))
+
+
+@pytest.mark.slow
+def test_without_the_mask_the_target_share_shows_target_emissions():
+    state, step, hist, tgt = _setup(mask_target=False)
+    tgt = hist[:, 0] * 0 + 1  # any target: without the mask some path emits it eventually
+    shares = [float(step(state, fake_sim.make_table(N), hist, tgt, jax.random.key(i))[1]
+                    ["target_share"]) for i in range(3)]
+    assert max(shares) > 0
+
+
+def test_gradient_diagnostics_by_hand_and_on_the_step():
+    g = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    d = rl.gradient_diagnostics(g, np.array([1.0, 0.0]))
+    np.testing.assert_allclose(d["cosine"], (1 + 0 + 1 / np.sqrt(2)) / 3)
+    np.testing.assert_allclose(d["mean_cosine"], 1 / np.sqrt(2))
+    # mean (2/3, 2/3); squared deviations 5/9, 5/9, 2/9 -> noise 4/9; signal 8/9
+    np.testing.assert_allclose(d["snr"], 2.0)
+    with pytest.raises(ValueError, match="grads must be"):
+        rl.gradient_diagnostics(g[:1], np.zeros(2))
+    policy = PathPolicy(CFG, nnx.Rngs(0))
+    cfg = rl.RLConfig(samples=4)
+    state, graph = rl.init_state(policy, cfg)
+    grad = rl.make_gradient_fn(graph, fake_sim.score, cfg)
+    _, _, hist, tgt = _setup()
+    table = fake_sim.make_table(N)
+    a = np.asarray(grad(state, table, hist, tgt, jax.random.key(0)))
+    b = np.asarray(grad(state, table, hist, tgt, jax.random.key(1)))
+    n_params = sum(x.size for x in jax.tree.leaves(state.params))
+    assert a.shape == (n_params,) and np.linalg.norm(a) > 0 and not np.allclose(a, b)
