@@ -101,6 +101,13 @@ class LearnerConfig:
             raise ValueError(f"unknown aggregation {self.aggregation!r}")
         if self.kl_kind not in ("k1", "k3"):
             raise ValueError(f"kl_kind must be k1 or k3, got {self.kl_kind!r}")
+        if self.ppo_epochs < 1:
+            raise ValueError(f"ppo_epochs={self.ppo_epochs} must be >= 1")
+        if not self.eg_temperature > 0 or not self.temperature > 0:
+            raise ValueError(f"eg_temperature={self.eg_temperature} and temperature="
+                             f"{self.temperature} must be > 0")
+        if not self.lr >= 0:
+            raise ValueError(f"lr={self.lr} must be >= 0")
 
 
 def preset(name: str, **changes: Any) -> LearnerConfig:
