@@ -114,7 +114,7 @@ class Checkpointer:
         for s in [step] if step is not None else steps[::-1]:
             try:
                 out = self._restore_step(like, s)
-            except Exception as e:  # noqa: BLE001 - any unreadable step falls back
+            except Exception as e:
                 failures.append(f"step {s}: {type(e).__name__}: {e}")
                 if step is None:
                     warnings.warn(f"checkpoint {self.directory}/{s} cannot be read "

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from recrl.checkpoint import CheckpointError, Checkpointer
+from recrl.checkpoint import Checkpointer, CheckpointError
 
 
 def _state(x):

@@ -18,6 +18,7 @@ METHODS = ("grpo", "ic_grpo", "eg_grpo")
 def get_config(variant: str = "tiny_cpu") -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.variant = variant
+    c.retrain_changed = False  # rerun into --out_dir: retrain stages whose config changed
     c.seeds = (0, 1, 2)
     c.methods = METHODS
     c.parts = ("quality", "training")  # which experiments to run
