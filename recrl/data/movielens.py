@@ -215,7 +215,7 @@ def _check_range(values: np.ndarray, lines: list[int], path: Path, what: str,
     """Raises :class:`MalformedRowError` at the first non-finite or out-of-range value."""
     bad = np.flatnonzero(~(np.isfinite(values) & (values >= lo) & (values <= hi)))
     if len(bad):
-        v = values[bad[0]]
+        v = float(values[bad[0]])
         why = "is not finite" if not np.isfinite(v) else f"is outside [{lo:g}, {hi:g}]"
         raise MalformedRowError(path, lines[bad[0]], f"{what} {v!r} {why}")
 

@@ -432,3 +432,23 @@ class Learner:
                    **stats._asdict())
         self.history.append(out)
         return out
+
+    def save(self, ckpt, step: int, extra: dict[str, Any] | None = None) -> None:
+        """Checkpoints everything the next steps depend on: parameters, optimiser state,
+        the sampling RNG (demonstration draws) and the history; ``extra`` (JSON) rides
+        along in the metadata. ``ckpt`` is a :class:`recrl.checkpoint.Checkpointer`."""
+        version, state, gauss = self.rng.getstate()
+        meta = {"step": step, "history": self.history,
+                "rng": [version, list(state), gauss], "extra": extra or {}}
+        ckpt.save(step, {"params": self.params, "opt_state": self.opt_state}, meta=meta)
+
+    def restore(self, ckpt) -> dict[str, Any]:
+        """Restores what :meth:`save` wrote (the newest readable step); returns its
+        metadata (``step``, ``history``, ``extra``)."""
+        like = {"params": self.params, "opt_state": self.opt_state}
+        saved, meta = ckpt.restore(like=like)
+        self.params, self.opt_state = saved["params"], saved["opt_state"]
+        version, state, gauss = meta["rng"]
+        self.rng.setstate((version, tuple(state), gauss))
+        self.history = list(meta["history"])
+        return meta

@@ -1,0 +1,64 @@
+"""Killed runs resume to the result of an uninterrupted run (In-Context RLVR, GORACS)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from experiments import icrlvr
+from experiments.configs.icrlvr import get_config as icrlvr_config
+from recrl.rlvr import learner as L
+from recrl.rlvr import tasks
+
+
+class Killed(Exception):
+    pass
+
+
+def _icrlvr_setup():
+    cfg = icrlvr_config("tiny")
+    cfg.rl.update(steps=3, eval_every=3, checkpoint_every=1, algorithm="grpo",
+                  dynamic_sampling=False)
+    d = cfg.data
+    sp = tasks.make_splits(d.n_train, d.n_demo, d.n_probe, d.n_eval, seed=d.seed,
+                           num_ops=tuple(d.num_ops), max_operand=d.max_operand)
+    tok, graphdef, params = icrlvr.tiny_policy(cfg.model, 0)
+    return cfg, sp, tok, graphdef, params
+
+
+def _same_run(a, b):
+    assert a["curve"] == b["curve"]
+    assert len(a["history"]) == len(b["history"])
+    for ha, hb in zip(a["history"], b["history"], strict=True):
+        for k in ha:
+            np.testing.assert_array_equal(ha[k], hb[k], err_msg=k)
+
+
+def test_icrlvr_training_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
+    cfg, sp, tok, graphdef, params = _icrlvr_setup()
+    args = ("grpo", 0, cfg.rl, cfg.eval, sp, tok, graphdef, params)
+    ref = icrlvr.train_method(*args, run_dir=str(tmp_path / "ref"))
+    step = L.Learner.step
+    calls = []
+
+    def dies_at_step_3(self, *a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise Killed
+        return step(self, *a, **k)
+
+    monkeypatch.setattr(L.Learner, "step", dies_at_step_3)
+    with pytest.raises(Killed):
+        icrlvr.train_method(*args, run_dir=str(tmp_path / "run"))
+    monkeypatch.undo()
+    assert not (tmp_path / "run" / "result.json").exists()
+    calls.clear()
+    monkeypatch.setattr(L.Learner, "step", lambda self, *a, **k: (calls.append(1),
+                                                                  step(self, *a, **k))[1])
+    resumed = icrlvr.train_method(*args, run_dir=str(tmp_path / "run"))
+    assert len(calls) == 1  # steps 1-2 came from the checkpoint
+    monkeypatch.undo()
+    _same_run(ref, resumed)
+    # the finished run is reused as is
+    again = icrlvr.train_method(*args, run_dir=str(tmp_path / "run"))
+    assert again == json.loads((tmp_path / "run" / "result.json").read_text())
