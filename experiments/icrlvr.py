@@ -203,7 +203,7 @@ def train_method(method: str, seed: int, rc, ec, sp: tasks.Splits, tok, graphdef
     """Part (b)/(c): one RL run; evaluation curve and seconds per step.
 
     With ``run_dir`` the run is resumable: the learner (parameters, optimiser, RNGs,
-    history) and the curve are checkpointed every ``rl.checkpoint_every`` steps (default
+    history) and the curve are checkpointed every ``rl.checkpoint_every`` steps (0:
     ``eval_every``) and a rerun continues from the newest readable checkpoint, ending where
     an uninterrupted run ends; a finished run's ``result.json`` is reused."""
     if run_dir is not None and os.path.exists(os.path.join(run_dir, "result.json")):
@@ -232,7 +232,7 @@ def train_method(method: str, seed: int, rc, ec, sp: tasks.Splits, tok, graphdef
 
     ckpt = None if run_dir is None else Checkpointer(os.path.join(run_dir, "ckpt"),
                                                       max_to_keep=2)
-    every = rc.get("checkpoint_every", rc.eval_every)
+    every = rc.get("checkpoint_every", 0) or rc.eval_every
     start, curve, times = 1, None, []
     if ckpt is not None and ckpt.latest_step() is not None:
         extra = lrn.restore(ckpt)["extra"]

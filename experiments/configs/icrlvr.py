@@ -32,7 +32,8 @@ def get_config(variant: str = "tiny_cpu") -> ml_collections.ConfigDict:
         algorithm="dapo", steps=40, prompts_per_step=8, group_size=8, num_demo=6,
         max_prompt_len=96, max_new_tokens=40, lr=3e-4, warmup_steps=3, temperature=1.0,
         eval_every=10, eg_probes=4, eg_temperature=1.0, dynamic_sampling=True,
-        max_sampling_rounds=2))
+        max_sampling_rounds=2,
+        checkpoint_every=0))  # learner checkpoint every N steps (0: every eval_every)
     c.eval = ml_collections.ConfigDict(dict(k=4, max_problems=64))
     # EG as a quality signal: traces sampled few-shot from `model` ("smollm2" or "policy")
     c.quality = ml_collections.ConfigDict(dict(

@@ -240,7 +240,7 @@ def validate_icrlvr(cfg: Any) -> None:
     c.int("rl.num_demo", 0, g)
     c.int("rl.warmup_steps", 0)
     c.int("rl.ppo_epochs", 1, optional=True)
-    c.int("rl.checkpoint_every", 1, optional=True)
+    c.int("rl.checkpoint_every", 0, optional=True)
     c.num("rl.lr", 0, strict_lo=True)
     c.num("rl.temperature", 0, strict_lo=True)
     c.num("rl.eg_temperature", 0, strict_lo=True)

@@ -34,6 +34,7 @@ def _same_run(a, b):
             np.testing.assert_array_equal(ha[k], hb[k], err_msg=k)
 
 
+@pytest.mark.slow  # the default suite covers this through a real SIGKILL (test_kill.py)
 def test_icrlvr_training_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
     cfg, sp, tok, graphdef, params = _icrlvr_setup()
     args = ("grpo", 0, cfg.rl, cfg.eval, sp, tok, graphdef, params)
@@ -62,3 +63,30 @@ def test_icrlvr_training_resumes_to_the_uninterrupted_result(tmp_path, monkeypat
     # the finished run is reused as is
     again = icrlvr.train_method(*args, run_dir=str(tmp_path / "run"))
     assert again == json.loads((tmp_path / "run" / "result.json").read_text())
+
+
+@pytest.mark.slow  # two tiny GORACS pipelines (~2 min of compiles on 2 cores)
+def test_goracs_rerun_after_a_crash_keeps_finished_runs_and_matches(tmp_path, monkeypatch):
+    from experiments import goracs
+    from experiments.configs.goracs import get_config
+
+    cfg = get_config("tiny")
+    ref = goracs.run(cfg, str(tmp_path / "ref"))
+    finetune, calls = goracs.lmrec.finetune, []
+
+    def crashes_on_the_third(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise Killed
+        return finetune(*a, **k)
+
+    monkeypatch.setattr(goracs.lmrec, "finetune", crashes_on_the_third)
+    with pytest.raises(Killed):
+        goracs.run(cfg, str(tmp_path / "run"))
+    assert len(list((tmp_path / "run" / "runs").glob("*.json"))) == 2
+    calls.clear()
+    res = goracs.run(cfg, str(tmp_path / "run"))
+    assert len(calls) == len(ref["runs"]) - 1 - 2  # the base row is not fine-tuned
+    strip = lambda runs: [{k: v for k, v in r.items() if not k.endswith("seconds")}
+                          for r in runs]
+    assert strip(res["runs"]) == strip(json.loads(json.dumps(ref["runs"], default=float)))
