@@ -91,7 +91,7 @@ def check_positive(x: jax.typing.ArrayLike, name: str) -> None:
     arr = np.asarray(x, np.float64)
     bad = ~(np.isfinite(arr) & (arr > 0))
     if bad.any():
-        raise ValueError(f"`{name}` must be finite and > 0, got {arr.tolist()}")
+        raise ValueError(f"`{name}` must be > 0 (and finite), got {arr.tolist()}")
 
 
 def checked(fn: Callable[..., Any], **jit_kwargs: Any) -> Callable[..., Any]:
