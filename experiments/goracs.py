@@ -569,7 +569,10 @@ def decisive_evaluate(model, encode, cfg, texts, enc, cand, titles) -> dict[str,
 
 def run_decisive(cfg, out_dir: str) -> dict:
     """The decisive protocol by resumable stages (each file written once; reruns skip)."""
-    out = Path(out_dir)
+    out = config_check.preflight(cfg, out_dir, config_check.validate_goracs)
+    rundir.guard_stages(out, cfg, config_check.GORACS_DECISIVE_STAGES,
+                        config_check.GORACS_DECISIVE_FREE,
+                        retrain=cfg.get("retrain_changed", False))
     (out / "runs").mkdir(parents=True, exist_ok=True)
     data, texts, cand = load_decisive_data(cfg)
     corpus = [TITLE_PROMPT, *map(str, data.titles),

@@ -263,13 +263,14 @@ def validate_icrlvr(cfg: Any) -> None:
 
 def validate_goracs(cfg: Any) -> None:
     """Checks a GORACS config (``experiments/configs/goracs.py``)."""
-    from experiments.configs.goracs import METHODS
+    from experiments.configs.goracs import DECISIVE_METHODS, METHODS
 
     c = _Checker(cfg, "goracs")
+    decisive = c.choice("protocol", ("decisive",), optional=True) == "decisive"
     c.choice("dataset", DATASETS)
     c.choice("task", ("next_item", "click"), optional=True)
     c.ints("seeds", 0)
-    c.names("methods", METHODS)
+    c.names("methods", DECISIVE_METHODS if decisive else METHODS)
     budgets = c.ints("budgets", 1, nonempty=False)
     found, fr = c.get("budget_fractions")
     fracs = []
@@ -296,7 +297,8 @@ def validate_goracs(cfg: Any) -> None:
     c.int("pretrain.batch", 1)
     c.num("pretrain.lr", 0, strict_lo=True)
     c.bool("pretrain.cache", optional=True)
-    c.num("select.lam", 0)
+    if c.get("select.lam")[1] is not None:  # None: the paper's value for the task
+        c.num("select.lam", 0)
     c.int("select.max_iters", 0)
     c.int("select.cut", 1)
     c.int("select.max_checks", 1)
@@ -304,7 +306,14 @@ def validate_goracs(cfg: Any) -> None:
     c.num("select.threshold", 0, strict_lo=True)
     c.int("select.block", 1, optional=True)
     c.bool("select.exact_ot")
-    c.int("finetune.epochs", 1)
+    if decisive:
+        c.int("random_subsets", 1)
+        c.int("data.val_users", 1)
+        c.int("finetune.eval_every", 1)
+        c.int("finetune.patience", 0)
+        c.int("finetune.seed", 0)
+    else:
+        c.int("finetune.epochs", 1)
     c.int("finetune.batch", 1)
     c.num("finetune.lr", 0, strict_lo=True)
     c.int("finetune.max_steps", 1)
@@ -339,6 +348,11 @@ ICRLVR_FREE = ("variant", "seeds", "methods", "parts", "quality", "retrain_chang
 ICRLVR_STAGES = {"runs": ("data", "model", "sft", "rl", "eval")}
 GORACS_FREE = ("variant", "seeds", "methods", "budgets", "budget_fractions",
                "retrain_changed")
+# the decisive protocol's stages (features, selections, runs) depend on every key not free
+GORACS_DECISIVE_FREE = ("variant", "seeds", "methods", "budgets", "budget_fractions",
+                        "random_subsets", "report", "retrain_changed")
+GORACS_DECISIVE_STAGES: dict[str, tuple[str, ...]] = {
+    "features.npz": (), "selections.json": (), "runs": ()}
 GORACS_STAGES = {"runs": ("dataset", "task", "data", "model", "pretrain", "select", "finetune",
                           "features", "dealrec", "eval")}
 
