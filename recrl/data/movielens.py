@@ -328,7 +328,7 @@ def _write_parquet(ml: MovieLens, cache: Path, sources: dict[str, str]) -> None:
                        tmp / "users.parquet")
         meta = {"format": PARQUET_FORMAT, "name": ml.name, "sources": sources}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-        with fetch._locked(cache):  # one writer at a time; readers see old or new
+        with fetch.file_lock(cache):  # one writer at a time; readers see old or new
             if cache.exists():  # stale (older format, changed sources or corrupt)
                 old = Path(tempfile.mkdtemp(prefix=f".{cache.name}.old.", dir=cache.parent))
                 os.replace(cache, old / "cache")
