@@ -243,7 +243,8 @@ def baselines(ctx: Context, policy0: PathPolicy) -> dict:
             res[name] = ev.evaluate_paths(ctx.sims, th, tt, p, lengths, ctx.genres,
                                           ctx.data.sequences.num_items)
         logging.info("baseline %s in %.1fs: %s", name, time.perf_counter() - t0, res[name])
-    path.write_text(json.dumps(res, indent=1))
+    path.with_suffix(".tmp").write_text(json.dumps(res, indent=1))
+    path.with_suffix(".tmp").replace(path)  # atomic: a kill leaves no half-written file
     return res
 
 
