@@ -33,7 +33,8 @@ import numpy as np
 from absl import app, flags
 from flax import nnx
 
-from recrl import coreset, models
+from experiments.configs import validate as config_check
+from recrl import coreset, models, rundir
 from recrl.checkpoint import Checkpointer
 from recrl.coreset import lmrec
 from recrl.data import (
@@ -240,9 +241,14 @@ def evaluate(model, encode, cfg, texts, cand, titles, full=None) -> dict[str, fl
 
 
 def run(cfg, out_dir: str) -> dict:
-    """The whole experiment; returns (and writes) the results."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    """The whole experiment; returns (and writes) the results.
+
+    Resumable: each finished (method, budget, seed) run is kept in
+    ``out_dir/runs/<method>_n<budget>_s<seed>.json`` and reused by a rerun (a config change
+    that affects them stops the rerun, see ``recrl.rundir``)."""
+    out = config_check.preflight(cfg, out_dir, config_check.validate_goracs)
+    rundir.guard_stages(out, cfg, config_check.GORACS_STAGES, config_check.GORACS_FREE,
+                        retrain=cfg.get("retrain_changed", False))
     task = task_of(cfg)
     data, texts, cand, full = load_data(cfg)
     corpus = [TITLE_PROMPT, *map(str, data.titles),
@@ -291,6 +297,10 @@ def run(cfg, out_dir: str) -> dict:
                 continue
             # deterministic selections still vary by seed through the fine-tuning order
             for seed in cfg.seeds[:1] if method == "full" else cfg.seeds:
+                rec_path = out / "runs" / f"{method}_n{n}_s{seed}.json"
+                if rec_path.exists():  # finished by an earlier (interrupted) invocation
+                    runs.append(json.loads(rec_path.read_text()))
+                    continue
                 if (method, n) in done:
                     sel, quality = done[(method, n)]
                 else:
@@ -316,6 +326,9 @@ def run(cfg, out_dir: str) -> dict:
                     rec["selected_pos_rate"] = float(np.mean(feats["pool_labels"][idx]))
                     rec["val_pos_rate"] = float(np.mean(feats["val_labels"]))
                 runs.append(rec)
+                rec_path.parent.mkdir(exist_ok=True)
+                rec_path.with_suffix(".tmp").write_text(json.dumps(rec, default=float))
+                rec_path.with_suffix(".tmp").replace(rec_path)
                 print(f"{method:8s} n={rec['budget']:5d} seed={seed} {key}={rec[key]:.3f}"
                       f" POO={rec['poo']:.4f} ({sel['seconds']:.1f} s)", flush=True)
                 write_results(out, runs, pre, feature_seconds, eval_seconds, texts, cfg)
@@ -556,7 +569,10 @@ def decisive_evaluate(model, encode, cfg, texts, enc, cand, titles) -> dict[str,
 
 def run_decisive(cfg, out_dir: str) -> dict:
     """The decisive protocol by resumable stages (each file written once; reruns skip)."""
-    out = Path(out_dir)
+    out = config_check.preflight(cfg, out_dir, config_check.validate_goracs)
+    rundir.guard_stages(out, cfg, config_check.GORACS_DECISIVE_STAGES,
+                        config_check.GORACS_DECISIVE_FREE,
+                        retrain=cfg.get("retrain_changed", False))
     (out / "runs").mkdir(parents=True, exist_ok=True)
     data, texts, cand = load_decisive_data(cfg)
     corpus = [TITLE_PROMPT, *map(str, data.titles),
@@ -738,8 +754,8 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     # flags are defined here, not at import: launchers share one flag registry in a process
-    from experiments.configs import define_config_flag  # config files resolve from the package
-    define_config_flag("goracs.py:ml1m_cpu", "GORACS experiment config.")
+    config_check.define_config("config", "goracs.py:ml1m_cpu",
+                               "GORACS experiment config.")
     flags.DEFINE_string("out_dir", "runs/goracs", "Output directory.")
     flags.DEFINE_bool("report_only", False,
                       "Only rebuild report.md and the plots from out_dir/results.json.")

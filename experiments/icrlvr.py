@@ -34,7 +34,9 @@ import optax
 from absl import app, flags, logging
 from flax import nnx
 
-from recrl import models
+from experiments.configs import validate as config_check
+from recrl import models, rundir
+from recrl.checkpoint import Checkpointer
 from recrl.rlvr import evidence, tasks
 from recrl.rlvr import learner as L
 
@@ -206,9 +208,17 @@ def parse_method(method: str) -> tuple[str, str]:
     return kind, algo
 
 
-def train_method(method: str, seed: int, rc, ec, sp: tasks.Splits, tok, graphdef, params
-                 ) -> dict:
-    """Part (b)/(c): one RL run; evaluation curve and seconds per step."""
+def train_method(method: str, seed: int, rc, ec, sp: tasks.Splits, tok, graphdef, params,
+                 run_dir: str | None = None) -> dict:
+    """Part (b)/(c): one RL run; evaluation curve and seconds per step.
+
+    With ``run_dir`` the run is resumable: the learner (parameters, optimiser, RNGs,
+    history) and the curve are checkpointed every ``rl.checkpoint_every`` steps (0:
+    ``eval_every``) and a rerun continues from the newest readable checkpoint, ending where
+    an uninterrupted run ends; a finished run's ``result.json`` is reused."""
+    if run_dir is not None and os.path.exists(os.path.join(run_dir, "result.json")):
+        with open(os.path.join(run_dir, "result.json")) as f:
+            return json.load(f)
     kind, algo = parse_method(method)
     everything = sp.train + sp.eval
     cfg = L.preset(algo, group_size=rc.group_size, num_demo=rc.num_demo if kind == "ic" else 0,
@@ -231,18 +241,40 @@ def train_method(method: str, seed: int, rc, ec, sp: tasks.Splits, tok, graphdef
                        max_new_tokens=rc.max_new_tokens, max_prompt_len=eval_len)
         return {"step": step, **m}
 
-    curve, times = [ev(0)], []
-    for step in range(1, rc.steps + 1):
+    ckpt = None if run_dir is None else Checkpointer(os.path.join(run_dir, "ckpt"),
+                                                      max_to_keep=2)
+    every = rc.get("checkpoint_every", 0) or rc.eval_every
+    start, curve, times = 1, None, []
+    if ckpt is not None and ckpt.latest_step() is not None:
+        extra = lrn.restore(ckpt)["extra"]
+        version, state, gauss = extra["draw_rng"]
+        rng.setstate((version, tuple(state), gauss))
+        start, curve, times = ckpt.restored_step + 1, extra["curve"], extra["times"]
+        logging.info("%s seed %d: resuming after step %d", method, seed, start - 1)
+    if curve is None:
+        curve = [ev(0)]
+    for step in range(start, rc.steps + 1):
         t0 = time.perf_counter()
         lrn.step(draw, jax.random.fold_in(jax.random.key(seed), step))
         times.append(time.perf_counter() - t0)
         if step % rc.eval_every == 0 or step == rc.steps:
             curve.append(ev(step))
         logging.info("%s seed %d step %d %s", method, seed, step, lrn.history[-1])
+        if ckpt is not None and (step % every == 0 or step == rc.steps):
+            version, state, gauss = rng.getstate()
+            lrn.save(ckpt, step, {"curve": curve, "times": times,
+                                  "draw_rng": [version, list(state), gauss]})
     steady = times[1:] or times
-    return dict(method=method, seed=seed, curve=curve, history=lrn.history,
-                seconds_per_step=float(np.median(steady)), first_step_seconds=times[0],
-                max_prompt_len=cfg.max_prompt_len)
+    out = dict(method=method, seed=seed, curve=curve, history=lrn.history,
+               seconds_per_step=float(np.median(steady)), first_step_seconds=times[0],
+               max_prompt_len=cfg.max_prompt_len)
+    if run_dir is not None:
+        ckpt.close()
+        tmp = os.path.join(run_dir, "result.json.tmp")
+        with open(tmp, "w") as f:
+            json.dump(out, f, indent=1, default=float)
+        os.replace(tmp, os.path.join(run_dir, "result.json"))
+    return out
 
 
 def _policy(cfg, seed: int, sp: tasks.Splits):
@@ -336,8 +368,13 @@ def _plot(res: dict, path: str) -> None:
 
 
 def run(cfg, out_dir: str) -> dict:
-    """Runs the configured parts; writes ``results.json``, ``report.md`` and ``curves.png``."""
-    os.makedirs(out_dir, exist_ok=True)
+    """Runs the configured parts; writes ``results.json``, ``report.md`` and ``curves.png``.
+
+    Training runs are resumable (``out_dir/runs/<method>_s<seed>``, see :func:`train_method`);
+    a rerun with a config that changes what they depend on stops (``recrl.rundir``)."""
+    config_check.preflight(cfg, out_dir, config_check.validate_icrlvr)
+    rundir.guard_stages(out_dir, cfg, config_check.ICRLVR_STAGES, config_check.ICRLVR_FREE,
+                        retrain=cfg.get("retrain_changed", False))
     d = cfg.data
     sp = tasks.make_splits(d.n_train, d.n_demo, d.n_probe, d.n_eval, seed=d.seed,
                            num_ops=tuple(d.num_ops), max_operand=d.max_operand)
@@ -359,8 +396,9 @@ def run(cfg, out_dir: str) -> dict:
         tok, graphdef, params, _ = policy
         for seed in cfg.seeds:
             for m in cfg.methods:
-                res["runs"].append(train_method(m, seed, cfg.rl, cfg.eval, sp, tok, graphdef,
-                                                params))
+                res["runs"].append(train_method(
+                    m, seed, cfg.rl, cfg.eval, sp, tok, graphdef, params,
+                    run_dir=os.path.join(out_dir, "runs", f"{m}_s{seed}")))
                 with open(os.path.join(out_dir, "results.json"), "w") as f:
                     json.dump(res, f, indent=1, default=float)
     with open(os.path.join(out_dir, "results.json"), "w") as f:
@@ -377,7 +415,7 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     # flags are defined here, not at import: launchers share one flag registry in a process
-    from experiments.configs import define_config_flag  # config files resolve from the package
-    define_config_flag("icrlvr.py:tiny_cpu", "Experiment config (variant after ':').")
+    config_check.define_config("config", "icrlvr.py:tiny_cpu",
+                               "Experiment config (variant after ':').")
     flags.DEFINE_string("out_dir", "runs/icrlvr", "Output directory.")
     app.run(main)

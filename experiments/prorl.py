@@ -32,7 +32,8 @@ from tensorboardX import SummaryWriter
 from tqdm.auto import tqdm
 
 from experiments import prorl_report
-from recrl import parallel
+from experiments.configs import validate as config_check
+from recrl import parallel, rundir
 from recrl.checkpoint import Checkpointer
 from recrl.data import ProRLConfig, load_movielens, prepare_prorl, random_unseen_targets
 from recrl.prs import evaluate as ev
@@ -54,7 +55,7 @@ class Context:
     genres: np.ndarray
     sims: dict[str, Any]
     mesh: Any
-    log: Any  # open metrics.jsonl
+    log: Any  # rundir.MetricsLog of metrics.jsonl
 
 
 def load_data(cfg: Any) -> Any:
@@ -168,18 +169,22 @@ def train_method(ctx: Context, policy0: PathPolicy, method: str, seed: int,
     sim_state = nnx.split(ctx.sims["sasrec"])
     score = lambda s, *a: simulator.score_paths((sim_state[0], s), *a)
     step_fn = rl.make_train_step(graph, score, rcfg)
+    # one atomic save per epoch holds the RL state and the best-so-far parameters
     ckpt = Checkpointer(run_dir / "ckpt", max_to_keep=2)
-    best_ckpt = Checkpointer(run_dir / "best", max_to_keep=1)
     meta = {"epoch": 0, "history": [], "best_val": -1e30, "best_epoch": 0}
+    best = jax.device_get(state.params)
     if ckpt.latest_step() is not None:
-        state, meta = ckpt.restore(like=state)
+        saved, meta = ckpt.restore(like={"rl": state, "best": best})
+        state, best = saved["rl"], saved["best"]
         logging.info("%s: resuming after epoch %d", run, meta["epoch"])
+    # replayed steps are logged again: drop what a killed attempt logged after the checkpoint
+    ctx.log.drop(lambda rec: rec.get("run") == run and rec.get("epoch", 0) > meta["epoch"])
     state = parallel.replicate(state, ctx.mesh)
     sim_rep = parallel.replicate(sim_state[1], ctx.mesh)
     n_dev = ctx.mesh.shape[parallel.DATA_AXIS]
     put = (lambda x: parallel.shard_batch(x, ctx.mesh)) if r.prompts % n_dev == 0 else (
         lambda x: parallel.replicate(x, ctx.mesh))
-    tb = SummaryWriter(str(ctx.out / "tb" / run))
+    tb = rundir.summary_writer(ctx.out / "tb" / run, purge_step=meta["epoch"] * steps)
     diag_batches = r.get("grad_diag_batches", 0)
     grad_fns = ((rl.make_gradient_fn(graph, score, rcfg),
                  rl.make_gradient_fn(graph, score, dataclasses.replace(rcfg, method="psae_loo")))
@@ -202,12 +207,13 @@ def train_method(ctx: Context, policy0: PathPolicy, method: str, seed: int,
                 logging.warning("%s: skipped a batch with non-finite rewards (total %d)", run,
                                 int(state.skipped))
             gstep = epoch * steps + s
-            ctx.log.write(json.dumps({"run": run, "method": method, "seed": seed,
-                                      "epoch": epoch + 1, "step": gstep, **m}) + "\n")
+            ctx.log.write({"run": run, "method": method, "seed": seed,
+                           "epoch": epoch + 1, "step": gstep, **m})
             for k, v in m.items():
                 tb.add_scalar(f"train/{k}", v, gstep)  # (no '@' in these names)
                 sums[k] = sums.get(k, 0.0) + v / steps
             rows.append(m)
+            tb.flush()
         if epoch == 0:
             state = rl.freeze_stats(state)
         nnx.update(policy, jax.device_get(state.params))
@@ -221,9 +227,10 @@ def train_method(ctx: Context, policy0: PathPolicy, method: str, seed: int,
         meta["history"].append(row)
         if row["val_ioi@1"] > meta["best_val"]:
             meta.update(best_val=row["val_ioi@1"], best_epoch=epoch + 1)
-            best_ckpt.save(epoch + 1, jax.device_get(state.params))
+            best = jax.device_get(state.params)
         meta["epoch"] = epoch + 1
-        ckpt.save(epoch + 1, jax.device_get(state), meta=meta)
+        tb.flush()
+        ckpt.save(epoch + 1, {"rl": jax.device_get(state), "best": best}, meta=meta)
         logging.info("%s epoch %d: %s", run, epoch + 1,
                      {k: round(v, 4) for k, v in row.items() if k.startswith("val_")})
         if on_epoch_end is not None:
@@ -232,7 +239,6 @@ def train_method(ctx: Context, policy0: PathPolicy, method: str, seed: int,
     if diag_batches and "end" not in meta["grad_diag"]:
         meta["grad_diag"]["end"] = gradient_diagnostics(ctx, grad_fns, state, sim_rep, put,
                                                         seed, diag_batches)
-    best, _ = best_ckpt.restore(like=jax.device_get(state.params))
     nnx.update(policy, best)
     mean, std = rl.src_mean_std(state.stats, rcfg.sample_std)
     result = {"method": method, "seed": seed, "best_epoch": meta["best_epoch"],
@@ -240,9 +246,10 @@ def train_method(ctx: Context, policy0: PathPolicy, method: str, seed: int,
               "src_mean": np.asarray(mean).tolist(), "src_std": np.asarray(std).tolist(),
               "grad_diag": meta.get("grad_diag", {}),
               "test": test_metrics(ctx, policy, seed, run_dir / "test_prompts.npz")}
-    (run_dir / "result.json").write_text(json.dumps(result, indent=1))
+    tmp = run_dir / "result.json.tmp"
+    tmp.write_text(json.dumps(result, indent=1))
+    tmp.replace(run_dir / "result.json")
     ckpt.close()
-    best_ckpt.close()
     return result
 
 
@@ -352,16 +359,18 @@ def baselines(ctx: Context, policy0: PathPolicy) -> dict:
                                                ctx.data.sequences.num_items, per_prompt=True)
             save_per_prompt(per_file, tu, per)
         logging.info("baseline %s in %.1fs: %s", name, time.perf_counter() - t0, res[name])
-    path.write_text(json.dumps(res, indent=1))
+    path.with_suffix(".tmp").write_text(json.dumps(res, indent=1))
+    path.with_suffix(".tmp").replace(path)  # atomic: a kill leaves no half-written file
     return res
 
 
 def run(cfg: Any, out_dir: str, on_epoch_end: Callable[[str, int], None] | None = None
         ) -> dict:
     """The whole pipeline; returns ``{"runs": [...], "baselines": {...}}``."""
+    out = config_check.preflight(cfg, out_dir, config_check.validate_prorl)
+    rundir.guard_stages(out, cfg, config_check.prorl_stages(cfg), config_check.PRORL_FREE,
+                        retrain=cfg.get("retrain_changed", False))
     parallel.maybe_initialize_distributed(cfg.distributed)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(cfg.to_json(indent=1))
     t0 = time.perf_counter()
     data = load_data(cfg)
@@ -372,7 +381,7 @@ def run(cfg: Any, out_dir: str, on_epoch_end: Callable[[str, int], None] | None 
     ecfg = ml_collections.ConfigDict({**cfg.sim.to_dict(), **cfg.evaluator.to_dict()})
     sims[cfg.evaluator.kind] = get_simulator(out, data, cfg.evaluator.kind, ecfg)
     mesh = parallel.data_mesh(cfg.num_devices or None)
-    with open(out / "metrics.jsonl", "a") as log:
+    with rundir.MetricsLog(out / "metrics.jsonl") as log:
         # coherence over every genre (the reference's metric); the mining oracle ignores Drama
         masks = data.all_genre_masks if cfg.eval.get("coherence_all_genres", True) else \
             data.genre_masks
@@ -461,8 +470,7 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     # flags are defined here, not at import: launchers share one flag registry in a process
-    from experiments.configs import define_config_flag  # config files resolve from the package
-    define_config_flag("prorl.py:ml1m_cpu", "ProRL experiment config.")
+    config_check.define_config("config", "prorl.py:ml1m_cpu", "ProRL experiment config.")
     flags.DEFINE_string("out_dir", "runs/prorl", "Output directory (stages cached here).")
     flags.DEFINE_bool("report_only", False,
                       "Only rewrite the report from the finished runs in --out_dir.")

@@ -2,13 +2,17 @@
 
 A checkpoint holds a pytree of arrays (``state``) and a JSON-able dict (``meta``: step,
 config, frozen reward statistics, ...). Saves are atomic (Orbax writes to a temporary
-directory and renames), so a run killed mid-save keeps its previous checkpoint.
+directory and renames), so a run killed mid-save keeps its previous checkpoint. Saving a
+step that already exists replaces it (idempotent re-save). Restoring the latest step falls
+back, with a warning, to the newest checkpoint that can be read (a truncated ``_METADATA``
+or a missing ``state`` folder in the newest one); see ``docs/reliability.md``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,6 +32,10 @@ def _quiet() -> Iterator[None]:
         logging.set_verbosity(level)
 
 
+class CheckpointError(RuntimeError):
+    """No readable checkpoint: the message names the directory and why each step failed."""
+
+
 class Checkpointer:
     """Save / restore / resume for one run directory.
 
@@ -39,6 +47,7 @@ class Checkpointer:
 
     def __init__(self, directory: str | os.PathLike, max_to_keep: int | None = 3):
         self.directory = os.path.abspath(os.fspath(directory))
+        self.restored_step: int | None = None
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
         with _quiet():
             self._manager = ocp.CheckpointManager(self.directory, options=options)
@@ -53,28 +62,26 @@ class Checkpointer:
         return sorted(self._manager.all_steps())
 
     def save(self, step: int, state: Any, meta: dict[str, Any] | None = None) -> None:
-        """Saves ``state`` (pytree of arrays) and ``meta`` (JSON) at ``step``; waits for it."""
+        """Saves ``state`` (pytree of arrays) and ``meta`` (JSON) at ``step``; waits for it.
+
+        A step that already exists is replaced (a re-save after a crash between the save and
+        whatever followed it must not fail).
+        """
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(dict(meta or {}))
         )
         with _quiet():
+            if step in self._manager.all_steps():
+                self._manager.delete(step)
             self._manager.save(step, args=args, force=True)
             self._manager.wait_until_finished()
 
-    def restore(self, like: Any, step: int | None = None) -> tuple[Any, dict[str, Any]]:
-        """Restores ``(state, meta)`` at ``step`` (default: latest) into the structure of ``like``.
-
-        Raises:
-          FileNotFoundError: there is no checkpoint (at that step) in the directory.
-        """
-        steps = self.all_steps()
-        if step is None:
-            step = steps[-1] if steps else None
-        if step is None or step not in steps:
-            raise FileNotFoundError(
-                f"no checkpoint{'' if step is None else f' at step {step}'} in {self.directory}"
-                f" (saved steps: {steps or 'none'})"
-            )
+    def _restore_step(self, like: Any, step: int) -> tuple[Any, dict[str, Any]]:
+        path = os.path.join(self.directory, str(step))
+        for part in ("state", "meta"):
+            if not os.path.isdir(os.path.join(path, part)):
+                raise CheckpointError(f"checkpoint {path} has no {part!r} folder (incomplete "
+                                      "or damaged)")
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
         with _quiet():
             out = self._manager.restore(
@@ -84,6 +91,40 @@ class Checkpointer:
                 ),
             )
         return out["state"], dict(out["meta"] or {})
+
+    def restore(self, like: Any, step: int | None = None) -> tuple[Any, dict[str, Any]]:
+        """Restores ``(state, meta)`` at ``step`` into the structure of ``like``.
+
+        With ``step=None`` the newest checkpoint that can be read is restored: an unreadable
+        newer one (truncated metadata, missing folder) is skipped with a ``RuntimeWarning``.
+        The step restored is kept in :attr:`restored_step`.
+
+        Raises:
+          FileNotFoundError: there is no checkpoint (at that step) in the directory.
+          CheckpointError: no checkpoint (or not the requested one) can be read; the message
+            names each step tried and why it failed.
+        """
+        steps = self.all_steps()
+        if step is not None and step not in steps:
+            raise FileNotFoundError(f"no checkpoint at step {step} in {self.directory}"
+                                    f" (saved steps: {steps or 'none'})")
+        if not steps:
+            raise FileNotFoundError(f"no checkpoint in {self.directory} (saved steps: none)")
+        failures = []
+        for s in [step] if step is not None else steps[::-1]:
+            try:
+                out = self._restore_step(like, s)
+            except Exception as e:
+                failures.append(f"step {s}: {type(e).__name__}: {e}")
+                if step is None:
+                    warnings.warn(f"checkpoint {self.directory}/{s} cannot be read "
+                                  f"({type(e).__name__}: {e}); trying an older one",
+                                  RuntimeWarning, stacklevel=2)
+                continue
+            self.restored_step = s
+            return out
+        raise CheckpointError(f"no readable checkpoint in {self.directory}:\n  "
+                              + "\n  ".join(failures))
 
     def close(self) -> None:
         """Flushes pending writes and releases the manager."""

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from recrl.checkpoint import Checkpointer
+from recrl.checkpoint import Checkpointer, CheckpointError
 
 
 def _state(x):
@@ -41,3 +41,46 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
     ckpt.save(1, _state(1.0))
     with pytest.raises(FileNotFoundError, match="no checkpoint at step 5.*saved steps: \\[1\\]"):
         ckpt.restore(like=_state(0.0), step=5)
+
+
+def test_resaving_an_existing_step_replaces_it(tmp_path):
+    with Checkpointer(tmp_path / "c", max_to_keep=2) as ckpt:
+        ckpt.save(4, _state(1.0), meta={"v": 1})
+        ckpt.save(4, _state(2.0), meta={"v": 2})  # Orbax alone raises StepAlreadyExistsError
+        assert ckpt.all_steps() == [4]
+        state, meta = ckpt.restore(like=_state(0.0))
+        assert meta == {"v": 2} and float(state["params"]["b"][0]) == 2.0
+
+
+@pytest.mark.parametrize("damage", ["truncate_metadata", "remove_state"])
+def test_damaged_latest_falls_back_to_the_previous_step(tmp_path, damage):
+    import shutil
+
+    with Checkpointer(tmp_path / "c", max_to_keep=2) as ckpt:
+        ckpt.save(3, _state(3.0), meta={"epoch": 3})
+        ckpt.save(4, _state(4.0), meta={"epoch": 4})
+    step4 = tmp_path / "c" / "4" / "state"
+    if damage == "truncate_metadata":
+        text = (step4 / "_METADATA").read_bytes()
+        (step4 / "_METADATA").write_bytes(text[: len(text) // 2])
+    else:
+        shutil.rmtree(step4)
+    ckpt = Checkpointer(tmp_path / "c", max_to_keep=2)
+    with pytest.warns(RuntimeWarning, match="4 cannot be read"):
+        state, meta = ckpt.restore(like=_state(0.0))
+    assert meta == {"epoch": 3} and ckpt.restored_step == 3
+    np.testing.assert_array_equal(state["params"]["w"], np.full((3, 2), 3.0))
+    with pytest.raises(CheckpointError, match="step 4"):  # an explicit step does not fall back
+        ckpt.restore(like=_state(0.0), step=4)
+    # saving over the damaged step works and is then preferred
+    ckpt.save(4, _state(5.0), meta={"epoch": 4})
+    assert ckpt.restore(like=_state(0.0))[1] == {"epoch": 4}
+
+
+def test_no_readable_checkpoint_is_a_clear_error(tmp_path):
+    import shutil
+
+    Checkpointer(tmp_path / "c").save(1, _state(1.0))
+    shutil.rmtree(tmp_path / "c" / "1" / "state")
+    with pytest.warns(RuntimeWarning), pytest.raises(CheckpointError, match="no 'state' folder"):
+        Checkpointer(tmp_path / "c").restore(like=_state(0.0))

@@ -20,6 +20,7 @@ METHODS = ("goracs", "random", "el2n", "grand", "ccs", "kcenter", "dealrec", "fu
 def get_config(variant: str = "ml1m_cpu") -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.variant = variant
+    c.retrain_changed = False  # rerun into --out_dir: retrain stages whose config changed
     c.dataset = "ml-1m"  # ml-1m | ml-100k | synthetic
     c.task = "next_item"  # next_item (HR/NDCG) | click (rating > 3: AUC / log-loss)
     c.seeds = (0, 1, 2)

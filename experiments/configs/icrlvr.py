@@ -24,6 +24,7 @@ METHODS = ("dapo", "ic_dapo", "eg_dapo")
 def get_config(variant: str = "tiny_cpu") -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.variant = variant
+    c.retrain_changed = False  # rerun into --out_dir: retrain stages whose config changed
     if variant.startswith("eg_study"):
         return _study_config(c, variant)
     c.seeds = (0, 1, 2)
@@ -40,7 +41,8 @@ def get_config(variant: str = "tiny_cpu") -> ml_collections.ConfigDict:
         max_prompt_len=96, max_new_tokens=40, lr=3e-4, warmup_steps=3, temperature=1.0,
         eval_every=10, eg_probes=4, eg_temperature=1.0, eg_mode="reward",
         eg_signal="log_weight", dynamic_sampling=True,
-        max_sampling_rounds=2))
+        max_sampling_rounds=2,
+        checkpoint_every=0))  # learner checkpoint every N steps (0: every eval_every)
     c.eval = ml_collections.ConfigDict(dict(k=4, max_problems=64))
     # EG as a quality signal: traces sampled few-shot from `model` ("smollm2" or "policy")
     c.quality = ml_collections.ConfigDict(dict(

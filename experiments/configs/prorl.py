@@ -23,6 +23,7 @@ PAPER_METHODS = ("prorl", "reinforce", "grpo", "rtg", "a2c", "prorl_no_src", "pr
 def get_config(variant: str = "ml1m_cpu") -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.variant = variant
+    c.retrain_changed = False  # rerun into --out_dir: retrain stages whose config changed
     c.dataset = "ml-1m"  # ml-1m | ml-100k | synthetic
     c.seeds = (0, 1, 2)
     c.methods = PAPER_METHODS

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 import time
 from typing import NamedTuple
 
@@ -39,10 +41,21 @@ def select(pool_features: np.ndarray, val_features: np.ndarray,
     round (recrl's extension; ~3x faster at equal exact POO in ``benchmarks/itra.py``);
     ``momentum`` over-relaxes the verification solves (see :func:`refine`).
     """
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral):
+        raise TypeError(f"budget `n` must be an integer, got {n!r} ({type(n).__name__})")
+    n = int(n)
+    for name, value in (("epsilon", epsilon), ("threshold", threshold)):
+        if not (isinstance(value, numbers.Real) and math.isfinite(value) and value > 0):
+            raise ValueError(f"`{name}` must be a finite number > 0, got {value!r}")
     objective.check_inputs(pool_features, val_features, grad_norms, n)
     t0 = time.perf_counter()
     cost = np.asarray(objective.cost_matrix(pool_features, val_features,
                                             grad_norms, lam))
+    if not np.all(np.isfinite(cost)):
+        big = max(float(np.max(np.abs(pool_features))), float(np.max(np.abs(val_features))))
+        raise ValueError(f"the transport cost overflowed (non-finite entries): feature "
+                         f"coordinates reach {big:.3g}; rescale pool_features / val_features "
+                         "(squared distances must fit float32)")
     tb = None if grad_norms is None else np.asarray(grad_norms, np.float64)
     kw = dict(max_iters=max_iters, cut=cut, max_checks=max_checks, epsilon=epsilon,
               threshold=threshold, verify=verify, block=block, momentum=momentum)

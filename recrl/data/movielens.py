@@ -3,8 +3,12 @@
 The fetched files (:mod:`recrl.data.fetch`) are tab-separated with a typed header
 (``user_id:token item_id:token rating:float timestamp:float``) and may end lines in CRLF.
 On first load they are parsed with :mod:`csv` (``QUOTE_NONE``: titles contain quotes),
-validated row by row and written as parquet next to them (a temporary directory renamed
-into place, so the conversion is atomic and idempotent); later loads read the parquet.
+validated row by row (ratings finite and within :data:`RATING_RANGE`, timestamps within
+:data:`TIMESTAMP_RANGE`, UTF-8 text; a bad row is reported with file and line) and written
+as parquet next to them (a temporary directory renamed into place under a file lock, so the
+conversion is atomic and idempotent); later loads read the parquet. The cache is keyed on
+the sources' sha256, so any edit of a source (even one that keeps its size) rebuilds it, and
+so does an unreadable (truncated, corrupt) cache.
 
 Ids are contiguous integers: users in order of first appearance in the ``.inter`` file,
 items in ``.item`` file order restricted to items with at least one interaction. The raw
@@ -19,6 +23,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +42,11 @@ from recrl.data import fetch
 #: Datasets :func:`load_movielens` knows, with the prefix of their atomic files.
 MOVIELENS = {"ml-1m": "ml-1m", "ml-100k": "ml-100k"}
 #: Bump when the parquet layout changes: older caches are then rebuilt.
-PARQUET_FORMAT = 1
+PARQUET_FORMAT = 2
+#: Accepted ratings (MovieLens: 0.5 to 5 stars), inclusive.
+RATING_RANGE = (0.0, 5.0)
+#: Accepted timestamps in seconds (1970-01-01 to 2100-01-01), inclusive.
+TIMESTAMP_RANGE = (0, 4_102_444_800)
 #: Year stored for items whose release year is unknown.
 UNKNOWN_YEAR = -1
 
@@ -172,6 +181,7 @@ def _read_atomic(path: Path) -> tuple[list[str], list[str], list[list[str]], lis
     """
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist")
+    _check_utf8(path)
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
         header = next(reader, None)
@@ -191,6 +201,29 @@ def _read_atomic(path: Path) -> tuple[list[str], list[str], list[list[str]], lis
             rows.append(row)
             lines.append(reader.line_num)
     return names, types, rows, lines
+
+
+def _check_utf8(path: Path) -> None:
+    """Raises :class:`MalformedRowError` at the first line that is not valid UTF-8."""
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+        return
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise MalformedRowError(path, line, f"byte 0x{data[e.start]:02x} at column {col} is "
+                                "not valid UTF-8 (the file must be UTF-8 encoded)") from None
+
+
+def _check_range(values: np.ndarray, lines: list[int], path: Path, what: str,
+                 lo: float, hi: float) -> None:
+    """Raises :class:`MalformedRowError` at the first non-finite or out-of-range value."""
+    bad = np.flatnonzero(~(np.isfinite(values) & (values >= lo) & (values <= hi)))
+    if len(bad):
+        v = float(values[bad[0]])
+        why = "is not finite" if not np.isfinite(v) else f"is outside [{lo:g}, {hi:g}]"
+        raise MalformedRowError(path, lines[bad[0]], f"{what} {v!r} {why}")
 
 
 def _col(names: list[str], path: Path, *wanted: str) -> int:
@@ -256,6 +289,8 @@ def _parse(directory: Path, prefix: str) -> dict:
         raise MalformedRowError(inter_path, line, why)
     rating = _numbers(rows, lines, c_rating, inter_path, "rating")
     timestamp = _numbers(rows, lines, c_time, inter_path, "timestamp")
+    _check_range(rating, lines, inter_path, "rating", *RATING_RANGE)
+    _check_range(timestamp, lines, inter_path, "timestamp", *TIMESTAMP_RANGE)
 
     # Users by first appearance; items in .item order, only those with interactions.
     uniq, first, user = np.unique(np.asarray(users_raw, dtype=object), return_index=True,
@@ -281,11 +316,12 @@ def _parse(directory: Path, prefix: str) -> dict:
 # Parquet cache.
 
 
-def _sources(directory: Path, prefix: str) -> dict[str, int]:
-    return {n: (directory / n).stat().st_size for n in (f"{prefix}.inter", f"{prefix}.item")}
+def _sources(directory: Path, prefix: str) -> dict[str, str]:
+    """sha256 of each source file (the cache key)."""
+    return {n: fetch.sha256_of(directory / n) for n in (f"{prefix}.inter", f"{prefix}.item")}
 
 
-def _write_parquet(ml: MovieLens, cache: Path, sources: dict[str, int]) -> None:
+def _write_parquet(ml: MovieLens, cache: Path, sources: dict[str, str]) -> None:
     """Writes the parquet cache into a temporary directory, then renames it into place."""
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{cache.name}.", dir=cache.parent))
@@ -298,24 +334,33 @@ def _write_parquet(ml: MovieLens, cache: Path, sources: dict[str, int]) -> None:
                        tmp / "users.parquet")
         meta = {"format": PARQUET_FORMAT, "name": ml.name, "sources": sources}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-        if cache.exists():  # stale (older format or changed sources)
-            shutil.rmtree(cache, ignore_errors=True)
-        try:
+        with fetch.file_lock(cache):  # one writer at a time; readers see old or new
+            if cache.exists():  # stale (older format, changed sources or corrupt)
+                old = Path(tempfile.mkdtemp(prefix=f".{cache.name}.old.", dir=cache.parent))
+                os.replace(cache, old / "cache")
+                shutil.rmtree(old, ignore_errors=True)
             os.replace(tmp, cache)
-        except OSError:  # another process finished the same conversion first
-            if not (cache / "meta.json").exists():
-                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _read_parquet(cache: Path, name: str, sources: dict[str, int]) -> MovieLens | None:
+def _read_parquet(cache: Path, name: str, sources: dict[str, str]) -> MovieLens | None:
+    """The cached dataset; None when absent or stale; a corrupt cache warns and is None."""
     try:
         meta = json.loads((cache / "meta.json").read_text())
     except (OSError, ValueError):
         return None
     if meta.get("format") != PARQUET_FORMAT or meta.get("sources") != sources:
         return None
+    try:
+        return _read_tables(cache, name)
+    except (OSError, ValueError, KeyError, pa.ArrowException) as e:
+        warnings.warn(f"the parquet cache {cache} is unreadable ({type(e).__name__}: {e}); "
+                      "rebuilding it from the source files", RuntimeWarning, stacklevel=3)
+        return None
+
+
+def _read_tables(cache: Path, name: str) -> MovieLens:
     items = pq.read_table(cache / "items.parquet")
     item_ids = tuple(items.column("raw_id").to_pylist())
     items = items.drop_columns(["raw_id"])
@@ -334,7 +379,8 @@ def load_atomic(directory: str | Path, prefix: str, *, name: str | None = None,
       prefix: file-name prefix (``"ml-1m"``).
       name: dataset name recorded in the result (default ``prefix``).
       cache: parquet cache folder (default ``directory / f"{prefix}.parquet"``). It is
-        (re)built when missing, of an older format, or when the source sizes changed.
+        (re)built when missing, of an older format, unreadable, or when a source's sha256
+        changed.
 
     Returns:
       The :class:`MovieLens` bundle.

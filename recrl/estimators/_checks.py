@@ -77,6 +77,23 @@ def check_finite(x: jax.typing.ArrayLike, name: str) -> None:
         )
 
 
+def check_positive(x: jax.typing.ArrayLike, name: str) -> None:
+    """Reports values of ``x`` that are not finite and > 0 (e.g. a temperature).
+
+    Python numbers and concrete arrays are checked now (``ValueError`` naming the argument);
+    traced values only inside :func:`checked` (a no-op under a plain ``jit``, like
+    :func:`check_finite`).
+    """
+    if isinstance(x, jax.core.Tracer):
+        if _CHECK_TRACED.get():
+            checkify.check(jnp.all(jnp.isfinite(x) & (x > 0)), f"`{name}` must be > 0")
+        return
+    arr = np.asarray(x, np.float64)
+    bad = ~(np.isfinite(arr) & (arr > 0))
+    if bad.any():
+        raise ValueError(f"`{name}` must be > 0 (and finite), got {arr.tolist()}")
+
+
 def checked(fn: Callable[..., Any], **jit_kwargs: Any) -> Callable[..., Any]:
     """Returns a jitted ``fn`` whose NaN/inf argument checks are live.
 

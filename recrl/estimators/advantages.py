@@ -193,11 +193,19 @@ def grpo_advantages(
     v = jnp.ones_like(r) if valid is None else _f32(valid)
     check_same_shape(path_rewards=r, valid=v)
     n = jnp.sum(v, axis=-1, keepdims=True)
-    mean = jnp.sum(r * v, axis=-1, keepdims=True) / jnp.maximum(n, 1.0)
-    centred = (r - mean) * v
+    # Rewards of huge magnitude (e.g. ±1e20) overflow float32 in the squares below: work on
+    # r / 2^k with 2^k <= max|r| per group. Scaling by a power of two is exact, so results
+    # are unchanged wherever nothing overflowed (and max|r| <= 1 is not rescaled at all).
+    big = jnp.max(jnp.abs(r) * v, axis=-1, keepdims=True)
+    s = jnp.where(big > 1.0, jnp.exp2(jnp.floor(jnp.log2(jnp.maximum(big, 1.0)))), 1.0)
+    rs = r / s
+    mean = jnp.sum(rs * v, axis=-1, keepdims=True) / jnp.maximum(n, 1.0)
+    centred = (rs - mean) * v
     if scale == "std":
         var = jnp.sum(centred**2, axis=-1, keepdims=True) / jnp.maximum(n, 1.0)
-        centred = centred / (jnp.sqrt(var) + eps)
+        centred = centred / (jnp.sqrt(var) + eps / s)
+    else:
+        centred = centred * s
     return jnp.where(n >= 2, centred, 0.0)
 
 

@@ -20,7 +20,13 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
-from recrl.estimators._checks import check_finite, check_min_rank, check_rank, check_shape
+from recrl.estimators._checks import (
+    check_finite,
+    check_min_rank,
+    check_positive,
+    check_rank,
+    check_shape,
+)
 from recrl.estimators.advantages import grpo_advantages, rloo_advantages
 
 
@@ -124,7 +130,10 @@ def evidence_gain_weights(
 
     Args:
       eg: ``[..., G]`` Evidence Gain (or exact log-weights) per sample.
-      temperature: ``tau`` > 0.
+      temperature: ``tau`` > 0 (a number, a concrete array or a traced value). A value
+        <= 0 raises ``ValueError`` when it is concrete; under a plain ``jit`` it cannot be
+        seen and is checked only when the caller is wrapped in
+        :func:`recrl.estimators.checked`.
       valid: ``[..., G]`` samples that take part (e.g. correct traces); others get 0.
 
     Returns:
@@ -132,8 +141,7 @@ def evidence_gain_weights(
     """
     check_min_rank(eg, "eg", 1)
     check_finite(eg, "eg")
-    if isinstance(temperature, int | float) and temperature <= 0:
-        raise ValueError(f"`temperature` must be > 0, got {temperature}")
+    check_positive(temperature, "temperature")  # traced: only under `checked()`
     x = jnp.asarray(eg, jnp.float32) / temperature
     v = jnp.ones_like(x) if valid is None else jnp.asarray(valid, jnp.float32)
     if v.shape != x.shape:

@@ -8,6 +8,7 @@ from llama.cpp's interleaved RoPE pairs to the rotate-half layout used by ``Llam
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,7 @@ _BLOCK_NAMES = {
 
 
 def _reader(path: str | os.PathLike):
+    """A ``GGUFReader``; a truncated or corrupt file is a ``ValueError`` naming the file."""
     try:
         import gguf
     except ImportError as e:
@@ -34,7 +36,18 @@ def _reader(path: str | os.PathLike):
 
         raise missing("recrl.models.gguf_loader", "lm", e) from e
 
-    return gguf.GGUFReader(os.fspath(path))
+    path = os.fspath(path)
+    size = os.path.getsize(path)
+    try:
+        reader = gguf.GGUFReader(path)
+    except (ValueError, IndexError, KeyError, OverflowError) as e:
+        raise ValueError(f"{path}: truncated or corrupt GGUF file ({size} bytes): {e}") from e
+    for t in reader.tensors:
+        end = int(t.data_offset) + int(t.n_bytes)
+        if end > size or t.data.nbytes != int(t.n_bytes):
+            raise ValueError(f"{path}: truncated GGUF file: tensor {t.name!r} needs bytes up "
+                             f"to {end} but the file has {size}")
+    return reader
 
 
 def _field(reader, key: str, default=None):
@@ -107,6 +120,11 @@ def gguf_to_weights(tensors: dict[str, np.ndarray], cfg: LlamaConfig) -> dict[st
     Returns:
       Canonical name -> float32 array (see ``recrl.models.weights``).
     """
+    extra = sorted(k for k in tensors if (m := re.match(r"blk\.(\d+)\.", k))
+                   and int(m.group(1)) >= cfg.n_layers)
+    if extra:
+        raise ValueError(f"the GGUF file has blocks beyond the config's n_layers="
+                         f"{cfg.n_layers}: {extra[:3]}{'...' if len(extra) > 3 else ''}")
     w = {"embed": tensors["token_embd.weight"], "final_norm": tensors["output_norm.weight"]}
     if not cfg.tie_embeddings:
         w["lm_head"] = tensors["output.weight"].T

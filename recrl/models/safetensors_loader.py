@@ -96,6 +96,15 @@ def read_safetensors(directory: str | os.PathLike) -> dict[str, np.ndarray]:
 
 def hf_to_weights(tensors: dict[str, np.ndarray], cfg: LlamaConfig) -> dict[str, np.ndarray]:
     """Maps HF ``LlamaForCausalLM`` tensor names to canonical ``Llama`` weights (transposed)."""
+    layers = {int(m.group(1)) for k in tensors if (m := re.match(r"model\.layers\.(\d+)\.", k))}
+    if layers and max(layers) >= cfg.n_layers:
+        raise ValueError(f"the checkpoint has layers 0..{max(layers)} but its config has "
+                         f"num_hidden_layers={cfg.n_layers}: refusing to load a truncated "
+                         "model (fix config.json or pass n_layers=...)")
+    missing = [i for i in range(cfg.n_layers) if i not in layers]
+    if missing:
+        raise ValueError(f"the config has num_hidden_layers={cfg.n_layers} but the checkpoint "
+                         f"has no tensors for layers {missing[:5]}")
     w = {"embed": tensors["model.embed_tokens.weight"], "final_norm": tensors["model.norm.weight"]}
     if not cfg.tie_embeddings:
         head = tensors.get("lm_head.weight")

@@ -55,13 +55,37 @@ class Tokenizer:
         return idx
 
     def encode(self, text: str, *, add_bos: bool = False) -> list[int]:
-        """Token ids of ``text`` (special tokens written in the text are recognised)."""
+        """Token ids of ``text`` (special tokens written in the text are recognised).
+
+        Raises:
+          TypeError: ``text`` is not a ``str``.
+          ValueError: ``text`` is not valid Unicode (e.g. a lone surrogate), with its index.
+        """
+        if not isinstance(text, str):
+            raise TypeError(f"encode() needs a str, got {type(text).__name__}")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ValueError(f"text is not valid Unicode: {text[e.start:e.end]!r} at index "
+                             f"{e.start} ({e.reason}); it cannot be tokenised") from None
         ids = self.hf.encode(text, add_special_tokens=False).ids
         return ([self.bos_id] if add_bos and self.bos_id is not None else []) + ids
 
     def decode(self, ids: Sequence[int] | np.ndarray, *, skip_special_tokens: bool = True) -> str:
-        """Text of ``ids`` (special tokens dropped by default)."""
-        return self.hf.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+        """Text of ``ids`` (special tokens dropped by default).
+
+        Raises:
+          ValueError: an id outside ``[0, vocab_size)`` (its position and value named).
+        """
+        arr = np.asarray(ids).reshape(-1)
+        if arr.size and not np.issubdtype(arr.dtype, np.integer):
+            raise ValueError(f"token ids must be integers, got dtype {arr.dtype}")
+        n = self.vocab_size
+        bad = np.flatnonzero((arr < 0) | (arr >= n))
+        if bad.size:
+            raise ValueError(f"token id {int(arr[bad[0]])} at position {int(bad[0])} is outside "
+                             f"the vocabulary [0, {n})")
+        return self.hf.decode(arr.tolist(), skip_special_tokens=skip_special_tokens)
 
     def chat(self, messages: Sequence[Message], *, add_generation_prompt: bool = True) -> str:
         """ChatML text: ``<|im_start|>{role}\\n{content}<|im_end|>\\n`` per message.

@@ -153,6 +153,12 @@ def evidence_gain_batch(graphdef: nnx.GraphDef, params, tok, questions: Sequence
     Returns:
       An :class:`EvidenceResult`.
     """
+    if len(questions) != len(traces):
+        raise ValueError(f"got {len(questions)} questions but {len(traces)} traces; give one "
+                         "question per trace")
+    if len(traces) == 0:
+        raise ValueError("evidence_gain_batch needs at least one trace (got none); skip the "
+                         "call when there is nothing to score")
     if not isinstance(probes, ProbeSet):
         probes = encode_probes(tok, probes)
     probes = ProbeSet(*(jnp.asarray(x) for x in probes))

@@ -123,6 +123,13 @@ class LearnerConfig:
         if self.eg_signal not in ("log_weight", "eg", "eg_per_token"):
             raise ValueError(f"eg_signal must be log_weight, eg or eg_per_token, got "
                              f"{self.eg_signal!r}")
+        if self.ppo_epochs < 1:
+            raise ValueError(f"ppo_epochs={self.ppo_epochs} must be >= 1")
+        if not self.eg_temperature > 0 or not self.temperature > 0:
+            raise ValueError(f"eg_temperature={self.eg_temperature} and temperature="
+                             f"{self.temperature} must be > 0")
+        if not self.lr >= 0:
+            raise ValueError(f"lr={self.lr} must be >= 0")
 
 
 def preset(name: str, **changes: Any) -> LearnerConfig:
@@ -568,3 +575,23 @@ class Learner:
                    **stats._asdict())
         self.history.append(out)
         return out
+
+    def save(self, ckpt, step: int, extra: dict[str, Any] | None = None) -> None:
+        """Checkpoints everything the next steps depend on: parameters, optimiser state,
+        the sampling RNG (demonstration draws) and the history; ``extra`` (JSON) rides
+        along in the metadata. ``ckpt`` is a :class:`recrl.checkpoint.Checkpointer`."""
+        version, state, gauss = self.rng.getstate()
+        meta = {"step": step, "history": self.history,
+                "rng": [version, list(state), gauss], "extra": extra or {}}
+        ckpt.save(step, {"params": self.params, "opt_state": self.opt_state}, meta=meta)
+
+    def restore(self, ckpt) -> dict[str, Any]:
+        """Restores what :meth:`save` wrote (the newest readable step); returns its
+        metadata (``step``, ``history``, ``extra``)."""
+        like = {"params": self.params, "opt_state": self.opt_state}
+        saved, meta = ckpt.restore(like=like)
+        self.params, self.opt_state = saved["params"], saved["opt_state"]
+        version, state, gauss = meta["rng"]
+        self.rng.setstate((version, tuple(state), gauss))
+        self.history = list(meta["history"])
+        return meta
