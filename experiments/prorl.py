@@ -28,7 +28,6 @@ import ml_collections
 import numpy as np
 from absl import app, flags, logging
 from flax import nnx
-from tensorboardX import SummaryWriter
 from tqdm.auto import tqdm
 
 from experiments import prorl_report
