@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import app, flags, logging
@@ -119,7 +119,7 @@ def pretrained_policy(ctx: Context) -> PathPolicy:
 
     policy, history = pretrain(policy, ctx.data.paths["train"], ctx.data.paths["val"],
                                PretrainConfig(seed=0, **c.pretrain), validate)
-    ckpt.save(1, nnx.state(policy, nnx.Param), meta={"history": history})
+    ckpt.save(1, jax.device_get(nnx.state(policy, nnx.Param)), meta={"history": history})
     ckpt.close()
     return policy
 
@@ -153,10 +153,10 @@ def train_method(ctx: Context, policy0: PathPolicy, method: str, seed: int,
         logging.info("%s: resuming after epoch %d", run, meta["epoch"])
     state = parallel.replicate(state, ctx.mesh)
     sim_rep = parallel.replicate(sim_state[1], ctx.mesh)
-    n_dev = ctx.mesh.shape[parallel.DATA_AXIS]
-    put = (lambda x: parallel.shard_batch(x, ctx.mesh)) if r.prompts % n_dev == 0 else (
-        lambda x: parallel.replicate(x, ctx.mesh))
-    tb = SummaryWriter(str(ctx.out / "tb" / run))
+    parallel.check_divisible({"rl.prompts": r.prompts}, ctx.mesh)
+    parallel.log_batch(f"{run} prompts", (r.prompts, *train_h.shape[1:]), ctx.mesh)
+    step_fn = jax.jit(step_fn, donate_argnums=0)  # the old train state is never read again
+    tb = SummaryWriter(str(ctx.out / "tb" / run)) if parallel.is_writer() else None
     for epoch in range(meta["epoch"], r.epochs):
         order = np.random.default_rng([seed, epoch]).permutation(len(train_t))
         sums: dict[str, float] = {}
@@ -165,7 +165,11 @@ def train_method(ctx: Context, policy0: PathPolicy, method: str, seed: int,
             if len(idx) < r.prompts:
                 idx = np.concatenate([idx, order[: r.prompts - len(idx)]])
             key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), epoch), s)
-            state, m = step_fn(state, sim_rep, put(train_h[idx]), put(train_t[idx]), key)
+            # each process builds only its rows of the (seed, epoch, step)-ordered batch
+            hist, tgt = parallel.global_rows(
+                lambda rows, idx=idx: (train_h[idx[rows]], train_t[idx[rows]]), r.prompts,
+                ctx.mesh)
+            state, m = step_fn(state, sim_rep, hist, tgt, key)
             m = {k: float(v) for k, v in jax.device_get(m).items()}
             if not m["finite"]:
                 logging.warning("%s: skipped a batch with non-finite rewards (total %d)", run,
@@ -174,7 +178,8 @@ def train_method(ctx: Context, policy0: PathPolicy, method: str, seed: int,
             ctx.log.write(json.dumps({"run": run, "method": method, "seed": seed,
                                       "epoch": epoch + 1, "step": gstep, **m}) + "\n")
             for k, v in m.items():
-                tb.add_scalar(f"train/{k}", v, gstep)  # (no '@' in these names)
+                if tb is not None:
+                    tb.add_scalar(f"train/{k}", v, gstep)  # (no '@' in these names)
                 sums[k] = sums.get(k, 0.0) + v / steps
         if epoch == 0:
             state = rl.freeze_stats(state)
@@ -184,7 +189,8 @@ def train_method(ctx: Context, policy0: PathPolicy, method: str, seed: int,
         row = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in sums.items()},
                **{f"val_{k.split('/')[1]}": v for k, v in val.items()}}
         for k, v in row.items():
-            tb.add_scalar(f"epoch/{k.replace('@', '_at_')}", v, epoch + 1)
+            if tb is not None:
+                tb.add_scalar(f"epoch/{k.replace('@', '_at_')}", v, epoch + 1)
         meta["history"].append(row)
         if row["val_ioi@1"] > meta["best_val"]:
             meta.update(best_val=row["val_ioi@1"], best_epoch=epoch + 1)
@@ -195,14 +201,16 @@ def train_method(ctx: Context, policy0: PathPolicy, method: str, seed: int,
                      {k: round(v, 4) for k, v in row.items() if k.startswith("val_")})
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1)
-    tb.close()
+    if tb is not None:
+        tb.close()
     best, _ = best_ckpt.restore(like=jax.device_get(state.params))
     nnx.update(policy, best)
     result = {"method": method, "seed": seed, "best_epoch": meta["best_epoch"],
               "history": meta["history"], "skipped": int(state.skipped),
               "src_mean": np.asarray(state.stats.mean).tolist(),
               "test": test_metrics(ctx, policy, seed)}
-    (run_dir / "result.json").write_text(json.dumps(result, indent=1))
+    if parallel.is_writer():
+        (run_dir / "result.json").write_text(json.dumps(result, indent=1))
     ckpt.close()
     best_ckpt.close()
     return result
@@ -238,27 +246,30 @@ def baselines(ctx: Context, policy0: PathPolicy) -> dict:
             res[name] = ev.evaluate_paths(ctx.sims, th, tt, p, lengths, ctx.genres,
                                           ctx.data.sequences.num_items)
         logging.info("baseline %s in %.1fs: %s", name, time.perf_counter() - t0, res[name])
-    path.write_text(json.dumps(res, indent=1))
+    if parallel.is_writer():
+        path.write_text(json.dumps(res, indent=1))
     return res
 
 
 def run(cfg: Any, out_dir: str, on_epoch_end: Callable[[str, int], None] | None = None
         ) -> dict:
     """The whole pipeline; returns ``{"runs": [...], "baselines": {...}}``."""
-    parallel.maybe_initialize_distributed(cfg.distributed)
+    mesh = parallel.startup(cfg)  # jax.distributed first, then the global mesh
+    parallel.check_divisible({"rl.prompts": cfg.rl.prompts}, mesh)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(cfg.to_json(indent=1))
+    if parallel.is_writer():
+        (out / "config.json").write_text(cfg.to_json(indent=1))
     t0 = time.perf_counter()
-    data = load_data(cfg)
+    data = parallel.writer_first("data", lambda: load_data(cfg))
     logging.info("data ready in %.1fs: %d train / %d val / %d test paths",
                  time.perf_counter() - t0, *(len(data.paths[s].lengths)
                                              for s in ("train", "val", "test")))
     sims = {"sasrec": get_simulator(out, data, "sasrec", cfg.sim)}
     ecfg = ml_collections.ConfigDict({**cfg.sim.to_dict(), **cfg.evaluator.to_dict()})
     sims[cfg.evaluator.kind] = get_simulator(out, data, cfg.evaluator.kind, ecfg)
-    mesh = parallel.data_mesh(cfg.num_devices or None)
-    with open(out / "metrics.jsonl", "a") as log:
+    # only process 0 writes the metrics
+    with open(out / "metrics.jsonl" if parallel.is_writer() else os.devnull, "a") as log:
         ctx = Context(cfg, out, data, genre_matrix(data.genre_masks), sims, mesh, log)
         policy0 = pretrained_policy(ctx)
         base = baselines(ctx, policy0)
@@ -273,8 +284,9 @@ def run(cfg: Any, out_dir: str, on_epoch_end: Callable[[str, int], None] | None 
 def write_results(out: Path, runs: list[dict], base: dict, cfg: Any) -> dict:
     """Writes ``results.json`` and the report (``report.md``, plots); returns the results."""
     results = {"runs": runs, "baselines": base, "config": cfg.to_dict()}
-    (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
-    prorl_report.write_report(out, results)
+    if parallel.is_writer():
+        (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+        prorl_report.write_report(out, results)
     return results
 
 
@@ -297,10 +309,9 @@ def main(argv: list[str]) -> None:
     if FLAGS.report_only:
         report_only(FLAGS.config, FLAGS.out_dir)
     else:
-        jnp.zeros(())  # initialise the backend before logging device info
-        logging.info("devices: %s", jax.devices())
-        run(FLAGS.config, FLAGS.out_dir)
-    print((Path(FLAGS.out_dir) / "report.md").read_text())
+        run(FLAGS.config, FLAGS.out_dir)  # start-up (distributed, mesh) happens in run()
+    if parallel.is_writer():
+        print((Path(FLAGS.out_dir) / "report.md").read_text())
 
 
 if __name__ == "__main__":

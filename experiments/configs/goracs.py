@@ -12,12 +12,15 @@ Override any field on the command line, e.g. ``--config.budgets=32,64``; the cli
 
 import ml_collections
 
+from recrl import parallel
+
 METHODS = ("goracs", "random", "el2n", "grand", "ccs", "kcenter", "dealrec", "full")
 
 
 def get_config(variant: str = "ml1m_cpu") -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.variant = variant
+    parallel.add_config_fields(c)  # distributed, coordinator_address, ..., num_devices
     c.dataset = "ml-1m"  # ml-1m | ml-100k | synthetic
     c.task = "next_item"  # next_item (HR/NDCG) | click (rating > 3: AUC / log-loss)
     c.seeds = (0, 1, 2)

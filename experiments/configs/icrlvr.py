@@ -12,12 +12,15 @@ Override any field on the command line, e.g. ``--config.rl.steps=40``. Outputs g
 
 import ml_collections
 
+from recrl import parallel
+
 METHODS = ("grpo", "ic_grpo", "eg_grpo")
 
 
 def get_config(variant: str = "tiny_cpu") -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.variant = variant
+    parallel.add_config_fields(c)  # distributed, coordinator_address, ..., num_devices
     c.seeds = (0, 1, 2)
     c.methods = METHODS
     c.parts = ("quality", "training")  # which experiments to run

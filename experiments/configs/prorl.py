@@ -12,6 +12,8 @@ Override any field on the command line, e.g. ``--config.rl.epochs=3``.
 
 import ml_collections
 
+from recrl import parallel
+
 PAPER_METHODS = ("prorl", "reinforce", "grpo", "rtg", "a2c", "prorl_no_src", "prorl_no_psae")
 
 
@@ -22,8 +24,7 @@ def get_config(variant: str = "ml1m_cpu") -> ml_collections.ConfigDict:
     c.seeds = (0, 1, 2)
     c.methods = PAPER_METHODS
     c.baselines = ("pretrained", "ipg", "greedy_sequential")
-    c.distributed = False  # call jax.distributed.initialize() (multi-host pods)
-    c.num_devices = 0  # 0 = all local devices
+    parallel.add_config_fields(c)  # distributed, coordinator_address, ..., num_devices
 
     c.data = ml_collections.ConfigDict(dict(min_user=20, min_item=40, seed=0, history=10,
                                             max_len=10))

@@ -40,6 +40,7 @@ from absl import logging
 from flax import nnx
 from tqdm.auto import tqdm
 
+from recrl import parallel
 from recrl.checkpoint import Checkpointer
 from recrl.data.prorl import ProRLData
 from recrl.data.sequences import Sequences
@@ -289,8 +290,11 @@ def save_simulator(directory: str | Path, model: Simulator, cfg: SimConfig, *,
     meta = {"config": dataclasses.asdict(cfg), "metrics": metrics or {}}
     with Checkpointer(path / "params", max_to_keep=1) as ckpt:
         step = (ckpt.latest_step() or 0) + 1
-        ckpt.save(step, nnx.to_pure_dict(nnx.state(model)), meta={"config": meta["config"]})
-    (path / CONFIG_FILE).write_text(json.dumps(meta, indent=1))
+        # host copies: every process takes part in the save, process 0 writes them
+        ckpt.save(step, jax.device_get(nnx.to_pure_dict(nnx.state(model))),
+                  meta={"config": meta["config"]})
+    if parallel.is_writer():
+        (path / CONFIG_FILE).write_text(json.dumps(meta, indent=1))
 
 
 def load_simulator(directory: str | Path) -> Simulator:
