@@ -28,13 +28,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 from flax import nnx
 from ml_collections import config_flags
 
-from recrl import coreset, models
+from recrl import coreset, models, parallel
 from recrl.checkpoint import Checkpointer
 from recrl.coreset import lmrec
 from recrl.data import (
@@ -125,8 +124,8 @@ def build_model(cfg, corpus: list[str] | None = None):
     return model, encode
 
 
-def pretrain_on_titles(cfg, model, encode, titles: np.ndarray, cache_key: str = ""
-                       ) -> list[float]:
+def pretrain_on_titles(cfg, model, encode, titles: np.ndarray, cache_key: str = "",
+                       mesh=None) -> list[float]:
     """Full-parameter LM training on ``"Movie: " -> title`` (disjoint from the pool).
 
     With ``pretrain.cache`` the trained weights are kept under
@@ -149,7 +148,7 @@ def pretrain_on_titles(cfg, model, encode, titles: np.ndarray, cache_key: str = 
     t = lmrec.encode_pairs(encode, [TITLE_PROMPT] * len(titles), list(titles),
                            max_prompt=8, max_answer=cfg.model.max_answer)
     losses = lmrec.finetune(model, *t, steps=p.steps, batch=p.batch, lr=p.lr,
-                            lora_only=False, progress=True, desc="pretrain")
+                            lora_only=False, progress=True, desc="pretrain", mesh=mesh)
     if ckpt is not None:
         models.save_model(ckpt, p.steps, model, meta={"losses": losses[-50:]})
         ckpt.close()
@@ -232,15 +231,17 @@ def evaluate(model, encode, cfg, texts, cand, titles, full=None) -> dict[str, fl
 
 def run(cfg, out_dir: str) -> dict:
     """The whole experiment; returns (and writes) the results."""
+    mesh = parallel.startup(cfg)  # jax.distributed first, then the global mesh
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     task = task_of(cfg)
-    data, texts, cand, full = load_data(cfg)
+    data, texts, cand, full = parallel.writer_first("data", lambda: load_data(cfg))
     corpus = [TITLE_PROMPT, *map(str, data.titles),
               *(t for v in texts.values() for t in (*v["prompt"], *v["answer"]))]
     model, encode = build_model(cfg, corpus)
     pre = pretrain_on_titles(cfg, model, encode, data.titles,
-                             cache_key=f"{cfg.dataset}:{len(corpus)}:{hash_texts(corpus)}")
+                             cache_key=f"{cfg.dataset}:{len(corpus)}:{hash_texts(corpus)}",
+                             mesh=mesh)
     models.add_lora(model, rank=cfg.model.lora_rank, alpha=cfg.model.lora_alpha,
                     targets=("q_proj", "v_proj"), rngs=nnx.Rngs(0))
     mp, ma = cfg.model.max_prompt, cfg.model.max_answer
@@ -274,6 +275,11 @@ def run(cfg, out_dir: str) -> dict:
              **evaluate(model, encode, cfg, texts, cand, data.titles, full)}]
     eval_seconds = time.perf_counter() - t0
     budgets = budgets_of(cfg, pool)
+    # the data-parallel fine-tune splits each minibatch over the mesh: refuse up front
+    ft = cfg.finetune
+    parallel.check_divisible({"finetune.batch (or the smallest budget)":
+                              min(ft.batch, *budgets)}, mesh)
+    parallel.log_batch("fine-tune", (min(ft.batch, *budgets), mp + ma), mesh)
     key = PRIMARY[task]
     done: dict[tuple[str, int], tuple[dict, dict]] = {}  # deterministic selections, reused
     for bi, n in enumerate(budgets):
@@ -298,7 +304,7 @@ def run(cfg, out_dir: str) -> dict:
                 ft = cfg.finetune
                 steps = min(ft.max_steps, max(1, ft.epochs * len(idx) // ft.batch))
                 lmrec.finetune(m, *(x[idx] for x in enc["train"]), steps=steps,
-                               batch=ft.batch, lr=ft.lr, seed=seed, progress=False)
+                               batch=ft.batch, lr=ft.lr, seed=seed, progress=False, mesh=mesh)
                 rec = {"method": method, "budget": int(n if method != "full" else len(idx)),
                        "seed": int(seed), "select_seconds": sel["seconds"], **quality,
                        "trace": sel["trace"], "steps": steps,
@@ -311,7 +317,8 @@ def run(cfg, out_dir: str) -> dict:
                       f" POO={rec['poo']:.4f} ({sel['seconds']:.1f} s)", flush=True)
                 write_results(out, runs, pre, feature_seconds, eval_seconds, texts, cfg)
     results = write_results(out, runs, pre, feature_seconds, eval_seconds, texts, cfg)
-    write_report(out, results)
+    if parallel.is_writer():
+        write_report(out, results)
     return results
 
 
@@ -327,6 +334,8 @@ def write_results(out: Path, runs, pre, feature_seconds, eval_seconds, texts, cf
                "feature_seconds": feature_seconds, "eval_seconds": eval_seconds,
                "sizes": {k: len(v["prompt"]) for k, v in texts.items()},
                "config": cfg.to_dict()}
+    if not parallel.is_writer():  # only process 0 writes files
+        return results
     tmp = out / "results.json.tmp"
     tmp.write_text(json.dumps(results, indent=1, default=str))
     tmp.replace(out / "results.json")
@@ -434,15 +443,15 @@ def write_report(out: Path, results: dict) -> str:
 
 def main(argv: list[str]) -> None:
     del argv
-    jnp.zeros(())
     if FLAGS.report_only:  # rebuild report.md and plots from a finished results.json
         path = Path(FLAGS.out_dir) / "results.json"
         if not path.exists():
             raise FileNotFoundError(f"--report_only: no {path} (run the experiment first)")
         write_report(Path(FLAGS.out_dir), json.loads(path.read_text()))
     else:
-        run(FLAGS.config, FLAGS.out_dir)
-    print((Path(FLAGS.out_dir) / "report.md").read_text())
+        run(FLAGS.config, FLAGS.out_dir)  # start-up (distributed, mesh) happens in run()
+    if parallel.is_writer():
+        print((Path(FLAGS.out_dir) / "report.md").read_text())
 
 
 if __name__ == "__main__":

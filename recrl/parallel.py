@@ -228,3 +228,17 @@ def writer_first(name: str, fn: Callable[[], Any]) -> Any:
     out = fn() if is_writer() else None
     barrier(f"{name}:written")
     return out if is_writer() else fn()
+
+
+def to_host(tree: Any) -> Any:
+    """Numpy copies of every leaf; arrays split over several processes are gathered first
+    (every process must call this for such arrays)."""
+
+    def get(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            from jax.experimental import multihost_utils
+
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return np.asarray(x)
+
+    return jax.tree.map(get, tree)

@@ -33,7 +33,7 @@ import optax
 from flax import nnx
 
 from recrl import estimators as est
-from recrl import models
+from recrl import models, parallel
 from recrl.rlvr import evidence, tasks
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -172,9 +172,10 @@ RewardFn = Callable[[str, tasks.Problem], float]
 def sample_rollouts(graphdef: nnx.GraphDef, params, tok, problems: Sequence[tasks.Problem],
                     demo_pool: Sequence[tasks.Problem], key: jax.Array, cfg: LearnerConfig,
                     rng: random.Random, reward_fn: RewardFn = tasks.answer_reward,
-                    ) -> tuple[Rollouts, list[str]]:
+                    mesh: Any = None) -> tuple[Rollouts, list[str]]:
     """Samples one group per problem (``models.sample`` on the padded ``P·G`` prompts), decodes
-    and scores the completions (malformed text gets reward 0).
+    and scores the completions (malformed text gets reward 0). With ``mesh`` the ``P·G``
+    prompts are split over its devices (each process builds its rows).
 
     Returns:
       ``Rollouts`` and the ``P·G`` decoded texts (row-major).
@@ -185,8 +186,12 @@ def sample_rollouts(graphdef: nnx.GraphDef, params, tok, problems: Sequence[task
     pt, pm = models.pad_batch(flat, pad_id=tok.pad_id, side="left", length=cfg.max_prompt_len)
     scfg = models.SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                                  stop_tokens=(tok.eos_id,), pad_id=tok.pad_id)
-    out = models.sample(graphdef, params, jnp.asarray(pt), jnp.asarray(pm), key, config=scfg)
-    toks, lens = np.asarray(out.tokens), np.asarray(out.lengths)
+    if mesh is None:
+        pt_in, pm_in = jnp.asarray(pt), jnp.asarray(pm)
+    else:
+        pt_in, pm_in = parallel.global_rows(lambda r: (pt[r], pm[r]), n * g, mesh)
+    out = parallel.to_host(models.sample(graphdef, params, pt_in, pm_in, key, config=scfg))
+    toks, lens = out.tokens, out.lengths
     texts = [tasks.decode_completion(tok, toks[i], int(lens[i])) for i in range(n * g)]
     probs = [problems[i // g] for i in range(n * g)]
     reward = np.array([reward_fn(t, p) for t, p in zip(texts, probs, strict=True)], np.float32)
@@ -372,7 +377,8 @@ class Learner:
     def __init__(self, graphdef: nnx.GraphDef, params, tok, cfg: LearnerConfig,
                  demo_pool: Sequence[tasks.Problem] = (),
                  probes: Sequence[tasks.Problem] | None = None,
-                 reward_fn: RewardFn = tasks.answer_reward, seed: int = 0):
+                 reward_fn: RewardFn = tasks.answer_reward, seed: int = 0,
+                 mesh: Any = None):
         if cfg.eg_reweight and not probes:
             raise ValueError("eg_reweight needs a probe set")
         self.graphdef, self.params, self.tok, self.cfg = graphdef, params, tok, cfg
@@ -383,6 +389,10 @@ class Learner:
         self.ref_params = params if cfg.kl_coef > 0 else None
         self.rng = random.Random(seed)
         self.history: list[dict[str, float]] = []
+        self.mesh = mesh  # data-parallel sampling and update over this mesh (None: one device)
+        if mesh is not None:
+            parallel.check_divisible({"prompts_per_step": cfg.prompts_per_step}, mesh)
+            self.params, self.opt_state = parallel.replicate((self.params, self.opt_state), mesh)
 
     def _draw(self, problems_fn: Callable[[int], Sequence[tasks.Problem]],
               key: jax.Array) -> Callable[[], Rollouts]:
@@ -392,7 +402,7 @@ class Learner:
             probs = problems_fn(self.cfg.prompts_per_step)
             r, texts = sample_rollouts(self.graphdef, self.params, self.tok, probs,
                                        self.demo_pool, next(keys), self.cfg, self.rng,
-                                       self.reward_fn)
+                                       self.reward_fn, self.mesh)
             if self.cfg.eg_reweight:
                 r = r._replace(weight=eg_weights(self.graphdef, self.params, self.tok, probs,
                                                  texts, r.reward, self.probes,
@@ -412,10 +422,16 @@ class Learner:
                                       max_rounds=cfg.max_sampling_rounds)
         ref_logp = (rollout_logprobs(self.graphdef, self.ref_params, batch, cfg.temperature)
                     if self.ref_params is not None else None)
+        placed, ref_in = batch, ref_logp
+        if self.mesh is not None:  # each process builds its groups of the global batch
+            placed, ref_in = parallel.global_rows(
+                lambda r: (select_groups(batch, np.arange(r.start, r.stop)),
+                           None if ref_logp is None else np.asarray(ref_logp)[r]),
+                cfg.prompts_per_step, self.mesh)
         for _ in range(cfg.ppo_epochs):
             self.params, self.opt_state, m = train_step(self.graphdef, self.params,
-                                                        self.opt_state, batch, cfg, self.tx,
-                                                        ref_logp)
+                                                        self.opt_state, placed, cfg, self.tx,
+                                                        ref_in)
         demo = np.asarray(batch.demo) >= 0
         r = np.asarray(batch.reward)
         out = {k: float(v) for k, v in m.items()}
