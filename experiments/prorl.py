@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -268,8 +267,7 @@ def run(cfg: Any, out_dir: str, on_epoch_end: Callable[[str, int], None] | None 
     sims = {"sasrec": get_simulator(out, data, "sasrec", cfg.sim)}
     ecfg = ml_collections.ConfigDict({**cfg.sim.to_dict(), **cfg.evaluator.to_dict()})
     sims[cfg.evaluator.kind] = get_simulator(out, data, cfg.evaluator.kind, ecfg)
-    # only process 0 writes the metrics
-    with open(out / "metrics.jsonl" if parallel.is_writer() else os.devnull, "a") as log:
+    with parallel.open_for_writer(out / "metrics.jsonl", "a") as log:  # process 0 writes
         ctx = Context(cfg, out, data, genre_matrix(data.genre_masks), sims, mesh, log)
         policy0 = pretrained_policy(ctx)
         base = baselines(ctx, policy0)

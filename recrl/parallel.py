@@ -84,8 +84,18 @@ def batch_sharding(mesh: Mesh, axis_name: str = DATA_AXIS) -> NamedSharding:
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
-    """Places every leaf of ``tree`` on every device of ``mesh``."""
-    return jax.device_put(tree, replicated(mesh))
+    """Places every leaf of ``tree`` on every device of ``mesh``, in fresh buffers (never
+    aliasing the input's, nor each other's), so the result can be donated to a step."""
+    sharding = replicated(mesh)
+
+    def put(x):
+        if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            return jax.device_put(x, sharding, may_alias=False)
+        # a host copy per leaf: on CPU a device_put may keep the input's buffer as a shard,
+        # and one array used in two fields would be donated twice
+        return jax.device_put(np.array(x, copy=True), sharding)
+
+    return jax.tree.map(put, tree)
 
 
 def shard_batch(tree: Any, mesh: Mesh, axis_name: str = DATA_AXIS) -> Any:
@@ -242,3 +252,10 @@ def to_host(tree: Any) -> Any:
         return np.asarray(x)
 
     return jax.tree.map(get, tree)
+
+
+def open_for_writer(path: Any, mode: str = "a") -> Any:
+    """``open(path, mode)`` on process 0; a sink (``os.devnull``) on the other processes."""
+    import os
+
+    return open(path if is_writer() else os.devnull, mode)
