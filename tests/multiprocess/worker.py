@@ -45,7 +45,7 @@ def prorl_part(mesh, out) -> dict:
 
     cfg = get_config("tiny")
     cfg.rl.update(epochs=1, steps_per_epoch=3, prompts=8, samples=4)
-    cfg.eval.update(max_prompts=8, val_prompts=8)
+    cfg.eval.update(k=0, max_prompts=8, val_prompts=8)
     data = parallel.writer_first("data", lambda: prorl.load_data(cfg))
     n_items = data.sequences.num_items
     sim = simulator.build_simulator(simulator.SimConfig(kind="sasrec", num_items=n_items,
@@ -54,6 +54,7 @@ def prorl_part(mesh, out) -> dict:
     pcfg = PolicyConfig(num_items=n_items, history=cfg.data.history, max_len=cfg.data.max_len,
                         **cfg.policy)
     policy0 = PathPolicy(pcfg, nnx.Rngs(0))
+    init = _flat("init/prorl", nnx.state(policy0, nnx.Param))
     with parallel.open_for_writer(out / "metrics.jsonl", "a") as log:
         ctx = prorl.Context(cfg, out, data, prorl.genre_matrix(data.genre_masks),
                             {"sasrec": sim}, mesh, log)
@@ -61,7 +62,7 @@ def prorl_part(mesh, out) -> dict:
     like = rl.init_state(policy0, rl.RLConfig(method="prorl"))[0]
     with Checkpointer(out / "rl" / "prorl_s0" / "ckpt") as ckpt:  # every process restores
         state, _ = ckpt.restore(like=parallel.to_host(like))
-    return _flat("prorl", state.params)
+    return {**init, **_flat("prorl", state.params)}
 
 
 def icrlvr_part(mesh) -> dict:
@@ -78,6 +79,7 @@ def icrlvr_part(mesh) -> dict:
     from flax import nnx
 
     graphdef, params = nnx.split(model)
+    init = _flat("init/icrlvr", params)
     sp = tasks.make_splits(32, 8, 2, 4, seed=0)
     cfg = L.preset("grpo", group_size=4, prompts_per_step=4, max_prompt_len=32,
                    max_new_tokens=8, lr=1e-2, warmup_steps=1)
@@ -88,7 +90,7 @@ def icrlvr_part(mesh) -> dict:
     for step in range(3):
         lrn.step(lambda n, step=step: pool[step * n:(step + 1) * n],
                  jax.random.fold_in(jax.random.key(0), step))
-    return _flat("icrlvr", lrn.params)
+    return {**init, **_flat("icrlvr", lrn.params)}
 
 
 def goracs_part(mesh) -> dict:
@@ -107,9 +109,10 @@ def goracs_part(mesh) -> dict:
     mask = np.ones_like(tokens, bool)
     loss_mask = np.zeros_like(mask)
     loss_mask[:, 8:] = True
+    init = _flat("init/goracs", nnx.state(model, models.LoRAParam))
     lmrec.finetune(model, tokens, mask, loss_mask, steps=3, batch=8, lr=1e-2, seed=0,
                    progress=False, mesh=mesh)
-    return _flat("goracs", nnx.state(model, models.LoRAParam))
+    return {**init, **_flat("goracs", nnx.state(model, models.LoRAParam))}
 
 
 def main(argv: list[str]) -> None:
@@ -130,7 +133,16 @@ def main(argv: list[str]) -> None:
     mesh = parallel.startup(cfg)
     plain = None if nproc == 1 and ndev == 1 else mesh
     out = Path(out)
-    params = {**prorl_part(mesh, out), **icrlvr_part(plain), **goracs_part(plain)}
+    import time
+
+    params, seconds = {}, {}
+    for name, part in (("prorl", lambda: prorl_part(mesh, out)),
+                       ("icrlvr", lambda: icrlvr_part(plain)),
+                       ("goracs", lambda: goracs_part(plain))):
+        t0 = time.perf_counter()
+        params.update(part())
+        seconds[name] = round(time.perf_counter() - t0, 1)
+    print(f"process {pid}: seconds per part {seconds}", flush=True)
     np.savez(out / f"params_p{pid}.npz", **params)
     parallel.barrier("done")
 
