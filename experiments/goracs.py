@@ -56,6 +56,16 @@ TASKS = tuple(TASK_METRICS)
 PRIMARY = {"next_item": "HR@10", "click": "AUC"}  # printed per run and plotted vs budget
 
 
+#: the paper's λ per task (next item: n = 1024, λ = 0.1; click: n = 64, λ = 0.5)
+PAPER_LAMBDA = {"next_item": 0.1, "click": 0.5}
+
+
+def lam_of(cfg) -> float:
+    """``select.lam``, or the paper's value for the task when it is None."""
+    lam = cfg.select.get("lam")
+    return PAPER_LAMBDA[task_of(cfg)] if lam is None else float(lam)
+
+
 def task_of(cfg) -> str:
     """The config's task (``next_item`` when unset); a clear error for an unknown one."""
     task = cfg.get("task", "next_item")
@@ -176,7 +186,7 @@ def select(method: str, n: int, seed: int, feats: dict[str, np.ndarray], cfg) ->
     if method == "goracs":
         s = cfg.select
         out = coreset.select(feats["pool_emb"], feats["val_emb"], feats["grad"], n,
-                             lam=s.lam, max_iters=s.max_iters, cut=s.cut,
+                             lam=lam_of(cfg), max_iters=s.max_iters, cut=s.cut,
                              max_checks=s.max_checks, epsilon=s.epsilon,
                              threshold=s.threshold, block=s.get("block", 1),
                              pool_labels=feats.get("pool_labels"),
@@ -268,7 +278,7 @@ def run(cfg, out_dir: str) -> dict:
         feats["val_labels"] = np.asarray(texts["val"]["label"])
     feature_seconds = time.perf_counter() - t0
     cost = np.asarray(coreset.cost_matrix(feats["pool_emb"], feats["val_emb"], grad,
-                                          cfg.select.lam))
+                                          lam_of(cfg)))
     pool = cost.shape[0]
     t0 = time.perf_counter()
     runs = [{"method": "base", "budget": 0, "seed": 0,
@@ -441,13 +451,295 @@ def write_report(out: Path, results: dict) -> str:
     return text
 
 
+# --- decisive protocol (docs/goracs.md, "decisive_cpu") -------------------------------
+
+def load_decisive_data(cfg) -> tuple[Any, dict[str, Any], np.ndarray]:
+    """Per-user leave-last-out data: a seeded ``pool_size`` sample of the training windows,
+    every validation-user window, every test-user window, and the test candidates."""
+    from recrl.data import user_holdout_split
+
+    d = cfg.data
+    ml = (synthetic_movielens(d.get("synthetic_users", 40), 60, min_len=8, max_len=20,
+                              seed=d.seed)
+          if cfg.dataset == "synthetic" else load_movielens(cfg.dataset))
+    data = prepare_lmrec(ml, LMRecConfig(max_history=d.max_history, num_val=0, num_test=0))
+    splits = user_holdout_split(data.splits["train"], num_val_users=d.val_users, seed=d.seed)
+    tr = splits["train"]
+    rng = np.random.default_rng(d.seed)
+    splits["train"] = take(tr, np.sort(rng.choice(len(tr.target), min(d.pool_size,
+                                                                       len(tr.target)),
+                                                  replace=False)))
+    data = dataclasses.replace(data, splits=splits)
+    texts = {k: next_item_dataset(data, k).select_columns(["prompt", "answer"]).to_dict()
+             for k in splits}
+    cand = ranking_candidates(data, "test", num_negatives=d.num_negatives, seed=d.seed)
+    return data, texts, cand
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def decisive_features(cfg, model, base, enc, data) -> dict[str, np.ndarray]:
+    """GORACS's features (ĝ, embeddings) and the baselines' scores: EL2N averaged over
+    ``el2n.runs`` briefly fine-tuned models, GraNd averaged over ``grand.inits`` LoRA
+    initialisations, DEALRec's surrogate influence."""
+    from recrl.coreset import surrogate
+
+    f = cfg.features
+    tr = enc["train"]
+    feats = {"grad": lmrec.grad_norms(model, *tr, batch=f.batch, chunk=f.chunk),
+             "pool_emb": lmrec.embeddings(model, *tr[:2], batch=f.batch),
+             "val_emb": lmrec.embeddings(model, *enc["val"][:2], batch=f.batch)}
+    e = cfg.el2n
+    scores = []
+    for r in range(max(e.runs, 1)):
+        m = nnx.clone(model)
+        if e.runs > 0 and e.steps > 0:
+            lmrec.finetune(m, *tr, steps=e.steps, batch=cfg.finetune.batch,
+                           lr=cfg.finetune.lr, seed=100 + r, progress=False)
+        scores.append(lmrec.el2n_scores(m, *tr, batch=f.batch))
+    feats["el2n"] = np.mean(scores, 0)
+    norms = []
+    for k in range(cfg.grand.inits):
+        m = nnx.clone(base)
+        models.add_lora(m, rank=cfg.model.lora_rank, alpha=cfg.model.lora_alpha,
+                        targets=("q_proj", "v_proj"), rngs=nnx.Rngs(1000 + k))
+        norms.append(lmrec.lora_grad_norms(m, *tr, batch=f.batch, chunk=f.chunk))
+    feats["grand"] = np.mean(norms, 0)
+    s, dl = data.splits["train"], cfg.dealrec
+    hmask = np.arange(s.history.shape[1])[None] < s.history_len[:, None]
+    sur = surrogate.train_surrogate(s.history, hmask, s.target, len(data.titles),
+                                    dim=dl.surrogate_dim, steps=dl.surrogate_steps)
+    feats["influence"] = surrogate.surrogate_influence(sur, s.history, hmask, s.target,
+                                                       damping=dl.damping)
+    return feats
+
+
+def decisive_select(method: str, n: int, seed: int, feats, cost, cfg) -> dict:
+    """One subset of the decisive protocol: indices, seconds, trace and exact POO."""
+    t0 = time.perf_counter()
+    num, trace, s = feats["pool_emb"].shape[0], [], cfg.select
+    if method in ("goracs", "greedy"):
+        out = coreset.select(feats["pool_emb"], feats["val_emb"], feats["grad"], n,
+                             lam=lam_of(cfg),
+                             max_iters=s.max_iters if method == "goracs" else 0,
+                             cut=s.cut, max_checks=s.max_checks, epsilon=s.epsilon,
+                             threshold=s.threshold)
+        idx, trace = out.indices, out.trace.tolist()
+    elif method == "random":
+        idx = coreset.random_subset(num, n, seed)
+    elif method == "kcenter":
+        idx = coreset.kcenter_greedy(feats["pool_emb"], n, seed)
+    elif method == "el2n":
+        idx = coreset.el2n(feats["el2n"], n, seed)
+    elif method == "grand":
+        idx = coreset.grand(feats["grand"], n, seed)
+    elif method == "ccs":
+        idx = coreset.ccs(feats["el2n"], n, seed=seed)
+    elif method == "dealrec":
+        idx = coreset.dealrec(feats["grand"], n, influence=feats["influence"],
+                              gamma=cfg.dealrec.gamma, seed=seed)
+    elif method == "d2pruning":
+        d2 = cfg.d2pruning
+        idx = coreset.d2_pruning(feats["pool_emb"], feats["el2n"], n, k=d2.k,
+                                 gamma_forward=d2.gamma_forward,
+                                 gamma_reverse=d2.gamma_reverse)
+    else:
+        raise ValueError(f"unknown method {method!r}")
+    secs = time.perf_counter() - t0
+    return {"indices": np.asarray(idx).tolist(), "seconds": secs, "trace": trace,
+            "exact_poo": coreset.poo_exact(cost, np.asarray(idx))}
+
+
+def decisive_evaluate(model, encode, cfg, texts, enc, cand, titles) -> dict[str, np.ndarray]:
+    """Per test window: mean answer-token NLL of the target title and its rank among the
+    candidates."""
+    nll = lmrec.mean_answer_nll(model, *enc["test"])
+    ranks = lmrec.target_ranks(lmrec.catalogue_scores(
+        model, encode, texts["test"]["prompt"], titles, cand,
+        max_prompt=cfg.model.max_prompt, max_answer=cfg.model.max_answer, progress=False))
+    return {"nll": nll, "ranks": ranks}
+
+
+def run_decisive(cfg, out_dir: str) -> dict:
+    """The decisive protocol by resumable stages (each file written once; reruns skip)."""
+    out = Path(out_dir)
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    data, texts, cand = load_decisive_data(cfg)
+    corpus = [TITLE_PROMPT, *map(str, data.titles),
+              *(t for v in texts.values() for t in (*v["prompt"], *v["answer"]))]
+    model, encode = build_model(cfg, corpus)
+    pretrain_on_titles(cfg, model, encode, data.titles,
+                       cache_key=f"{cfg.dataset}:{len(corpus)}:{hash_texts(corpus)}")
+    base = nnx.clone(model)
+    models.add_lora(model, rank=cfg.model.lora_rank, alpha=cfg.model.lora_alpha,
+                    targets=("q_proj", "v_proj"), rngs=nnx.Rngs(0))
+    mp, ma = cfg.model.max_prompt, cfg.model.max_answer
+    enc = {k: lmrec.encode_pairs(encode, v["prompt"], v["answer"], max_prompt=mp,
+                                 max_answer=ma) for k, v in texts.items()}
+    fpath = out / "features.npz"
+    if fpath.exists():
+        feats = dict(np.load(fpath))
+    else:
+        feats = decisive_features(cfg, model, base, enc, data)
+        np.savez(out / "features.tmp.npz", **feats)
+        (out / "features.tmp.npz").replace(fpath)
+    cost = np.asarray(coreset.cost_matrix(feats["pool_emb"], feats["val_emb"], feats["grad"],
+                                          lam_of(cfg)))
+    spath = out / "selections.json"
+    sels = json.loads(spath.read_text()) if spath.exists() else {}
+    for n in cfg.budgets:
+        for method in cfg.methods:
+            for seed in range(cfg.random_subsets) if method == "random" else (0,):
+                name = f"{method}_n{n}" + (f"_s{seed}" if method == "random" else "")
+                if name not in sels:
+                    sels[name] = {"method": method, "budget": int(n), "seed": seed,
+                                  **decisive_select(method, n, seed, feats, cost, cfg)}
+                    _atomic_write(spath, json.dumps(sels))
+    jobs = [("base", None), ("full", list(range(cost.shape[0]))),
+            *((k, v["indices"]) for k, v in sels.items())]
+    ft = cfg.finetune
+    for name, idx in jobs:
+        jpath = out / "runs" / f"{name}.json"
+        if jpath.exists():
+            continue
+        m = nnx.clone(model)
+        info = {"best_step": 0, "steps_run": 0, "val_curve": []}
+        t0 = time.perf_counter()
+        if idx is not None:
+            info = lmrec.finetune_early_stopping(
+                m, tuple(x[np.asarray(idx)] for x in enc["train"]), enc["val"],
+                max_steps=ft.max_steps, eval_every=ft.eval_every, patience=ft.patience,
+                batch=ft.batch, lr=ft.lr, seed=ft.seed)
+        t1 = time.perf_counter()
+        ev = decisive_evaluate(m, encode, cfg, texts, enc, cand, data.titles)
+        info.update(finetune_seconds=t1 - t0, eval_seconds=time.perf_counter() - t1)
+        np.savez(out / "runs" / f"{name}.npz", **ev)
+        rec = {"name": name, **{k: v for k, v in sels.get(name, {}).items()
+                                if k != "indices"}, **info,
+               "test_nll": float(ev["nll"].mean()),
+               **lmrec.rank_metrics(ev["ranks"], ks=(10,))}
+        _atomic_write(jpath, json.dumps(rec))
+        print(f"{name:16s} NLL={rec['test_nll']:.4f} HR@10={rec['HR@10']:.3f} "
+              f"best step {info['best_step']}", flush=True)
+    users = np.asarray(data.splits["test"].user)
+    np.save(out / "test_users.npy", users)
+    text = decisive_report(out, cfg)
+    return {"report": text}
+
+
+def _plot_nll_vs_poo(out: Path, recs: dict, cfg) -> None:
+    """``nll_vs_poo.png``: mean test NLL against exact POO, one panel per budget."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    budgets = list(cfg.budgets)
+    fig, axes = plt.subplots(1, len(budgets), figsize=(4.5 * len(budgets), 3.4),
+                             squeeze=False)
+    for ax, n in zip(axes[0], budgets, strict=True):
+        rs = [r for r in recs.values() if r.get("budget") == n]
+        for r in rs:
+            rnd = r["method"] == "random"
+            ax.scatter(r["exact_poo"], r["test_nll"], s=12 if rnd else 30,
+                       c="0.6" if rnd else "C3" if r["method"] == "goracs" else "C0")
+            if not rnd:
+                ax.annotate(r["method"], (r["exact_poo"], r["test_nll"]), fontsize=6)
+        ax.set_title(f"n = {n} (grey: random subsets)", fontsize=8)
+        ax.set_xlabel("exact POO"), ax.set_ylabel("test NLL")
+    fig.tight_layout(), fig.savefig(out / "nll_vs_poo.png", dpi=100), plt.close(fig)
+
+
+def decisive_report(out: Path, cfg) -> str:
+    """``report.md`` of the decisive protocol from the per-run files (decision rules as in
+    docs/goracs.md)."""
+    from recrl.coreset import evaluation
+
+    users = np.load(out / "test_users.npy")
+    recs = {p.stem: json.loads(p.read_text()) for p in sorted((out / "runs").glob("*.json"))}
+    per = {k: dict(np.load(out / "runs" / f"{k}.npz")) for k in recs}
+    boot = dict(num=cfg.report.bootstrap, seed=0)
+    lines = [f"# GORACS decisive report ({cfg.variant})", "",
+             f"Test windows: {len(users)} (one per test user); primary metric: test NLL of "
+             "the target title (mean answer-token NLL; lower is better); 95 % user-level "
+             f"bootstrap intervals ({cfg.report.bootstrap} resamples). Fine-tuning: at most "
+             f"{cfg.finetune.max_steps} steps of batch {cfg.finetune.batch}, validation loss "
+             f"every {cfg.finetune.eval_every} steps, patience {cfg.finetune.patience}, the "
+             "best validation point tested.", ""]
+    for ref in ("base", "full"):
+        if ref in recs:
+            iv = evaluation.user_interval(per[ref]["nll"], users, **boot)
+            lines.append(f"- {ref}: NLL {iv.mean:.4f} [{iv.lo:.4f}, {iv.hi:.4f}], "
+                         f"HR@10 {recs[ref]['HR@10']:.4f}")
+    for n in cfg.budgets:
+        names = [k for k, r in recs.items() if r.get("budget") == n]
+        if not names:
+            continue
+        lines += ["", f"## n = {n}", "",
+                  "| subset | exact POO | test NLL [95 % CI] | HR@10 [95 % CI] | NDCG@10 | "
+                  "best step |", "|---|---|---|---|---|---|"]
+        for k in sorted(names, key=lambda k: recs[k]["exact_poo"]):
+            r, p = recs[k], per[k]
+            a = evaluation.user_interval(p["nll"], users, **boot)
+            h = evaluation.user_interval((p["ranks"] < 10).astype(float), users, **boot)
+            lines.append(f"| {k} | {r['exact_poo']:.5f} | {a.mean:.4f} [{a.lo:.4f}, "
+                         f"{a.hi:.4f}] | {h.mean:.4f} [{h.lo:.4f}, {h.hi:.4f}] | "
+                         f"{r['NDCG@10']:.4f} | {r['best_step']} |")
+        poo = np.array([recs[k]["exact_poo"] for k in names])
+        nll = np.array([recs[k]["test_nll"] for k in names])
+        lines.append("")
+        if len(names) >= 3:
+            rho, pval = evaluation.spearman(poo, nll)
+            yes = rho > 0 and pval < 0.05
+            lines.append(f"1. Spearman(exact POO, test NLL) over {len(names)} subsets: "
+                         f"ρ = {rho:+.3f}, one-sided permutation p = {pval:.4f}: **"
+                         + ("POO predicts test NLL" if yes else
+                            f"POO does not predict test NLL at n = {n}") + "**.")
+        rnd = [k for k in names if recs[k]["method"] == "random"]
+        g = f"goracs_n{n}"
+        if g in recs and rnd:
+            pct = evaluation.percentile(recs[g]["test_nll"],
+                                        np.array([recs[k]["test_nll"] for k in rnd]))
+            lines.append(f"2. GORACS's test NLL is lower than that of {100 - pct:.0f} % of "
+                         f"the {len(rnd)} random subsets (percentile {pct:.0f} %).")
+            for key, better_low, label in (("nll", True, "test NLL"),
+                                           ("hit", False, "HR@10")):
+                def vals(k, key=key):
+                    return (per[k]["nll"] if key == "nll"
+                            else (per[k]["ranks"] < 10).astype(float))
+                diff = vals(g) - np.mean([vals(k) for k in rnd], 0)
+                iv = evaluation.user_interval(diff, users, **boot)
+                good = iv.hi < 0 if better_low else iv.lo > 0
+                bad = iv.lo > 0 if better_low else iv.hi < 0
+                verdict = ("GORACS better" if good else "GORACS worse" if bad
+                           else "no difference detected")
+                lines.append(f"3. {label}: GORACS − random mean = {iv.mean:+.4f} "
+                             f"[{iv.lo:+.4f}, {iv.hi:+.4f}] (paired, user-level): "
+                             f"**{verdict}**.")
+    lines += ["", "![test NLL vs exact POO](nll_vs_poo.png)"]
+    text = "\n".join(lines) + "\n"
+    _atomic_write(out / "report.md", text)
+    _plot_nll_vs_poo(out, recs, cfg)
+    return text
+
+
 def main(argv: list[str]) -> None:
     del argv
     if FLAGS.report_only:  # rebuild report.md and plots from a finished results.json
-        path = Path(FLAGS.out_dir) / "results.json"
+        decisive = FLAGS.config.get("protocol") == "decisive"
+        path = Path(FLAGS.out_dir) / ("test_users.npy" if decisive else "results.json")
         if not path.exists():
             raise FileNotFoundError(f"--report_only: no {path} (run the experiment first)")
-        write_report(Path(FLAGS.out_dir), json.loads(path.read_text()))
+        if decisive:
+            decisive_report(Path(FLAGS.out_dir), FLAGS.config)
+        else:
+            write_report(Path(FLAGS.out_dir), json.loads(path.read_text()))
+    elif FLAGS.config.get("protocol") == "decisive":
+        run_decisive(FLAGS.config, FLAGS.out_dir)
     else:
         run(FLAGS.config, FLAGS.out_dir)  # start-up (distributed, mesh) happens in run()
     if parallel.is_writer():
@@ -462,3 +754,4 @@ if __name__ == "__main__":
     flags.DEFINE_bool("report_only", False,
                       "Only rebuild report.md and the plots from out_dir/results.json.")
     app.run(main)
+

@@ -5,12 +5,14 @@ Variants (the part after ``:``)::
     python -m experiments.goracs --config=experiments/configs/goracs.py:ml1m      # GPU, SmolLM2
     python -m experiments.goracs --config=experiments/configs/goracs.py:ml1m_cpu  # 2-core budget
     python -m experiments.goracs --config=experiments/configs/goracs.py:tiny      # tests
+    python -m experiments.goracs --config=experiments/configs/goracs.py:decisive_cpu  # issue 17
 
 Override any field on the command line, e.g. ``--config.budgets=32,64``; the click task
 (label-enhanced GORACS, AUC / log-loss) with ``--config.task=click``.
 """
 
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 from recrl import parallel
 
@@ -39,8 +41,9 @@ def get_config(variant: str = "ml1m_cpu") -> ml_collections.ConfigDict:
     # CPU models are pretrained on the catalogue titles ("Movie: <title>"), which are
     # disjoint from the selection pool's (history -> next title) samples.
     c.pretrain = ml_collections.ConfigDict(dict(steps=0, batch=32, lr=3e-3, cache=True))
-    c.select = ml_collections.ConfigDict(dict(lam=0.1, max_iters=100, cut=10, max_checks=20,
-                                              epsilon=0.05, threshold=1e-3,
+    # lam unset (None) = the paper's value for the task (0.1 next item, 0.5 click)
+    c.select = ml_collections.ConfigDict(dict(lam=placeholder(float), max_iters=100, cut=10,
+                                              max_checks=20, epsilon=0.05, threshold=1e-3,
                                               exact_ot=True, block=1))  # block>1: recrl ext.
     c.finetune = ml_collections.ConfigDict(dict(epochs=3, batch=16, lr=1e-3, max_steps=2000))
     c.features = ml_collections.ConfigDict(dict(batch=128, chunk=16))
@@ -80,7 +83,55 @@ def get_config(variant: str = "ml1m_cpu") -> ml_collections.ConfigDict:
         c.finetune.update(epochs=1, batch=4, max_steps=3)
         c.select.update(max_iters=2, cut=3, max_checks=3)
         c.features.update(batch=64, chunk=8)
+    elif variant in ("decisive_cpu", "decisive_tiny"):
+        return decisive_config(variant)
     else:
         raise ValueError(f"unknown goracs config variant {variant!r}; known: ml1m, ml1m_cpu, "
-                         "tiny")
+                         "tiny, decisive_cpu, decisive_tiny")
+    return c
+
+
+DECISIVE_METHODS = ("goracs", "greedy", "random", "kcenter", "el2n", "grand", "ccs",
+                    "dealrec", "d2pruning")
+
+
+def decisive_config(variant: str) -> ml_collections.ConfigDict:
+    """The decisive protocol (docs/goracs.md): per-user leave-last-out split, |V| >= 5n,
+    one fine-tuning schedule with early stopping for every subset, every test window."""
+    c = get_config("ml1m_cpu")
+    c.variant = variant
+    c.protocol = "decisive"
+    c.methods = DECISIVE_METHODS
+    c.budgets = (100, 200)
+    c.budget_fractions = ()
+    c.random_subsets = 10  # the random distribution: seeds 0 .. 9
+    c.data.update(max_history=3, pool_size=10000, val_users=1000, num_negatives=99, seed=0)
+    c.finetune = ml_collections.ConfigDict(dict(max_steps=400, eval_every=25, patience=4,
+                                                batch=16, lr=2e-3, seed=0))
+    c.select.update(lam=0.1, max_iters=30)
+    # EL2N: error L2 norm averaged over `runs` models LoRA-tuned `steps` steps on the pool
+    c.el2n = ml_collections.ConfigDict(dict(runs=2, steps=50))
+    # GraNd: full-LoRA gradient norm averaged over `inits` LoRA initialisations
+    c.grand = ml_collections.ConfigDict(dict(inits=4))
+    # DEALRec: surrogate influence + gamma * effort (full-LoRA gradient norm)
+    c.dealrec = ml_collections.ConfigDict(dict(gamma=1.0, damping=1e-3, surrogate_dim=32,
+                                               surrogate_steps=500))
+    c.d2pruning = ml_collections.ConfigDict(dict(k=10, gamma_forward=1.0,
+                                                 gamma_reverse=1.0))
+    c.report = ml_collections.ConfigDict(dict(bootstrap=2000))
+    if variant == "decisive_tiny":  # the pipeline end to end in a test (synthetic data)
+        t = get_config("tiny")
+        c.dataset = "synthetic"
+        c.model, c.features, c.pretrain = t.model, t.features, t.pretrain
+        c.budgets = (6,)
+        c.random_subsets = 2
+        c.data.update(max_history=2, pool_size=60, val_users=10, num_negatives=4,
+                      synthetic_users=40)
+        c.finetune.update(max_steps=4, eval_every=2, patience=1, batch=4)
+        c.select.update(max_iters=2, cut=3, max_checks=3)
+        c.el2n.update(runs=1, steps=2)
+        c.grand.inits = 2
+        c.dealrec.update(surrogate_dim=4, surrogate_steps=5)
+        c.d2pruning.k = 3
+        c.report.bootstrap = 200
     return c

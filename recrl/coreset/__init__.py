@@ -2,6 +2,7 @@
 
 from recrl.coreset.baselines import (
     ccs,
+    d2_pruning,
     dealrec,
     el2n,
     full_data,
@@ -27,6 +28,7 @@ from recrl.coreset.select import Selection, select
 
 __all__ = [
     "ITRAResult", "POOResult", "Selection", "ccs", "check_inputs", "cost_matrix",
+    "d2_pruning",
     "dealrec", "dual_scores", "el2n", "full_data", "grand", "greedy_init",
     "influence_scores", "itra", "kcenter_greedy", "normalise_grad_norms", "poo_exact",
     "poo_sinkhorn",

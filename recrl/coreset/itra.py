@@ -153,7 +153,9 @@ def cold_solve(cost: jax.Array, rows: np.ndarray, *, epsilon: float, threshold: 
 def refine(cost: jax.Array, init: np.ndarray, *, max_iters: int = 100, cut: int = 10,
            max_checks: int = 20, epsilon: float = 0.05, threshold: float = 1e-3,
            verify: str = "sinkhorn", rel_tol: float = 1e-6, block: int = 1,
-           momentum: float = 1.5, on_accept=None) -> tuple[np.ndarray, list, int]:
+           momentum: float = 1.5, on_accept=None, max_iterations: int = 2000,
+           retry_iterations: int = 20000, check_convergence: bool = True,
+           info: dict | None = None) -> tuple[np.ndarray, list, int]:
     """Dual-guided verified swap search from ``init``; returns ``(indices, trace, checks)``.
 
     ``max_iters`` caps the accepted single-row swaps. With ``block > 1`` each round first
@@ -168,6 +170,17 @@ def refine(cost: jax.Array, init: np.ndarray, *, max_iters: int = 100, cut: int 
     updates by ``momentum`` (1 = plain Sinkhorn; 1.5 cuts the iterations ~2x).
     ``on_accept(selection)`` is called after every accepted move (e.g. to time the
     search's progress).
+
+    Convergence: a Sinkhorn solve that has not converged within ``max_iterations`` is
+    continued from its own potentials with plain updates for up to ``retry_iterations``;
+    if it still has not converged, the move is decided by the exact POT values of the
+    candidate and the current set instead (accepted only if the exact value drops), so an
+    unconverged (possibly too low) entropic value never accepts a swap
+    (``check_convergence=False`` trusts every value, as recrl did before). After such an
+    exactly decided acceptance the search verifies exactly (a feasible entropic plan's
+    cost is not below the exact value, so the trace keeps falling). ``info`` (a dict, if
+    given) receives ``retries``, ``exact_fallbacks`` and ``iterations`` (per check,
+    including a continuation's).
     """
     if verify not in ("sinkhorn", "exact"):
         raise ValueError(f"verify must be 'sinkhorn' or 'exact'; got {verify!r}")
@@ -178,7 +191,21 @@ def refine(cost: jax.Array, init: np.ndarray, *, max_iters: int = 100, cut: int 
     n = sel.shape[0]
     rank = min(math.ceil(nv / n), nv)
     kw = dict(epsilon=epsilon, threshold=threshold)
+    stats = info if info is not None else {}
+    stats.update(retries=0, exact_fallbacks=0, iterations=[])
+
+    def converged(r: objective.POOResult, rows: np.ndarray):
+        """The solve of ``rows``, continued when unconverged: ``(result, ok, iterations)``."""
+        if bool(r.converged) or not check_convergence:
+            return r, True, int(r.n_iters)
+        stats["retries"] += 1
+        r2 = objective.poo_sinkhorn_rows(cost, jnp.asarray(rows), r.f, r.g,
+                                         max_iterations=retry_iterations, **kw)
+        return r2, bool(r2.converged), int(r.n_iters) + int(r2.n_iters)
+
     res = cold_solve(cost, sel, epsilon=epsilon, threshold=threshold, momentum=momentum)
+    res, res_ok, _ = converged(res, sel)
+    mode = verify
     value = float(res.value) if verify == "sinkhorn" else objective.poo_exact(cost_np, sel)
     trace, checks, done = [value], 0, 0
     while done < max_iters and n < num:
@@ -212,11 +239,27 @@ def refine(cost: jax.Array, init: np.ndarray, *, max_iters: int = 100, cut: int 
             f0 = _swap_init(cost, res.f, res.g, res.epsilon, jnp.asarray(pos, jnp.int32),
                             jnp.asarray(rows_in, jnp.int32), n)
             new = objective.poo_sinkhorn_rows(cost, jnp.asarray(cand), f0, res.g,
-                                              momentum=momentum, **kw)
+                                              momentum=momentum,
+                                              max_iterations=max_iterations, **kw)
             checks += 1
-            v = float(new.value) if verify == "sinkhorn" else objective.poo_exact(cost_np,
-                                                                                   cand)
-            if v < value - rel_tol * abs(value):
+            new, ok, iters = converged(new, cand)
+            stats["iterations"].append(iters)
+            if mode == "exact":
+                v = objective.poo_exact(cost_np, cand)
+                better = v < value - rel_tol * abs(value)
+            elif ok and res_ok:
+                v = float(new.value)
+                better = v < value - rel_tol * abs(value)
+            else:  # an unconverged entropic value may be too low: decide exactly
+                stats["exact_fallbacks"] += 1
+                cost_np = np.asarray(cost, np.float64) if cost_np is None else cost_np
+                cur = objective.poo_exact(cost_np, sel)
+                v = objective.poo_exact(cost_np, cand)
+                better = v < cur - rel_tol * abs(cur)
+                if better:  # from here on verify exactly (exact <= entropic: trace falls)
+                    mode = "exact"
+            if better:
+                res_ok = ok
                 sel, res, value, accepted = cand, new, v, True
                 trace.append(v)
                 done += len(move)

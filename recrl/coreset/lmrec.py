@@ -322,3 +322,103 @@ def click_metrics(logit_yes: np.ndarray, labels: np.ndarray) -> dict[str, float]
         auc = float("nan")
     logloss = float(np.mean(np.logaddexp(0.0, -z) * y + np.logaddexp(0.0, z) * (~y)))
     return {"AUC": auc, "logloss": logloss}
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _el2n(graphdef, state, tokens, mask, loss_mask):
+    model = nnx.merge(graphdef, state)
+    hidden, _ = model(tokens, models.positions_from_mask(mask), mask=mask)
+    p = jax.nn.softmax(model.logits(hidden[:, :-1]).astype(jnp.float32), -1)
+    py = jnp.take_along_axis(p, tokens[:, 1:, None], -1)[..., 0]
+    err = jnp.sqrt(jnp.maximum((p * p).sum(-1) - 2.0 * py + 1.0, 0.0))  # ||p − e_y||₂
+    w = (loss_mask[:, 1:] & mask[:, 1:]).astype(jnp.float32)
+    return (err * w).sum(1) / jnp.maximum(w.sum(1), 1.0)
+
+
+def el2n_scores(model: models.Llama, tokens: np.ndarray, mask: np.ndarray,
+                loss_mask: np.ndarray, *, batch: int = 64) -> np.ndarray:
+    r"""EL2N (Paul et al. 2021) of each sample: the error L2 norm
+    :math:`\|\mathrm{softmax}(z_t) - e_{y_t}\|_2` of every answer token, averaged over the
+    answer (``[N]`` float32). Needs contiguous prompt + answer rows (:func:`encode_pairs`).
+    The paper averages it over a few briefly trained models (the launcher does)."""
+    graphdef, state = nnx.split(model)
+    return np.concatenate([np.asarray(_el2n(
+        graphdef, state, jnp.asarray(tokens[lo:lo + batch]), jnp.asarray(mask[lo:lo + batch]),
+        jnp.asarray(loss_mask[lo:lo + batch], bool))) for lo in range(0, tokens.shape[0], batch)])
+
+
+def lora_grad_norms(model: models.Llama, tokens: np.ndarray, mask: np.ndarray,
+                    loss_mask: np.ndarray, *, batch: int = 256, chunk: int = 16,
+                    progress: bool = True) -> np.ndarray:
+    r"""Per-sample :math:`\|\nabla_{\phi}\,\mathrm{NLL}(z_i)\|` over *every* LoRA parameter
+    (all blocks and targets, A and B), ``[N]`` float32 (GraNd's score for a LoRA model;
+    GORACS's ĝ uses one ``lora_b`` only)."""
+    graphdef, wrt, rest = nnx.split(model, models.LoRAParam, ...)
+    if not jax.tree.leaves(wrt):
+        raise ValueError("the model has no LoRA parameters: call add_lora first")
+    out = []
+    for lo in _batches(tokens.shape[0], batch, "LoRA grad norms", progress):
+        sl = slice(lo, lo + batch)
+        out.append(np.asarray(models.nll_per_sample_grads(
+            graphdef, wrt, rest, jnp.asarray(tokens[sl]), jnp.asarray(mask[sl]),
+            jnp.asarray(loss_mask[sl]), chunk_size=chunk, norms_only=True)))
+    return np.concatenate(out).astype(np.float32)
+
+
+def mean_answer_nll(model: models.Llama, tokens: np.ndarray, mask: np.ndarray,
+                    loss_mask: np.ndarray, *, batch: int = 256) -> np.ndarray:
+    """Per-sample mean NLL of the answer tokens (the fine-tuning loss), ``[N]`` float32."""
+    ll = answer_loglik(model, tokens, mask, loss_mask, batch=batch)
+    return (-ll / np.maximum(np.asarray(loss_mask)[:, 1:].sum(1), 1)).astype(np.float32)
+
+
+def finetune_early_stopping(model: models.Llama, train: tuple, val: tuple, *,
+                            max_steps: int, eval_every: int, patience: int,
+                            batch: int = 16, lr: float = 1e-3, seed: int = 0,
+                            eval_batch: int = 256) -> dict:
+    """LoRA AdamW on ``train = (tokens, mask, loss_mask)`` for at most ``max_steps`` steps,
+    with the mean validation loss (:func:`mean_answer_nll` over ``val``) measured at step 0
+    and every ``eval_every`` steps; stops after ``patience`` evaluations without a new best
+    and leaves the model at its best validation point (step 0 = the untouched adapters).
+
+    Returns ``{"best_step", "steps_run", "val_curve": [[step, loss], ...]}``.
+    """
+    if max_steps < 0 or eval_every < 1 or patience < 1:
+        raise ValueError(f"need max_steps >= 0, eval_every >= 1, patience >= 1; got "
+                         f"{max_steps}, {eval_every}, {patience}")
+    tokens, mask, loss_mask = train
+    targets = _max_targets(loss_mask)
+    graphdef, params, rest = nnx.split(model, models.LoRAParam, ...)
+    opt = optax.adamw(lr, weight_decay=0.0)
+    opt_state = opt.init(params)
+
+    @jax.jit
+    def step(params, opt_state, rest, tok, m, lm):
+        def loss_fn(p):
+            return models.sequence_nll(graphdef, (p, rest), tok, m, lm, targets).mean()
+
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt_state = opt.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    def val_loss(p) -> float:
+        nnx.update(model, p)
+        return float(mean_answer_nll(model, *val, batch=eval_batch).mean())
+
+    rng = np.random.default_rng(seed)
+    best, best_step, since = val_loss(params), 0, 0
+    best_params, curve, done = params, [[0, best]], 0
+    while done < max_steps and since < patience:
+        for _ in range(min(eval_every, max_steps - done)):
+            idx = rng.choice(tokens.shape[0], min(batch, tokens.shape[0]), replace=False)
+            params, opt_state, _ = step(params, opt_state, rest, jnp.asarray(tokens[idx]),
+                                        jnp.asarray(mask[idx]), jnp.asarray(loss_mask[idx]))
+            done += 1
+        v = val_loss(params)
+        curve.append([done, v])
+        if v < best:
+            best, best_step, best_params, since = v, done, params, 0
+        else:
+            since += 1
+    nnx.update(model, best_params)
+    return {"best_step": best_step, "steps_run": done, "val_curve": curve}

@@ -29,6 +29,7 @@ _EXPORTS = {
     "ranking_candidates": "lmrec",
     "seen_before_mask": "lmrec",
     "sliding_windows": "lmrec",
+    "user_holdout_split": "lmrec",
     "MalformedRowError": "movielens",
     "MovieLens": "movielens",
     "from_arrays": "movielens",

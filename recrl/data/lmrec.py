@@ -11,6 +11,8 @@
 * Text (:func:`next_item_dataset`): ``"The user watched: A; B; C. Next:"`` with the target
   title as the answer; click prediction (:func:`click_dataset`, TALLRec-style) asks
   ``"... Will the user like X? Answer:"`` with ``"Yes"`` iff the rating is > 3.
+* Per-user split (:func:`user_holdout_split`): every user's last window is held out, as
+  validation for a seeded set of validation users and as test for all the others.
 * Ranking (:func:`ranking_candidates`): 1 target + 99 sampled negatives the user never
   interacted with, or the full catalogue with the user's earlier items masked
   (:func:`seen_before_mask`).
@@ -156,6 +158,44 @@ def chronological_split(samples: WindowSamples, *, num_val: int = 5000,
     return {"train": take(samples, order[:cut_val]),
             "val": take(samples, order[cut_val:cut_test]),
             "test": take(samples, order[cut_test:])}
+
+
+def user_holdout_split(samples: WindowSamples, *, num_val_users: int,
+                       seed: int = 0) -> dict[str, WindowSamples]:
+    """Per-user leave-last-out split with disjoint validation and test users.
+
+    Users are shuffled (``seed``); the first ``num_val_users`` are validation users, the
+    rest test users. Each user's last window (largest ``position``) is held out: a
+    validation user's goes to ``"val"``, a test user's to ``"test"`` (one window per user
+    in each); every other window goes to ``"train"``. So no user is in both validation and
+    test, and every held-out window is later in its user's sequence than the user's
+    training windows.
+
+    Args:
+      samples: all samples (e.g. :func:`sliding_windows`).
+      num_val_users: how many users hold out a validation window.
+      seed: user shuffle seed.
+
+    Returns:
+      ``{"train", "val", "test"}`` -> :class:`WindowSamples`; held-out splits are ordered
+      by user row, ``"train"`` keeps the input order.
+
+    Raises:
+      ValueError: ``num_val_users`` is negative or leaves no test user.
+    """
+    users = np.unique(samples.user)
+    if not 0 <= num_val_users < users.shape[0]:
+        raise ValueError(f"num_val_users={num_val_users} must be in [0, {users.shape[0]}) "
+                         f"(the number of users with a sample)")
+    order = np.lexsort((samples.position, samples.user))  # by user, then position
+    u = samples.user[order]
+    last = order[np.flatnonzero(np.r_[u[1:] != u[:-1], True])]  # one per user, by user
+    val_users = np.random.default_rng(seed).permutation(users)[:num_val_users]
+    is_val = np.isin(samples.user[last], val_users)
+    held = np.zeros(len(samples.target), bool)
+    held[last] = True
+    return {"train": take(samples, np.flatnonzero(~held)),
+            "val": take(samples, last[is_val]), "test": take(samples, last[~is_val])}
 
 
 def prepare_lmrec(ml: MovieLens, config: LMRecConfig | None = None) -> LMRecData:

@@ -84,3 +84,44 @@ def test_dealrec_with_influence_uses_both_terms():
     assert np.isin(np.arange(10), plain).sum() < 10
     with pytest.raises(ValueError, match="differ in shape"):
         coreset.dealrec(g, 20, influence=inf[:5])
+
+
+def _d2_reference(x, s, n, k, gf, gr):
+    """Plain loops over an all-pairs distance matrix (D2-Pruning's two passes)."""
+    m = len(s)
+    d = np.array([[np.linalg.norm(x[i] - x[j]) for j in range(m)] for i in range(m)])
+    nbrs = []
+    for i in range(m):
+        order = sorted((j for j in range(m) if j != i), key=lambda j: (d[i, j], j))
+        nbrs.append(order[:k])
+    scale = np.median([d[i, j] for i in range(m) for j in nbrs[i]])
+    val = [s[i] + sum(np.exp(-gf * d[i, j] / scale) * s[j] for j in nbrs[i])
+           for i in range(m)]
+    chosen = []
+    for _ in range(n):
+        i = max((j for j in range(m) if j not in chosen), key=lambda j: (val[j], -j))
+        chosen.append(i)
+        for j in nbrs[i]:
+            val[j] -= np.exp(-gr * d[i, j] / scale) * val[i]
+    return sorted(chosen)
+
+
+def test_d2_pruning_message_passing_by_hand_and_by_loops():
+    # 1-D points 0, 1, 3, 10 with difficulty 1, 2, 3, 0.5; k = 1; median 1-NN distance 1.5
+    x, s = np.array([[0.0], [1.0], [3.0], [10.0]]), np.array([1.0, 2.0, 3.0, 0.5])
+    # forward: s' = [1 + e^{-1/1.5}·2, 2 + e^{-1/1.5}·1, 3 + e^{-2/1.5}·2, 0.5 + e^{-7/1.5}·3]
+    e1, e2 = np.exp(-1 / 1.5), np.exp(-2 / 1.5)
+    fwd = [1 + 2 * e1, 2 + e1, 3 + 2 * e2, 0.5 + 3 * np.exp(-7 / 1.5)]
+    assert int(np.argmax(fwd)) == 2  # first pick: point 3; it lowers its neighbour (point 1)
+    after = fwd[1] - e2 * fwd[2]
+    second = 0 if fwd[0] > after else 1
+    np.testing.assert_array_equal(coreset.d2_pruning(x, s, 2, k=1), sorted([2, second]))
+    rng = np.random.default_rng(0)
+    x, s = rng.normal(size=(40, 3)), rng.random(40)
+    for n, k, gf, gr in ((8, 4, 1.0, 1.0), (15, 6, 0.5, 2.0)):
+        got = coreset.d2_pruning(x, s, n, k=k, gamma_forward=gf, gamma_reverse=gr)
+        assert got.tolist() == _d2_reference(x, s, n, k, gf, gr)
+    hard = coreset.d2_pruning(x, s, 8, k=4, prune_hard=0.25)
+    assert np.all(s[hard] < np.sort(s)[-10])  # the 10 hardest were pruned
+    with pytest.raises(ValueError, match="matching"):
+        coreset.d2_pruning(x[:5], s, 3)

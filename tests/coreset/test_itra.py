@@ -106,3 +106,27 @@ def test_select_beats_random_and_label_variant_respects_labels():
     assert pl[lab.indices].sum() == 6 and len(set(lab.indices.tolist())) == 8
     with pytest.raises(ValueError, match="both"):
         coreset.select(p, v, g, 8, pool_labels=pl)
+
+
+def test_unconverged_sinkhorn_never_accepts_a_swap_that_raises_the_exact_poo():
+    c, _ = _cost(n_pool=60, n_val=30, seed=6)
+    init = np.arange(10)
+    kw = dict(max_iters=8, cut=6, max_checks=12, epsilon=0.01, threshold=1e-6,
+              max_iterations=10, retry_iterations=10)  # 10 iterations: never converged
+
+    def exact_steps(check):
+        ex, info = [coreset.poo_exact(c, init)], {}
+        coreset.refine(c, init, check_convergence=check, info=info,
+                       on_accept=lambda s: ex.append(coreset.poo_exact(c, s)), **kw)
+        return np.diff(ex), info
+
+    unchecked, _ = exact_steps(False)
+    assert unchecked.max() > 1e-3  # trusting the unconverged values accepts a bad swap
+    checked, info = exact_steps(True)
+    assert len(checked) >= 4 and np.all(checked < 0)
+    assert info["exact_fallbacks"] >= 1 and info["retries"] >= 1
+    # converged solves need no fallback
+    info = {}
+    coreset.refine(c, init, max_iters=3, cut=6, max_checks=12, epsilon=0.05,
+                   threshold=1e-3, info=info)
+    assert info["exact_fallbacks"] == 0 and len(info["iterations"]) >= 3

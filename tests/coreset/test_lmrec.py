@@ -132,3 +132,62 @@ def test_compact_tokenizer_renumbers_and_maps_unknowns():
     assert tok.unk_id == 3 and tok.vocab_size == 4 and tok.encode("az") == [2, 3]
     with pytest.raises(ValueError, match="non-empty corpus"):
         lmrec.CompactTokenizer(base, [""])
+
+
+def test_el2n_scores_by_prefix_forward_passes(model_and_batch):
+    model, (tokens, mask, loss) = model_and_batch
+    got = lmrec.el2n_scores(model, tokens, mask, loss, batch=2)
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def last_logits(state, prefix):
+        m = nnx.merge(graphdef, state)
+        t = prefix.shape[1]
+        hidden, _ = m(prefix, jnp.arange(t)[None], mask=jnp.ones((1, t), bool))
+        return m.logits(hidden[:, -1])
+
+    for i in range(3):
+        errs = []
+        for t in np.flatnonzero(loss[i]):  # each answer token from its own prefix alone
+            z = np.asarray(last_logits(state, jnp.asarray(tokens[i:i + 1, :t])),
+                           np.float64)[0]
+            p = np.exp(z - z.max())
+            p /= p.sum()
+            p[tokens[i, t]] -= 1.0
+            errs.append(np.linalg.norm(p))
+        assert got[i] == pytest.approx(np.mean(errs), rel=1e-4, abs=1e-5)
+
+
+def test_lora_grad_norms_cover_every_adapter():
+    model = models.create_model(models.tiny_config(), seed=0)
+    models.add_lora(model, rank=2, alpha=4, targets=("q_proj", "v_proj"), rngs=nnx.Rngs(1))
+    t = lmrec.encode_pairs(lmrec.ByteTokenizer().encode, ["ab: ", "hello: "], ["Yes", "No"],
+                           max_prompt=6, max_answer=3)
+    got = lmrec.lora_grad_norms(model, *t, batch=1, chunk=1, progress=False)
+    graphdef, wrt, rest = nnx.split(model, models.LoRAParam, ...)
+    assert len(jax.tree.leaves(wrt)) == 2 * 2 * model.config.n_layers  # A and B, q and v
+    for i in range(2):
+        row = [jnp.asarray(x[i:i + 1]) for x in t]
+        g = jax.grad(lambda w, row=row: models.sequence_nll(graphdef, (w, rest), *row)[0])(wrt)
+        want = np.sqrt(sum(float(jnp.sum(x**2)) for x in jax.tree.leaves(g)))
+        assert got[i] == pytest.approx(want, rel=1e-4)
+    b_only = lmrec.grad_norms(model, *t, batch=2, chunk=1, progress=False)
+    assert np.all(got > b_only)  # more than GORACS's single lora_b slice
+
+
+def test_finetune_early_stopping_keeps_the_best_validation_point():
+    model = models.create_model(models.tiny_config(), seed=0)
+    models.add_lora(model, rank=2, alpha=4, targets=("q_proj", "v_proj"), rngs=nnx.Rngs(0))
+    enc = lmrec.ByteTokenizer().encode
+    train = lmrec.encode_pairs(enc, ["a: "] * 8, ["Yes"] * 8, max_prompt=4, max_answer=3)
+    val = lmrec.encode_pairs(enc, ["a: ", "b: "], ["Yes", "No"], max_prompt=4, max_answer=3)
+    out = lmrec.finetune_early_stopping(model, train, val, max_steps=40, eval_every=5,
+                                        patience=2, batch=4, lr=3e-2)
+    curve = np.asarray(out["val_curve"])
+    best = curve[np.argmin(curve[:, 1])]
+    assert out["best_step"] == best[0] and out["steps_run"] == curve[-1, 0] <= 40
+    # the model is left at the best point: its validation loss is the curve's minimum
+    got = lmrec.mean_answer_nll(model, *val).mean()
+    assert got == pytest.approx(best[1], rel=1e-5)
+    if out["steps_run"] < 40:  # stopped early: the last `patience` evaluations were no better
+        assert np.all(curve[-2:, 1] >= best[1])

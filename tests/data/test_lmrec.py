@@ -121,3 +121,37 @@ def test_real_ml1m_samples(ml1m_dir):
     ds = lmrec.next_item_dataset(d, "test")
     assert ds[0]["prompt"].startswith("The user watched: ") and ds[0]["answer"].endswith(")")
     assert d.splits["train"].timestamp.max() <= d.splits["test"].timestamp.min()
+
+
+def test_user_holdout_split_by_a_per_user_loop(synthetic):
+    d = prepare_lmrec(synthetic, LMRecConfig(max_history=4, num_val=0, num_test=0))
+    s = d.splits["train"]
+    out = lmrec.user_holdout_split(s, num_val_users=30, seed=3)
+    # independent: a plain loop over users, last window = the one with the largest position
+    last = {}
+    for k in range(len(s.target)):
+        u = int(s.user[k])
+        if u not in last or s.position[k] > s.position[last[u]]:
+            last[u] = k
+    users = set(last)
+    val_users = {int(u) for u in out["val"].user}
+    test_users = {int(u) for u in out["test"].user}
+    assert len(val_users) == 30 and val_users.isdisjoint(test_users)
+    assert val_users | test_users == users
+    assert len(out["val"].target) == 30 and len(out["test"].target) == len(users) - 30
+    for name in ("val", "test"):
+        got = {(int(u), int(p)) for u, p in zip(out[name].user, out[name].position,
+                                                strict=True)}
+        want = {(u, int(s.position[last[u]])) for u in (val_users if name == "val"
+                                                        else test_users)}
+        assert got == want
+    tr = out["train"]
+    assert len(tr.target) == len(s.target) - len(users)
+    for u in users:  # every training window of a user is earlier than the held-out one
+        assert (tr.position[tr.user == u] < s.position[last[u]]).all()
+    again = lmrec.user_holdout_split(s, num_val_users=30, seed=3)
+    np.testing.assert_array_equal(again["val"].user, out["val"].user)
+    other = lmrec.user_holdout_split(s, num_val_users=30, seed=4)
+    assert {int(u) for u in other["val"].user} != val_users
+    with pytest.raises(ValueError, match="num_val_users"):
+        lmrec.user_holdout_split(s, num_val_users=len(users))
