@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 from absl import app, flags
 from flax import nnx
@@ -565,7 +566,12 @@ def decisive_evaluate(model, encode, cfg, texts, enc, cand, titles) -> dict[str,
 
 
 def run_decisive(cfg, out_dir: str) -> dict:
-    """The decisive protocol by resumable stages (each file written once; reruns skip)."""
+    """The decisive protocol by resumable stages (each file written once; reruns skip).
+    Runs in one process (its stages are not multi-process aware yet)."""
+    parallel.startup(cfg)  # jax.distributed (if asked) and the device log, as every launcher
+    if jax.process_count() > 1:
+        raise ValueError("protocol=decisive runs in a single process; drop "
+                         "--config.distributed or use the default protocol")
     out = Path(out_dir)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     data, texts, cand = load_decisive_data(cfg)
