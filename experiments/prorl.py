@@ -76,8 +76,9 @@ def genre_matrix(masks: np.ndarray) -> np.ndarray:
     return bits.astype(np.float32)
 
 
-def get_simulator(ctx_out: Path, data: Any, kind: str, scfg: Any, seed: int = 0) -> Any:
-    """Loads ``out/<kind>`` or trains and saves it."""
+def get_simulator(ctx_out: Path, data: Any, kind: str, scfg: Any, seed: int = 0,
+                  mesh: Any = None) -> Any:
+    """Loads ``out/<kind>`` or trains (data-parallel over ``mesh``) and saves it."""
     path = ctx_out / kind
     try:
         return load_simulator(path)
@@ -87,7 +88,7 @@ def get_simulator(ctx_out: Path, data: Any, kind: str, scfg: Any, seed: int = 0)
     model, metrics = train_simulator(
         data, cfg, epochs=scfg.epochs, batch_size=scfg.get("batch_size", 128), seed=seed,
         patience=scfg.patience, learning_rate=scfg.get("lr", 1e-3),
-        max_seconds=scfg.get("max_seconds", 0.0) or None)
+        max_seconds=scfg.get("max_seconds", 0.0) or None, mesh=mesh)
     save_simulator(path, model, cfg, metrics=metrics)
     logging.info("%s: %s", kind, json.dumps({k: metrics[k] for k in ("val", "test")}))
     return model
@@ -254,7 +255,8 @@ def run(cfg: Any, out_dir: str, on_epoch_end: Callable[[str, int], None] | None 
         ) -> dict:
     """The whole pipeline; returns ``{"runs": [...], "baselines": {...}}``."""
     mesh = parallel.startup(cfg)  # jax.distributed first, then the global mesh
-    parallel.check_divisible({"rl.prompts": cfg.rl.prompts}, mesh)
+    parallel.check_divisible({"rl.prompts": cfg.rl.prompts,
+                              "sim.batch_size": cfg.sim.get("batch_size", 128)}, mesh)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if parallel.is_writer():
@@ -264,9 +266,9 @@ def run(cfg: Any, out_dir: str, on_epoch_end: Callable[[str, int], None] | None 
     logging.info("data ready in %.1fs: %d train / %d val / %d test paths",
                  time.perf_counter() - t0, *(len(data.paths[s].lengths)
                                              for s in ("train", "val", "test")))
-    sims = {"sasrec": get_simulator(out, data, "sasrec", cfg.sim)}
+    sims = {"sasrec": get_simulator(out, data, "sasrec", cfg.sim, mesh=mesh)}
     ecfg = ml_collections.ConfigDict({**cfg.sim.to_dict(), **cfg.evaluator.to_dict()})
-    sims[cfg.evaluator.kind] = get_simulator(out, data, cfg.evaluator.kind, ecfg)
+    sims[cfg.evaluator.kind] = get_simulator(out, data, cfg.evaluator.kind, ecfg, mesh=mesh)
     with parallel.open_for_writer(out / "metrics.jsonl", "a") as log:  # process 0 writes
         ctx = Context(cfg, out, data, genre_matrix(data.genre_masks), sims, mesh, log)
         policy0 = pretrained_policy(ctx)
