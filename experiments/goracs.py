@@ -28,13 +28,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import jax.numpy as jnp
+import jax
 import numpy as np
 from absl import app, flags
 from flax import nnx
 
 from experiments.configs import validate as config_check
-from recrl import coreset, models, rundir
+from recrl import coreset, models, parallel, rundir
 from recrl.checkpoint import Checkpointer
 from recrl.coreset import lmrec
 from recrl.data import (
@@ -135,8 +135,8 @@ def build_model(cfg, corpus: list[str] | None = None):
     return model, encode
 
 
-def pretrain_on_titles(cfg, model, encode, titles: np.ndarray, cache_key: str = ""
-                       ) -> list[float]:
+def pretrain_on_titles(cfg, model, encode, titles: np.ndarray, cache_key: str = "",
+                       mesh=None) -> list[float]:
     """Full-parameter LM training on ``"Movie: " -> title`` (disjoint from the pool).
 
     With ``pretrain.cache`` the trained weights are kept under
@@ -159,7 +159,7 @@ def pretrain_on_titles(cfg, model, encode, titles: np.ndarray, cache_key: str = 
     t = lmrec.encode_pairs(encode, [TITLE_PROMPT] * len(titles), list(titles),
                            max_prompt=8, max_answer=cfg.model.max_answer)
     losses = lmrec.finetune(model, *t, steps=p.steps, batch=p.batch, lr=p.lr,
-                            lora_only=False, progress=True, desc="pretrain")
+                            lora_only=False, progress=True, desc="pretrain", mesh=mesh)
     if ckpt is not None:
         models.save_model(ckpt, p.steps, model, meta={"losses": losses[-50:]})
         ckpt.close()
@@ -246,16 +246,19 @@ def run(cfg, out_dir: str) -> dict:
     Resumable: each finished (method, budget, seed) run is kept in
     ``out_dir/runs/<method>_n<budget>_s<seed>.json`` and reused by a rerun (a config change
     that affects them stops the rerun, see ``recrl.rundir``)."""
+    mesh = parallel.startup(cfg)  # jax.distributed first, then the global mesh
     out = config_check.preflight(cfg, out_dir, config_check.validate_goracs)
-    rundir.guard_stages(out, cfg, config_check.GORACS_STAGES, config_check.GORACS_FREE,
-                        retrain=cfg.get("retrain_changed", False))
+    if parallel.is_writer():
+        rundir.guard_stages(out, cfg, config_check.GORACS_STAGES, config_check.GORACS_FREE,
+                            retrain=cfg.get("retrain_changed", False))
     task = task_of(cfg)
-    data, texts, cand, full = load_data(cfg)
+    data, texts, cand, full = parallel.writer_first("data", lambda: load_data(cfg))
     corpus = [TITLE_PROMPT, *map(str, data.titles),
               *(t for v in texts.values() for t in (*v["prompt"], *v["answer"]))]
     model, encode = build_model(cfg, corpus)
     pre = pretrain_on_titles(cfg, model, encode, data.titles,
-                             cache_key=f"{cfg.dataset}:{len(corpus)}:{hash_texts(corpus)}")
+                             cache_key=f"{cfg.dataset}:{len(corpus)}:{hash_texts(corpus)}",
+                             mesh=mesh)
     models.add_lora(model, rank=cfg.model.lora_rank, alpha=cfg.model.lora_alpha,
                     targets=("q_proj", "v_proj"), rngs=nnx.Rngs(0))
     mp, ma = cfg.model.max_prompt, cfg.model.max_answer
@@ -289,6 +292,11 @@ def run(cfg, out_dir: str) -> dict:
              **evaluate(model, encode, cfg, texts, cand, data.titles, full)}]
     eval_seconds = time.perf_counter() - t0
     budgets = budgets_of(cfg, pool)
+    # the data-parallel fine-tune splits each minibatch over the mesh: refuse up front
+    ft = cfg.finetune
+    parallel.check_divisible({"finetune.batch (or the smallest budget)":
+                              min(ft.batch, *budgets)}, mesh)
+    parallel.log_batch("fine-tune", (min(ft.batch, *budgets), mp + ma), mesh)
     key = PRIMARY[task]
     done: dict[tuple[str, int], tuple[dict, dict]] = {}  # deterministic selections, reused
     for bi, n in enumerate(budgets):
@@ -317,7 +325,7 @@ def run(cfg, out_dir: str) -> dict:
                 ft = cfg.finetune
                 steps = min(ft.max_steps, max(1, ft.epochs * len(idx) // ft.batch))
                 lmrec.finetune(m, *(x[idx] for x in enc["train"]), steps=steps,
-                               batch=ft.batch, lr=ft.lr, seed=seed, progress=False)
+                               batch=ft.batch, lr=ft.lr, seed=seed, progress=False, mesh=mesh)
                 rec = {"method": method, "budget": int(n if method != "full" else len(idx)),
                        "seed": int(seed), "select_seconds": sel["seconds"], **quality,
                        "trace": sel["trace"], "steps": steps,
@@ -333,7 +341,8 @@ def run(cfg, out_dir: str) -> dict:
                       f" POO={rec['poo']:.4f} ({sel['seconds']:.1f} s)", flush=True)
                 write_results(out, runs, pre, feature_seconds, eval_seconds, texts, cfg)
     results = write_results(out, runs, pre, feature_seconds, eval_seconds, texts, cfg)
-    write_report(out, results)
+    if parallel.is_writer():
+        write_report(out, results)
     return results
 
 
@@ -349,6 +358,8 @@ def write_results(out: Path, runs, pre, feature_seconds, eval_seconds, texts, cf
                "feature_seconds": feature_seconds, "eval_seconds": eval_seconds,
                "sizes": {k: len(v["prompt"]) for k, v in texts.items()},
                "config": cfg.to_dict()}
+    if not parallel.is_writer():  # only process 0 writes files
+        return results
     tmp = out / "results.json.tmp"
     tmp.write_text(json.dumps(results, indent=1, default=str))
     tmp.replace(out / "results.json")
@@ -568,7 +579,12 @@ def decisive_evaluate(model, encode, cfg, texts, enc, cand, titles) -> dict[str,
 
 
 def run_decisive(cfg, out_dir: str) -> dict:
-    """The decisive protocol by resumable stages (each file written once; reruns skip)."""
+    """The decisive protocol by resumable stages (each file written once; reruns skip).
+    Runs in one process (its stages are not multi-process aware yet)."""
+    parallel.startup(cfg)  # jax.distributed (if asked) and the device log, as every launcher
+    if jax.process_count() > 1:
+        raise ValueError("protocol=decisive runs in a single process; drop "
+                         "--config.distributed or use the default protocol")
     out = config_check.preflight(cfg, out_dir, config_check.validate_goracs)
     rundir.guard_stages(out, cfg, config_check.GORACS_DECISIVE_STAGES,
                         config_check.GORACS_DECISIVE_FREE,
@@ -735,7 +751,6 @@ def decisive_report(out: Path, cfg) -> str:
 
 def main(argv: list[str]) -> None:
     del argv
-    jnp.zeros(())
     if FLAGS.report_only:  # rebuild report.md and plots from a finished results.json
         decisive = FLAGS.config.get("protocol") == "decisive"
         path = Path(FLAGS.out_dir) / ("test_users.npy" if decisive else "results.json")
@@ -748,8 +763,9 @@ def main(argv: list[str]) -> None:
     elif FLAGS.config.get("protocol") == "decisive":
         run_decisive(FLAGS.config, FLAGS.out_dir)
     else:
-        run(FLAGS.config, FLAGS.out_dir)
-    print((Path(FLAGS.out_dir) / "report.md").read_text())
+        run(FLAGS.config, FLAGS.out_dir)  # start-up (distributed, mesh) happens in run()
+    if parallel.is_writer():
+        print((Path(FLAGS.out_dir) / "report.md").read_text())
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ from absl import app, flags, logging
 from flax import nnx
 
 from experiments.configs import validate as config_check
-from recrl import models, rundir
+from recrl import models, parallel, rundir
 from recrl.checkpoint import Checkpointer
 from recrl.rlvr import evidence, tasks
 from recrl.rlvr import learner as L
@@ -82,8 +82,9 @@ def tiny_policy(mc, seed: int):
     return tok, graphdef, params
 
 
-def sft(graphdef, params, tok, problems, sc, seed: int):
-    """Supervised warm-up: mean NLL of ``solution + eos`` given the bare prompt."""
+def sft(graphdef, params, tok, problems, sc, seed: int, mesh=None):
+    """Supervised warm-up: mean NLL of ``solution + eos`` given the bare prompt (data-parallel
+    over ``mesh`` when given: each process builds its rows of the seeded minibatch)."""
     seqs, starts = [], []
     for p in problems:
         prompt = tasks.encode_prompt(tok, p.question)
@@ -93,6 +94,9 @@ def sft(graphdef, params, tok, problems, sc, seed: int):
     loss_mask = mask & (np.arange(toks.shape[1])[None] >= np.array(starts)[:, None])
     tx = optax.adamw(sc.lr, weight_decay=0.0)
     opt = tx.init(params)
+    if mesh is not None:
+        parallel.check_divisible({"sft.batch_size": sc.batch_size}, mesh)
+        params, opt = parallel.replicate((params, opt), mesh)
 
     @functools.partial(jax.jit, donate_argnums=(0, 1))
     def step(params, opt, t, m, lm):
@@ -105,7 +109,9 @@ def sft(graphdef, params, tok, problems, sc, seed: int):
     losses = []
     for _ in range(sc.steps):
         idx = rng.choice(len(seqs), sc.batch_size, replace=len(seqs) < sc.batch_size)
-        params, opt, loss = step(params, opt, toks[idx], mask[idx], loss_mask[idx])
+        batch = (toks[idx], mask[idx], loss_mask[idx]) if mesh is None else parallel.global_rows(
+            lambda r, idx=idx: (toks[idx[r]], mask[idx[r]], loss_mask[idx[r]]), len(idx), mesh)
+        params, opt, loss = step(params, opt, *batch)
         losses.append(float(loss))
     return params, losses
 
@@ -209,7 +215,7 @@ def parse_method(method: str) -> tuple[str, str]:
 
 
 def train_method(method: str, seed: int, rc, ec, sp: tasks.Splits, tok, graphdef, params,
-                 run_dir: str | None = None) -> dict:
+                 run_dir: str | None = None, mesh=None) -> dict:
     """Part (b)/(c): one RL run; evaluation curve and seconds per step.
 
     With ``run_dir`` the run is resumable: the learner (parameters, optimiser, RNGs,
@@ -230,7 +236,8 @@ def train_method(method: str, seed: int, rc, ec, sp: tasks.Splits, tok, graphdef
                    dynamic_sampling=rc.dynamic_sampling,
                    max_sampling_rounds=rc.max_sampling_rounds)
     lrn = L.Learner(graphdef, params, tok, cfg, demo_pool=sp.demo,
-                    probes=sp.probe[:rc.eg_probes] if cfg.eg_reweight else None, seed=seed)
+                    probes=sp.probe[:rc.eg_probes] if cfg.eg_reweight else None, seed=seed,
+                    mesh=mesh)
     rng = random.Random(1000 + seed)
     draw = lambda n: rng.sample(sp.train, n)
     held_out = sp.eval[:ec.max_problems]
@@ -270,6 +277,7 @@ def train_method(method: str, seed: int, rc, ec, sp: tasks.Splits, tok, graphdef
                max_prompt_len=cfg.max_prompt_len)
     if run_dir is not None:
         ckpt.close()
+    if run_dir is not None and parallel.is_writer():
         tmp = os.path.join(run_dir, "result.json.tmp")
         with open(tmp, "w") as f:
             json.dump(out, f, indent=1, default=float)
@@ -277,12 +285,12 @@ def train_method(method: str, seed: int, rc, ec, sp: tasks.Splits, tok, graphdef
     return out
 
 
-def _policy(cfg, seed: int, sp: tasks.Splits):
+def _policy(cfg, seed: int, sp: tasks.Splits, mesh=None):
     if cfg.model.kind == "smollm2":
         tok, graphdef, params = load_smollm2()
         return tok, graphdef, params, []
     tok, graphdef, params = tiny_policy(cfg.model, seed)
-    params, losses = sft(graphdef, params, tok, sp.demo, cfg.sft, seed)
+    params, losses = sft(graphdef, params, tok, sp.demo, cfg.sft, seed, mesh)
     return tok, graphdef, params, losses
 
 
@@ -372,9 +380,16 @@ def run(cfg, out_dir: str) -> dict:
 
     Training runs are resumable (``out_dir/runs/<method>_s<seed>``, see :func:`train_method`);
     a rerun with a config that changes what they depend on stops (``recrl.rundir``)."""
+    mesh = parallel.startup(cfg)  # jax.distributed first, then the global mesh
     config_check.preflight(cfg, out_dir, config_check.validate_icrlvr)
-    rundir.guard_stages(out_dir, cfg, config_check.ICRLVR_STAGES, config_check.ICRLVR_FREE,
-                        retrain=cfg.get("retrain_changed", False))
+    if parallel.is_writer():
+        rundir.guard_stages(out_dir, cfg, config_check.ICRLVR_STAGES, config_check.ICRLVR_FREE,
+                            retrain=cfg.get("retrain_changed", False))
+    if "training" in cfg.parts:
+        parallel.check_divisible({"rl.prompts_per_step": cfg.rl.prompts_per_step}, mesh)
+        parallel.log_batch("RL update (groups)", (cfg.rl.prompts_per_step, cfg.rl.group_size),
+                           mesh)
+    os.makedirs(out_dir, exist_ok=True)
     d = cfg.data
     sp = tasks.make_splits(d.n_train, d.n_demo, d.n_probe, d.n_eval, seed=d.seed,
                            num_ops=tuple(d.num_ops), max_operand=d.max_operand)
@@ -383,7 +398,7 @@ def run(cfg, out_dir: str) -> dict:
     policy = None
     if "training" in cfg.parts or cfg.quality.model == "policy":
         t0 = time.perf_counter()
-        policy = _policy(cfg, cfg.seeds[0], sp)
+        policy = _policy(cfg, cfg.seeds[0], sp, mesh)
         res["sft"] = dict(seconds=time.perf_counter() - t0, loss_first=policy[3][:1],
                           loss_last=policy[3][-1:])
     if "quality" in cfg.parts:
@@ -398,19 +413,22 @@ def run(cfg, out_dir: str) -> dict:
             for m in cfg.methods:
                 res["runs"].append(train_method(
                     m, seed, cfg.rl, cfg.eval, sp, tok, graphdef, params,
-                    run_dir=os.path.join(out_dir, "runs", f"{m}_s{seed}")))
-                with open(os.path.join(out_dir, "results.json"), "w") as f:
-                    json.dump(res, f, indent=1, default=float)
-    with open(os.path.join(out_dir, "results.json"), "w") as f:
-        json.dump(res, f, indent=1, default=float)
-    report(res, out_dir)
+                    run_dir=os.path.join(out_dir, "runs", f"{m}_s{seed}"), mesh=mesh))
+                if parallel.is_writer():
+                    with open(os.path.join(out_dir, "results.json"), "w") as f:
+                        json.dump(res, f, indent=1, default=float)
+    if parallel.is_writer():
+        with open(os.path.join(out_dir, "results.json"), "w") as f:
+            json.dump(res, f, indent=1, default=float)
+        report(res, out_dir)
     return res
 
 
 def main(argv: list[str]) -> None:
     del argv
-    run(FLAGS.config, FLAGS.out_dir)
-    print(open(os.path.join(FLAGS.out_dir, "report.md")).read())
+    run(FLAGS.config, FLAGS.out_dir)  # start-up (distributed, mesh) happens in run()
+    if parallel.is_writer():
+        print(open(os.path.join(FLAGS.out_dir, "report.md")).read())
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import app, flags, logging
@@ -77,8 +76,9 @@ def genre_matrix(masks: np.ndarray) -> np.ndarray:
     return bits.astype(np.float32)
 
 
-def get_simulator(ctx_out: Path, data: Any, kind: str, scfg: Any, seed: int = 0) -> Any:
-    """Loads ``out/<kind>`` or trains and saves it."""
+def get_simulator(ctx_out: Path, data: Any, kind: str, scfg: Any, seed: int = 0,
+                  mesh: Any = None) -> Any:
+    """Loads ``out/<kind>`` or trains (data-parallel over ``mesh``) and saves it."""
     path = ctx_out / kind
     try:
         return load_simulator(path)
@@ -88,7 +88,8 @@ def get_simulator(ctx_out: Path, data: Any, kind: str, scfg: Any, seed: int = 0)
     cap = scfg.get("max_seconds", 0.0) or None
     model, metrics = train_simulator(
         data, cfg, epochs=scfg.epochs, batch_size=scfg.get("batch_size", 128), seed=seed,
-        patience=scfg.patience, learning_rate=scfg.get("lr", 1e-3), max_seconds=cap)
+        patience=scfg.patience, learning_rate=scfg.get("lr", 1e-3), max_seconds=cap,
+        mesh=mesh)
     if cap is not None and metrics["epochs_run"] < scfg.epochs and metrics["train_seconds"] > cap:
         logging.warning(
             "%s: the time cap (max_seconds=%s) stopped training after %d of %d epochs; the "
@@ -144,7 +145,7 @@ def pretrained_policy(ctx: Context) -> PathPolicy:
 
     policy, history = pretrain(policy, ctx.data.paths["train"], ctx.data.paths["val"],
                                PretrainConfig(seed=0, **c.pretrain), validate)
-    ckpt.save(1, nnx.state(policy, nnx.Param), meta={"history": history})
+    ckpt.save(1, jax.device_get(nnx.state(policy, nnx.Param)), meta={"history": history})
     ckpt.close()
     return policy
 
@@ -180,10 +181,12 @@ def train_method(ctx: Context, policy0: PathPolicy, method: str, seed: int,
     ctx.log.drop(lambda rec: rec.get("run") == run and rec.get("epoch", 0) > meta["epoch"])
     state = parallel.replicate(state, ctx.mesh)
     sim_rep = parallel.replicate(sim_state[1], ctx.mesh)
-    n_dev = ctx.mesh.shape[parallel.DATA_AXIS]
-    put = (lambda x: parallel.shard_batch(x, ctx.mesh)) if r.prompts % n_dev == 0 else (
-        lambda x: parallel.replicate(x, ctx.mesh))
-    tb = rundir.summary_writer(ctx.out / "tb" / run, purge_step=meta["epoch"] * steps)
+    parallel.check_divisible({"rl.prompts": r.prompts}, ctx.mesh)
+    parallel.log_batch(f"{run} prompts", (r.prompts, *train_h.shape[1:]), ctx.mesh)
+    put = lambda x: parallel.shard_batch(x, ctx.mesh)  # gradient diagnostics' batches
+    step_fn = jax.jit(step_fn, donate_argnums=0)  # the old train state is never read again
+    tb = (rundir.summary_writer(ctx.out / "tb" / run, purge_step=meta["epoch"] * steps)
+          if parallel.is_writer() else None)
     diag_batches = r.get("grad_diag_batches", 0)
     grad_fns = ((rl.make_gradient_fn(graph, score, rcfg),
                  rl.make_gradient_fn(graph, score, dataclasses.replace(rcfg, method="psae_loo")))
@@ -200,7 +203,11 @@ def train_method(ctx: Context, policy0: PathPolicy, method: str, seed: int,
             if len(idx) < r.prompts:
                 idx = np.concatenate([idx, order[: r.prompts - len(idx)]])
             key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), epoch), s)
-            state, m = step_fn(state, sim_rep, put(train_h[idx]), put(train_t[idx]), key)
+            # each process builds only its rows of the (seed, epoch, step)-ordered batch
+            hist, tgt = parallel.global_rows(
+                lambda rows, idx=idx: (train_h[idx[rows]], train_t[idx[rows]]), r.prompts,
+                ctx.mesh)
+            state, m = step_fn(state, sim_rep, hist, tgt, key)
             m = {k: float(v) for k, v in jax.device_get(m).items()}
             if not m["finite"]:
                 logging.warning("%s: skipped a batch with non-finite rewards (total %d)", run,
@@ -209,10 +216,12 @@ def train_method(ctx: Context, policy0: PathPolicy, method: str, seed: int,
             ctx.log.write({"run": run, "method": method, "seed": seed,
                            "epoch": epoch + 1, "step": gstep, **m})
             for k, v in m.items():
-                tb.add_scalar(f"train/{k}", v, gstep)  # (no '@' in these names)
+                if tb is not None:
+                    tb.add_scalar(f"train/{k}", v, gstep)  # (no '@' in these names)
                 sums[k] = sums.get(k, 0.0) + v / steps
             rows.append(m)
-            tb.flush()
+            if tb is not None:
+                tb.flush()
         if epoch == 0:
             state = rl.freeze_stats(state)
         nnx.update(policy, jax.device_get(state.params))
@@ -221,20 +230,23 @@ def train_method(ctx: Context, policy0: PathPolicy, method: str, seed: int,
         row = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in sums.items()},
                **{f"val_{k.split('/')[1]}": v for k, v in val.items()}}
         for k, v in row.items():
-            tb.add_scalar(f"epoch/{k.replace('@', '_at_')}", v, epoch + 1)
+            if tb is not None:
+                tb.add_scalar(f"epoch/{k.replace('@', '_at_')}", v, epoch + 1)
         row["blocks"] = diagnostic_blocks(rows, r.get("diag_every", 10))
         meta["history"].append(row)
         if row["val_ioi@1"] > meta["best_val"]:
             meta.update(best_val=row["val_ioi@1"], best_epoch=epoch + 1)
             best = jax.device_get(state.params)
         meta["epoch"] = epoch + 1
-        tb.flush()
+        if tb is not None:
+            tb.flush()
         ckpt.save(epoch + 1, {"rl": jax.device_get(state), "best": best}, meta=meta)
         logging.info("%s epoch %d: %s", run, epoch + 1,
                      {k: round(v, 4) for k, v in row.items() if k.startswith("val_")})
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1)
-    tb.close()
+    if tb is not None:
+        tb.close()
     if diag_batches and "end" not in meta["grad_diag"]:
         meta["grad_diag"]["end"] = gradient_diagnostics(ctx, grad_fns, state, sim_rep, put,
                                                         seed, diag_batches)
@@ -245,9 +257,10 @@ def train_method(ctx: Context, policy0: PathPolicy, method: str, seed: int,
               "src_mean": np.asarray(mean).tolist(), "src_std": np.asarray(std).tolist(),
               "grad_diag": meta.get("grad_diag", {}),
               "test": test_metrics(ctx, policy, seed, run_dir / "test_prompts.npz")}
-    tmp = run_dir / "result.json.tmp"
-    tmp.write_text(json.dumps(result, indent=1))
-    tmp.replace(run_dir / "result.json")
+    if parallel.is_writer():
+        tmp = run_dir / "result.json.tmp"
+        tmp.write_text(json.dumps(result, indent=1))
+        tmp.replace(run_dir / "result.json")
     ckpt.close()
     return result
 
@@ -358,29 +371,32 @@ def baselines(ctx: Context, policy0: PathPolicy) -> dict:
                                                ctx.data.sequences.num_items, per_prompt=True)
             save_per_prompt(per_file, tu, per)
         logging.info("baseline %s in %.1fs: %s", name, time.perf_counter() - t0, res[name])
-    path.with_suffix(".tmp").write_text(json.dumps(res, indent=1))
-    path.with_suffix(".tmp").replace(path)  # atomic: a kill leaves no half-written file
+    if parallel.is_writer():
+        path.with_suffix(".tmp").write_text(json.dumps(res, indent=1))
+        path.with_suffix(".tmp").replace(path)  # atomic: a kill leaves no half-written file
     return res
 
 
 def run(cfg: Any, out_dir: str, on_epoch_end: Callable[[str, int], None] | None = None
         ) -> dict:
     """The whole pipeline; returns ``{"runs": [...], "baselines": {...}}``."""
+    mesh = parallel.startup(cfg)  # jax.distributed first, then the global mesh
     out = config_check.preflight(cfg, out_dir, config_check.validate_prorl)
-    rundir.guard_stages(out, cfg, config_check.prorl_stages(cfg), config_check.PRORL_FREE,
-                        retrain=cfg.get("retrain_changed", False))
-    parallel.maybe_initialize_distributed(cfg.distributed)
-    (out / "config.json").write_text(cfg.to_json(indent=1))
+    parallel.check_divisible({"rl.prompts": cfg.rl.prompts,
+                              "sim.batch_size": cfg.sim.get("batch_size", 128)}, mesh)
+    if parallel.is_writer():
+        rundir.guard_stages(out, cfg, config_check.prorl_stages(cfg), config_check.PRORL_FREE,
+                            retrain=cfg.get("retrain_changed", False))
+        (out / "config.json").write_text(cfg.to_json(indent=1))
     t0 = time.perf_counter()
-    data = load_data(cfg)
+    data = parallel.writer_first("data", lambda: load_data(cfg))
     logging.info("data ready in %.1fs: %d train / %d val / %d test paths",
                  time.perf_counter() - t0, *(len(data.paths[s].lengths)
                                              for s in ("train", "val", "test")))
-    sims = {"sasrec": get_simulator(out, data, "sasrec", cfg.sim)}
+    sims = {"sasrec": get_simulator(out, data, "sasrec", cfg.sim, mesh=mesh)}
     ecfg = ml_collections.ConfigDict({**cfg.sim.to_dict(), **cfg.evaluator.to_dict()})
-    sims[cfg.evaluator.kind] = get_simulator(out, data, cfg.evaluator.kind, ecfg)
-    mesh = parallel.data_mesh(cfg.num_devices or None)
-    with rundir.MetricsLog(out / "metrics.jsonl") as log:
+    sims[cfg.evaluator.kind] = get_simulator(out, data, cfg.evaluator.kind, ecfg, mesh=mesh)
+    with rundir.MetricsLog(out / "metrics.jsonl", enabled=parallel.is_writer()) as log:
         # coherence over every genre (the reference's metric); the mining oracle ignores Drama
         masks = data.all_genre_masks if cfg.eval.get("coherence_all_genres", True) else \
             data.genre_masks
@@ -437,8 +453,9 @@ def write_results(out: Path, runs: list[dict], base: dict, cfg: Any) -> dict:
     """Writes ``results.json`` and the report (``report.md``, plots); returns the results."""
     results = {"runs": runs, "baselines": base, "config": cfg.to_dict(),
                "intervals": user_intervals(out, runs, base, cfg)}
-    (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
-    prorl_report.write_report(out, results)
+    if parallel.is_writer():
+        (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+        prorl_report.write_report(out, results)
     return results
 
 
@@ -461,10 +478,9 @@ def main(argv: list[str]) -> None:
     if FLAGS.report_only:
         report_only(FLAGS.config, FLAGS.out_dir)
     else:
-        jnp.zeros(())  # initialise the backend before logging device info
-        logging.info("devices: %s", jax.devices())
-        run(FLAGS.config, FLAGS.out_dir)
-    print((Path(FLAGS.out_dir) / "report.md").read_text())
+        run(FLAGS.config, FLAGS.out_dir)  # start-up (distributed, mesh) happens in run()
+    if parallel.is_writer():
+        print((Path(FLAGS.out_dir) / "report.md").read_text())
 
 
 if __name__ == "__main__":

@@ -156,8 +156,13 @@ class MetricsLog:
             log.write({"run": run, "epoch": 1, "step": 0, "loss": 0.3})
     """
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, enabled: bool = True):
+        """``enabled=False`` (processes other than the writer): every call is a no-op."""
         self.path = Path(path)
+        self.enabled = enabled
+        if not enabled:
+            self._f = open(os.devnull, "a", encoding="utf-8")
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._f = open(self.path, "a", encoding="utf-8")
 
@@ -170,6 +175,8 @@ class MetricsLog:
     def drop(self, predicate: Callable[[dict[str, Any]], bool]) -> int:
         """Removes the records for which ``predicate`` is true (and a torn last line left by a
         kill mid-write); the file is replaced atomically. Returns how many lines went."""
+        if not self.enabled:
+            return 0
         self._f.close()
         kept, dropped = [], 0
         if self.path.exists():

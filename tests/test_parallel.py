@@ -104,3 +104,68 @@ def test_shard_batch_rejects_indivisible_batch():
         parallel.shard_batch({"x": np.zeros((6, 2))}, mesh)
     with pytest.raises(ValueError, match="asked for 9 devices"):
         parallel.data_mesh(9)
+
+
+def test_replicate_gives_donatable_buffers():
+    # one array in two fields, and an array the caller keeps: donating the replicated tree
+    # must neither fail ("donate the same buffer twice") nor delete the caller's array
+    mesh = parallel.data_mesh(N_DEV)
+    z = jnp.zeros(3)
+    tree = parallel.replicate({"a": z, "b": z}, mesh)
+    step = jax.jit(lambda t: jax.tree.map(lambda x: x + 1, t), donate_argnums=0)
+    out = jax.block_until_ready(step(tree))
+    np.testing.assert_array_equal(out["a"], np.ones(3))
+    np.testing.assert_array_equal(np.asarray(z), np.zeros(3))  # not deleted
+
+
+def test_global_rows_equals_shard_batch_and_checks_rows():
+    mesh = parallel.data_mesh(N_DEV)
+    x = np.arange(24, dtype=np.float32).reshape(8, 3)
+    assert parallel.process_rows(8, mesh) == slice(0, 8)  # one process: every row
+    got = parallel.global_rows(lambda r: {"x": x[r]}, 8, mesh)
+    assert got["x"].sharding == parallel.batch_sharding(mesh)
+    np.testing.assert_array_equal(np.asarray(got["x"]), x)
+    with pytest.raises(ValueError, match="returned 4 rows, expected 8"):
+        parallel.global_rows(lambda r: x[:4], 8, mesh)
+    with pytest.raises(ValueError, match="batch=6 is not a multiple of the 4 devices"):
+        parallel.global_rows(lambda r: x[r], 6, mesh)
+
+
+def test_check_divisible_names_the_field():
+    mesh = parallel.data_mesh(N_DEV)
+    parallel.check_divisible({"rl.prompts": 8}, mesh)
+    with pytest.raises(ValueError, match=r"rl\.prompts=6 is not a multiple of the 4 devices"):
+        parallel.check_divisible({"rl.prompts": 6, "ok": 4}, mesh)
+
+
+def test_startup_config_fields_and_partial_coordinator_settings():
+    import ml_collections
+
+    cfg = parallel.add_config_fields(ml_collections.ConfigDict())
+    assert set(parallel.CONFIG_FIELDS) <= set(cfg)
+    mesh = parallel.startup(cfg)  # not distributed: just the mesh over all devices
+    assert mesh.shape[parallel.DATA_AXIS] == jax.device_count()
+    cfg.update(num_devices=2)
+    assert parallel.startup(cfg).shape[parallel.DATA_AXIS] == 2
+    cfg.update(distributed=True, coordinator_address="127.0.0.1:1", num_processes=2)
+    with pytest.raises(ValueError, match="together"):
+        parallel.initialize(cfg)  # process_id missing: refused before contacting anyone
+
+
+def test_launcher_configs_share_the_distributed_fields():
+    from experiments.configs import goracs, icrlvr, prorl
+
+    for mod in (prorl, icrlvr, goracs):
+        cfg = mod.get_config("tiny")
+        assert {k: cfg[k] for k in parallel.CONFIG_FIELDS} == parallel.CONFIG_FIELDS
+
+
+def test_prorl_refuses_a_batch_that_does_not_split(tmp_path):
+    from experiments import prorl
+    from experiments.configs.prorl import get_config
+
+    cfg = get_config("tiny")
+    cfg.rl.prompts = 6
+    with pytest.raises(ValueError, match=r"rl\.prompts=6 is not a multiple of the 4 devices"):
+        prorl.run(cfg, str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()  # refused before writing anything

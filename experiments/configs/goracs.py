@@ -14,6 +14,8 @@ Override any field on the command line, e.g. ``--config.budgets=32,64``; the cli
 import ml_collections
 from ml_collections.config_dict import placeholder
 
+from recrl import parallel
+
 METHODS = ("goracs", "random", "el2n", "grand", "ccs", "kcenter", "dealrec", "full")
 
 
@@ -21,6 +23,7 @@ def get_config(variant: str = "ml1m_cpu") -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.variant = variant
     c.retrain_changed = False  # rerun into --out_dir: retrain stages whose config changed
+    parallel.add_config_fields(c)  # distributed, coordinator_address, ..., num_devices
     c.dataset = "ml-1m"  # ml-1m | ml-100k | synthetic
     c.task = "next_item"  # next_item (HR/NDCG) | click (rating > 3: AUC / log-loss)
     c.seeds = (0, 1, 2)

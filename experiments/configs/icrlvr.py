@@ -18,6 +18,8 @@ Override any field on the command line, e.g. ``--config.rl.steps=40``. Outputs g
 
 import ml_collections
 
+from recrl import parallel
+
 METHODS = ("dapo", "ic_dapo", "eg_dapo")
 
 
@@ -25,6 +27,7 @@ def get_config(variant: str = "tiny_cpu") -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.variant = variant
     c.retrain_changed = False  # rerun into --out_dir: retrain stages whose config changed
+    parallel.add_config_fields(c)  # distributed, coordinator_address, ..., num_devices
     if variant.startswith("eg_study"):
         return _study_config(c, variant)
     c.seeds = (0, 1, 2)
@@ -63,7 +66,7 @@ def get_config(variant: str = "tiny_cpu") -> ml_collections.ConfigDict:
         c.data.update(n_train=64, n_demo=16, n_probe=4, n_eval=8)
         c.model.update(dim=32, n_layers=1, n_heads=2, n_kv_heads=1, ffn_dim=64)
         c.sft.update(steps=10, batch_size=8)
-        c.rl.update(steps=2, prompts_per_step=2, group_size=4, num_demo=2, eval_every=2,
+        c.rl.update(steps=2, prompts_per_step=4, group_size=4, num_demo=2, eval_every=2,
                     eg_probes=2, max_new_tokens=16, max_sampling_rounds=1)
         c.eval.update(k=2, max_problems=4)
         c.quality.update(model="policy", shots=0, n_questions=4, samples=2, n_probes=2,

@@ -17,6 +17,8 @@ that the result then depends on the machine.
 
 import ml_collections
 
+from recrl import parallel
+
 PAPER_METHODS = ("prorl", "reinforce", "grpo", "rtg", "a2c", "prorl_no_src", "prorl_no_psae")
 
 
@@ -28,8 +30,7 @@ def get_config(variant: str = "ml1m_cpu") -> ml_collections.ConfigDict:
     c.seeds = (0, 1, 2)
     c.methods = PAPER_METHODS
     c.baselines = ("pretrained", "mined", "ipg", "greedy_sequential")
-    c.distributed = False  # call jax.distributed.initialize() (multi-host pods)
-    c.num_devices = 0  # 0 = all local devices
+    parallel.add_config_fields(c)  # distributed, coordinator_address, ..., num_devices
 
     c.data = ml_collections.ConfigDict(dict(min_user=20, min_item=40, seed=0, history=10,
                                             max_len=10, long_runs="truncate"))

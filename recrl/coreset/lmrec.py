@@ -24,9 +24,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from recrl import models
+from recrl import models, parallel
 
 
 class ByteTokenizer:
@@ -159,19 +160,25 @@ def embeddings(model: models.Llama, tokens: np.ndarray, mask: np.ndarray, *,
 def finetune(model: models.Llama, tokens: np.ndarray, mask: np.ndarray,
              loss_mask: np.ndarray, *, steps: int, batch: int = 16, lr: float = 1e-3,
              seed: int = 0, lora_only: bool = True, progress: bool = True,
-             desc: str = "fine-tune") -> list[float]:
+             desc: str = "fine-tune", mesh: Mesh | None = None) -> list[float]:
     """AdamW on the mean answer NLL of minibatches drawn from the given samples (in place).
 
     Trains the LoRA parameters (``lora_only``) or every parameter (pretraining). Returns
-    the per-step losses.
+    the per-step losses. With ``mesh`` the step is data-parallel: parameters replicated,
+    each minibatch (a function of ``seed`` and the step) split over the mesh, each process
+    building only its rows; the minibatch must divide over the devices.
     """
     targets = _max_targets(loss_mask)
     wrt = models.LoRAParam if lora_only else nnx.Param
     graphdef, train, rest = nnx.split(model, wrt, ...)
     opt = optax.adamw(lr, weight_decay=0.0)
     opt_state = opt.init(train)
+    rows = min(batch, tokens.shape[0])
+    if mesh is not None:
+        parallel.check_divisible({"fine-tune batch": rows}, mesh)
+        train, opt_state, rest = parallel.replicate((train, opt_state, rest), mesh)
 
-    @jax.jit
+    @functools.partial(jax.jit, donate_argnums=(1,))
     def step(train, opt_state, rest, tok, m, lm):
         def loss_fn(p):
             return models.sequence_nll(graphdef, (p, rest), tok, m, lm, targets).mean()
@@ -184,11 +191,16 @@ def finetune(model: models.Llama, tokens: np.ndarray, mask: np.ndarray,
     losses = []
     it = tqdm(range(steps), desc=desc, leave=False) if progress else range(steps)
     for _ in it:
-        idx = rng.choice(tokens.shape[0], min(batch, tokens.shape[0]), replace=False)
-        train, opt_state, loss = step(train, opt_state, rest, jnp.asarray(tokens[idx]),
-                                      jnp.asarray(mask[idx]), jnp.asarray(loss_mask[idx]))
+        idx = rng.choice(tokens.shape[0], rows, replace=False)
+        if mesh is None:
+            tok, m, lm = (jnp.asarray(x[idx]) for x in (tokens, mask, loss_mask))
+        else:
+            tok, m, lm = parallel.global_rows(
+                lambda r, idx=idx: tuple(x[idx[r]] for x in (tokens, mask, loss_mask)),
+                rows, mesh)
+        train, opt_state, loss = step(train, opt_state, rest, tok, m, lm)
         losses.append(float(loss))
-    nnx.update(model, train)
+    nnx.update(model, train if mesh is None else jax.tree.map(jnp.asarray, jax.device_get(train)))
     return losses
 
 

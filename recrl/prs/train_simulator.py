@@ -31,6 +31,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -40,6 +41,7 @@ from absl import logging
 from flax import nnx
 from tqdm.auto import tqdm
 
+from recrl import parallel
 from recrl.checkpoint import Checkpointer
 from recrl.data.prorl import ProRLData
 from recrl.data.sequences import Sequences
@@ -190,6 +192,7 @@ def train_simulator(
     checkpoint_dir: str | Path | None = None,
     learning_rate: float = 1e-3,
     max_seconds: float | None = None,
+    mesh: Any = None,
 ) -> tuple[Simulator, dict]:
     """Trains the simulator on the train users, early-stops on val NDCG@10, tests once.
 
@@ -204,6 +207,9 @@ def train_simulator(
       checkpoint_dir: if set, the best model is saved there (:func:`save_simulator`).
       learning_rate: Adam step size.
       max_seconds: optional wall-clock budget, checked after each epoch.
+      mesh: optional data mesh: the step runs data-parallel (parameters replicated, each
+        batch split over the mesh, each process building its rows; ``batch_size`` must
+        divide over the devices). Evaluation runs on one device.
 
     Returns:
       ``(model, metrics)``: the best-validation model and ``{"val", "test",
@@ -219,6 +225,9 @@ def train_simulator(
     graphdef, params = nnx.split(model)
     tx = optax.adam(learning_rate)
     opt_state = tx.init(params)
+    if mesh is not None:
+        parallel.check_divisible({"batch_size": batch_size}, mesh)
+        params, opt_state = parallel.replicate((params, opt_state), mesh)
     step_fn = _make_step(graphdef, tx, cfg.num_items)
     inputs, labels, lengths = training_windows(seqs, data.splits["train"], cfg.max_len)
     # rbg keys: dropout masks compile several times faster on CPU than threefry.
@@ -234,17 +243,21 @@ def train_simulator(
         losses = []
         bar = tqdm(order.reshape(-1, batch_size), desc=f"epoch {epoch}", leave=False)
         for idx in bar:
-            real = idx >= 0
-            b = [np.where(real[:, None], a[idx], -1) for a in (inputs, labels)]
-            ln = np.where(real, lengths[idx], 0)
-            params, opt_state, loss = step_fn(params, opt_state, *b, ln,
+            def rows(r, idx=idx):
+                real = idx[r] >= 0
+                b = [np.where(real[:, None], a[idx[r]], -1) for a in (inputs, labels)]
+                return (*b, np.where(real, lengths[idx[r]], 0))
+
+            batch = rows(slice(None)) if mesh is None else parallel.global_rows(
+                rows, batch_size, mesh)
+            params, opt_state, loss = step_fn(params, opt_state, *batch,
                                               jax.random.fold_in(key, step))
             losses.append(loss)
             step += 1
             if step % log_every == 0:
                 bar.set_postfix(loss=f"{float(np.mean(losses[-log_every:])):.4f}")
         epoch_loss = float(np.mean(jax.device_get(losses)))
-        model = nnx.merge(graphdef, params)
+        model = nnx.merge(graphdef, params if mesh is None else parallel.to_host(params))
         val = evaluate(model, seqs, data.splits["val"])
         history.append({"epoch": epoch, "loss": epoch_loss, "val_ndcg@10": val["ndcg@10"],
                         "seconds": time.perf_counter() - t0})
@@ -258,7 +271,8 @@ def train_simulator(
         if bad >= patience or (max_seconds is not None and time.perf_counter() - t0 > max_seconds):
             break
     train_seconds = time.perf_counter() - t0
-    model = nnx.merge(graphdef, best)
+    model = nnx.merge(graphdef, best if mesh is None else
+                      jax.tree.map(jnp.asarray, parallel.to_host(best)))
     metrics = {
         "val": evaluate(model, seqs, data.splits["val"]),
         "test": evaluate(model, seqs, data.splits["test"]),
@@ -289,8 +303,11 @@ def save_simulator(directory: str | Path, model: Simulator, cfg: SimConfig, *,
     meta = {"config": dataclasses.asdict(cfg), "metrics": metrics or {}}
     with Checkpointer(path / "params", max_to_keep=1) as ckpt:
         step = (ckpt.latest_step() or 0) + 1
-        ckpt.save(step, nnx.to_pure_dict(nnx.state(model)), meta={"config": meta["config"]})
-    (path / CONFIG_FILE).write_text(json.dumps(meta, indent=1))
+        # host copies: every process takes part in the save, process 0 writes them
+        ckpt.save(step, jax.device_get(nnx.to_pure_dict(nnx.state(model))),
+                  meta={"config": meta["config"]})
+    if parallel.is_writer():
+        (path / CONFIG_FILE).write_text(json.dumps(meta, indent=1))
 
 
 def load_simulator(directory: str | Path) -> Simulator:

@@ -42,7 +42,7 @@ import optax
 from flax import nnx
 
 from recrl import estimators as est
-from recrl import models
+from recrl import models, parallel
 from recrl.rlvr import evidence, tasks
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -244,7 +244,7 @@ def sample_rollouts(graphdef: nnx.GraphDef, params, tok, problems: Sequence[task
                     demo_pool: Sequence[tasks.Problem], key: jax.Array, cfg: LearnerConfig,
                     rng: random.Random, reward_fn: RewardFn = tasks.answer_reward,
                     pool: tuple[np.ndarray, np.ndarray] | None = None,
-                    ) -> tuple[Rollouts, list[str]]:
+                    mesh: Any = None) -> tuple[Rollouts, list[str]]:
     """Samples one group per problem, decodes and scores the completions (malformed text gets
     reward 0).
 
@@ -253,6 +253,8 @@ def sample_rollouts(graphdef: nnx.GraphDef, params, tok, problems: Sequence[task
     slots have an empty prefix; every row's own cache holds only its prompt and completion.
     ``K = 0``: ``models.sample``.
     ``pool``: ``encode_demo_pool(tok, demo_pool)`` (computed here when omitted).
+    With ``mesh`` and ``K = 0`` the ``P·G`` prompts are split over its devices (each process
+    builds its rows); the shared-prefix loop (``K > 0``) runs unsharded.
 
     Returns:
       ``Rollouts`` and the ``P·G`` decoded (scored) texts, row-major.
@@ -282,8 +284,12 @@ def sample_rollouts(graphdef: nnx.GraphDef, params, tok, problems: Sequence[task
             config=scfg)
         toks, logp, lens = (np.swapaxes(np.asarray(x), 0, 1) for x in out)
     else:
-        flat = lambda x: jnp.asarray(x.reshape(n * g, -1))
-        out = models.sample(graphdef, params, flat(prompt), flat(pmask), key, config=scfg)
+        pt, pm = prompt.reshape(n * g, -1), pmask.reshape(n * g, -1)
+        if mesh is None:
+            pt_in, pm_in = jnp.asarray(pt), jnp.asarray(pm)
+        else:
+            pt_in, pm_in = parallel.global_rows(lambda r: (pt[r], pm[r]), n * g, mesh)
+        out = parallel.to_host(models.sample(graphdef, params, pt_in, pm_in, key, config=scfg))
         toks = np.asarray(out.tokens).reshape(n, g, c)
         logp = np.asarray(out.logprobs).reshape(n, g, c)
         lens = np.asarray(out.lengths).reshape(n, g)
@@ -518,7 +524,8 @@ class Learner:
     def __init__(self, graphdef: nnx.GraphDef, params, tok, cfg: LearnerConfig,
                  demo_pool: Sequence[tasks.Problem] = (),
                  probes: Sequence[tasks.Problem] | None = None,
-                 reward_fn: RewardFn = tasks.answer_reward, seed: int = 0):
+                 reward_fn: RewardFn = tasks.answer_reward, seed: int = 0,
+                 mesh: Any = None):
         if cfg.eg_reweight and not probes:
             raise ValueError("eg_reweight needs a probe set")
         self.graphdef, self.params, self.tok, self.cfg = graphdef, params, tok, cfg
@@ -530,6 +537,10 @@ class Learner:
         self.ref_params = params if cfg.kl_coef > 0 else None
         self.rng = random.Random(seed)
         self.history: list[dict[str, float]] = []
+        self.mesh = mesh  # data-parallel sampling and update over this mesh (None: one device)
+        if mesh is not None:
+            parallel.check_divisible({"prompts_per_step": cfg.prompts_per_step}, mesh)
+            self.params, self.opt_state = parallel.replicate((self.params, self.opt_state), mesh)
 
     def _draw(self, problems_fn: Callable[[int], Sequence[tasks.Problem]],
               key: jax.Array) -> Callable[[], Rollouts]:
@@ -539,7 +550,7 @@ class Learner:
             probs = problems_fn(self.cfg.prompts_per_step)
             r, texts = sample_rollouts(self.graphdef, self.params, self.tok, probs,
                                        self.demo_pool, next(keys), self.cfg, self.rng,
-                                       self.reward_fn, self.pool)
+                                       self.reward_fn, self.pool, self.mesh)
             if self.cfg.eg_reweight:
                 r = r._replace(weight=eg_weights(self.graphdef, self.params, self.tok, probs,
                                                  texts, r.reward, self.probes,
@@ -562,10 +573,16 @@ class Learner:
         demos = demo_prefixes(self.pool, batch.demo, cfg.num_demo) if cfg.num_demo else None
         ref_logp = (rollout_logprobs(self.graphdef, self.ref_params, batch, cfg.temperature,
                                      demos) if self.ref_params is not None else None)
+        placed, ref_in = batch, ref_logp
+        if self.mesh is not None and demos is None:  # each process builds its groups
+            placed, ref_in = parallel.global_rows(
+                lambda r: (select_groups(batch, np.arange(r.start, r.stop)),
+                           None if ref_logp is None else np.asarray(ref_logp)[r]),
+                cfg.prompts_per_step, self.mesh)
         for _ in range(cfg.ppo_epochs):
             self.params, self.opt_state, m = train_step(self.graphdef, self.params,
-                                                        self.opt_state, batch, cfg, self.tx,
-                                                        ref_logp, demos)
+                                                        self.opt_state, placed, cfg, self.tx,
+                                                        ref_in, demos)
         demo = np.asarray(batch.demo) >= 0
         r = np.asarray(batch.reward)
         out = {k: float(v) for k, v in m.items()}

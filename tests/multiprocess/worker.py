@@ -1,0 +1,151 @@
+"""One JAX process of the multi-process test (``tests/multiprocess/test_multiprocess.py``).
+
+Usage: ``python -m tests.multiprocess.worker OUT NUM_PROCESSES PROCESS_ID PORT DEVICES``.
+
+Sets ``DEVICES`` fake CPU devices, joins ``jax.distributed`` on ``127.0.0.1:PORT`` when
+``NUM_PROCESSES > 1`` (CPU collectives via gloo, through :func:`recrl.parallel.startup`, the
+launchers' start-up), then runs a few training steps of each pipeline on the global mesh:
+
+- ProRL: the launcher's ``train_method`` (RL steps, per-epoch validation, checkpoints,
+  metrics.jsonl / TensorBoard / result.json written by process 0 only) on the tiny
+  synthetic config, with an untrained SASRec as the reward model;
+- In-Context RLVR: ``Learner.step`` (data-parallel sampling and update) of a tiny Llama;
+- GORACS: ``lmrec.finetune`` (data-parallel LoRA fine-tune) of a tiny Llama.
+
+With one process and one device (``1 1``) the In-Context RLVR and GORACS parts use the plain
+single-device code path (no mesh). Each process saves the resulting parameters to
+``OUT/params_p<PROCESS_ID>.npz``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def _flat(prefix: str, tree) -> dict:
+    import jax
+    import numpy as np
+
+    from recrl import parallel
+
+    leaves = jax.tree_util.tree_leaves_with_path(parallel.to_host(tree))
+    return {f"{prefix}{jax.tree_util.keystr(p)}": np.asarray(x) for p, x in leaves}
+
+
+def prorl_part(mesh, out) -> dict:
+    from flax import nnx
+
+    from experiments import prorl
+    from experiments.configs.prorl import get_config
+    from recrl import parallel
+    from recrl.checkpoint import Checkpointer
+    from recrl.prs import rl, simulator
+    from recrl.prs.policy import PathPolicy, PolicyConfig
+
+    cfg = get_config("tiny")
+    cfg.rl.update(epochs=1, steps_per_epoch=3, prompts=8, samples=4)
+    cfg.eval.update(k=0, max_prompts=8, val_prompts=8)
+    data = parallel.writer_first("data", lambda: prorl.load_data(cfg))
+    n_items = data.sequences.num_items
+    sim = simulator.build_simulator(simulator.SimConfig(kind="sasrec", num_items=n_items,
+                                                        hidden=16, heads=1, blocks=1, ffn=16,
+                                                        max_len=16, dropout=0.0))
+    pcfg = PolicyConfig(num_items=n_items, history=cfg.data.history, max_len=cfg.data.max_len,
+                        **cfg.policy)
+    policy0 = PathPolicy(pcfg, nnx.Rngs(0))
+    init = _flat("init/prorl", nnx.state(policy0, nnx.Param))
+    with parallel.open_for_writer(out / "metrics.jsonl", "a") as log:
+        ctx = prorl.Context(cfg, out, data, prorl.genre_matrix(data.genre_masks),
+                            {"sasrec": sim}, mesh, log)
+        prorl.train_method(ctx, policy0, "prorl", 0)
+    like = rl.init_state(policy0, rl.RLConfig(method="prorl"))[0]
+    with Checkpointer(out / "rl" / "prorl_s0" / "ckpt") as ckpt:  # every process restores
+        state, _ = ckpt.restore(like=parallel.to_host(like))
+    return {**init, **_flat("prorl", state.params)}
+
+
+def icrlvr_part(mesh) -> dict:
+    import jax
+
+    from recrl import models
+    from recrl.rlvr import learner as L
+    from recrl.rlvr import tasks
+
+    tok = tasks.CharTokenizer()
+    model = models.create_model(models.tiny_config(
+        vocab_size=tok.vocab_size, dim=16, n_layers=1, n_heads=2, n_kv_heads=1, head_dim=8,
+        ffn_dim=32, max_seq_len=128), seed=0)
+    from flax import nnx
+
+    graphdef, params = nnx.split(model)
+    init = _flat("init/icrlvr", params)
+    sp = tasks.make_splits(32, 8, 2, 4, seed=0)
+    cfg = L.preset("grpo", group_size=4, prompts_per_step=4, max_prompt_len=32,
+                   max_new_tokens=8, lr=1e-2, warmup_steps=1)
+    # a reward that varies within groups, so every update moves the parameters
+    lrn = L.Learner(graphdef, params, tok, cfg, reward_fn=lambda t, p: float(len(t) % 2),
+                    seed=0, mesh=mesh)
+    pool = sp.train
+    for step in range(3):
+        lrn.step(lambda n, step=step: pool[step * n:(step + 1) * n],
+                 jax.random.fold_in(jax.random.key(0), step))
+    return {**init, **_flat("icrlvr", lrn.params)}
+
+
+def goracs_part(mesh) -> dict:
+    import numpy as np
+    from flax import nnx
+
+    from recrl import models
+    from recrl.coreset import lmrec
+
+    model = models.create_model(models.tiny_config(
+        vocab_size=64, dim=16, n_layers=1, n_heads=2, n_kv_heads=1, head_dim=8, ffn_dim=32,
+        max_seq_len=64), seed=0)
+    models.add_lora(model, rank=2, alpha=4, targets=("q_proj", "v_proj"), rngs=nnx.Rngs(0))
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(3, 64, (24, 12)).astype(np.int32)
+    mask = np.ones_like(tokens, bool)
+    loss_mask = np.zeros_like(mask)
+    loss_mask[:, 8:] = True
+    init = _flat("init/goracs", nnx.state(model, models.LoRAParam))
+    lmrec.finetune(model, tokens, mask, loss_mask, steps=3, batch=8, lr=1e-2, seed=0,
+                   progress=False, mesh=mesh)
+    return {**init, **_flat("goracs", nnx.state(model, models.LoRAParam))}
+
+
+def main(argv: list[str]) -> None:
+    out, nproc, pid, port, ndev = argv[1], *map(int, argv[2:6])
+    os.environ["JAX_NUM_CPU_DEVICES"] = str(ndev)
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    from pathlib import Path
+
+    import ml_collections
+    import numpy as np
+
+    from recrl import parallel
+
+    cfg = ml_collections.ConfigDict(dict(parallel.CONFIG_FIELDS))
+    if nproc > 1:
+        cfg.update(distributed=True, coordinator_address=f"127.0.0.1:{port}",
+                   num_processes=nproc, process_id=pid)
+    mesh = parallel.startup(cfg)
+    plain = None if nproc == 1 and ndev == 1 else mesh
+    out = Path(out)
+    import time
+
+    params, seconds = {}, {}
+    for name, part in (("prorl", lambda: prorl_part(mesh, out)),
+                       ("icrlvr", lambda: icrlvr_part(plain)),
+                       ("goracs", lambda: goracs_part(plain))):
+        t0 = time.perf_counter()
+        params.update(part())
+        seconds[name] = round(time.perf_counter() - t0, 1)
+    print(f"process {pid}: seconds per part {seconds}", flush=True)
+    np.savez(out / f"params_p{pid}.npz", **params)
+    parallel.barrier("done")
+
+
+if __name__ == "__main__":
+    main(sys.argv)
