@@ -381,9 +381,10 @@ def run(cfg: Any, out_dir: str, on_epoch_end: Callable[[str, int], None] | None 
         ) -> dict:
     """The whole pipeline; returns ``{"runs": [...], "baselines": {...}}``."""
     mesh = parallel.startup(cfg)  # jax.distributed first, then the global mesh
-    out = config_check.preflight(cfg, out_dir, config_check.validate_prorl)
+    config_check.validate_prorl(cfg)
     parallel.check_divisible({"rl.prompts": cfg.rl.prompts,
                               "sim.batch_size": cfg.sim.get("batch_size", 128)}, mesh)
+    out = config_check.preflight(cfg, out_dir, config_check.validate_prorl)
     if parallel.is_writer():
         rundir.guard_stages(out, cfg, config_check.prorl_stages(cfg), config_check.PRORL_FREE,
                             retrain=cfg.get("retrain_changed", False))

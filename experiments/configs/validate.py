@@ -174,7 +174,7 @@ def validate_prorl(cfg: Any) -> None:
     c.choice("dataset", DATASETS)
     c.ints("seeds", 0)
     c.names("methods", rl.METHODS)
-    c.names("baselines", ("pretrained", "ipg", "greedy_sequential"), nonempty=False)
+    c.names("baselines", ("pretrained", "mined", "ipg", "greedy_sequential"), nonempty=False)
     c.bool("distributed")
     c.int("num_devices", 0)
     for k in ("min_user", "min_item", "history", "max_len"):
@@ -217,10 +217,15 @@ def validate_prorl(cfg: Any) -> None:
 def validate_icrlvr(cfg: Any) -> None:
     """Checks an In-Context RLVR config (``experiments/configs/icrlvr.py``)."""
     from experiments.configs.icrlvr import METHODS
-    from recrl.rlvr import learner
 
     c = _Checker(cfg, "icrlvr")
     c.ints("seeds", 0)
+    if str(cfg.get("variant", "")).startswith("eg_study"):  # experiments/eg_study.py's config
+        c.choice("model.kind", ("tiny", "smollm2"))
+        _llama_dims(c, "model")
+        c.bool("retrain_changed", optional=True)
+        c.done()
+        return
     c.names("methods", METHODS)
     parts = c.names("parts", ("quality", "training"))
     for k in ("n_train", "n_demo", "n_probe", "n_eval", "max_operand"):
@@ -232,7 +237,8 @@ def validate_icrlvr(cfg: Any) -> None:
     c.int("sft.steps", 0)
     c.int("sft.batch_size", 1)
     c.num("sft.lr", 0, strict_lo=True)
-    c.choice("rl.algorithm", learner.PRESETS)
+    c.choice("rl.eg_mode", ("reward", "advantage"))
+    c.choice("rl.eg_signal", ("log_weight", "eg", "eg_per_token"))
     for k in ("steps", "prompts_per_step", "max_prompt_len", "max_new_tokens", "eval_every",
               "eg_probes", "max_sampling_rounds"):
         c.int(f"rl.{k}", 1)

@@ -56,7 +56,7 @@ def test_all_problems_are_reported_together():
     cfg.rl.eg_temperature = -1.0
     cfg.rl.group_size = 1
     cfg.rl.num_demo = 20
-    cfg.methods = ("grpo", "ppo")
+    cfg.methods = ("dapo", "ppo")
     with pytest.raises(V.ConfigError, match="4 problems") as e:
         V.validate_icrlvr(cfg)
     for part in ("rl.eg_temperature=-1.0", "rl.group_size=1", "rl.num_demo=20 exceeds",
@@ -123,8 +123,8 @@ def test_unknown_config_key_on_the_command_line_is_one_clear_line(tmp_path):
                    "--config.rl.foo=1", timeout=60)
     # run_python passes the args after -c: sys.argv[1:] holds the override
     assert r.returncode != 0
-    assert ("unknown config key 'rl.foo' in --config.rl.foo: config.rl has epochs, "
-            "kl_weight, lr") in r.stderr
+    assert "unknown config key 'rl.foo' in --config.rl.foo: config.rl has " in r.stderr
+    assert ", epochs, " in r.stderr and ", kl_weight, " in r.stderr
     assert "Traceback" not in r.stderr
     assert V.unknown_override_keys(["x", "--config=experiments/configs/goracs.py:tiny",
                                     "--config.select.epsilon=0.1"], "config", "unused") == []
