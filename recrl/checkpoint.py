@@ -97,7 +97,7 @@ class Checkpointer:
 
         With ``step=None`` the newest checkpoint that can be read is restored: an unreadable
         newer one (truncated metadata, missing folder) is skipped with a ``RuntimeWarning``.
-        The step restored is kept in :attr:`restored_step`.
+        The step restored is kept in ``restored_step``.
 
         Raises:
           FileNotFoundError: there is no checkpoint (at that step) in the directory.

@@ -4,7 +4,7 @@ Start-up (every launcher): :func:`startup` calls ``jax.distributed.initialize`` 
 ``config.distributed`` is set (auto-detected on TPU pods / SLURM / Open MPI, or explicit
 ``coordinator_address`` / ``num_processes`` / ``process_id`` for CPU and GPU clusters), then
 builds the global 1-D ``data`` mesh and logs devices and mesh. The config fields are the same
-in every launcher (:data:`CONFIG_FIELDS`, added with :func:`add_config_fields`). Only
+in every launcher (``CONFIG_FIELDS``, added with :func:`add_config_fields`). Only
 process 0 writes files (:func:`is_writer`); :func:`barrier` lets the other processes wait
 for it. Multi-host input: :func:`global_rows` builds only this process's rows of a global
 batch and assembles the global array with ``jax.make_array_from_process_local_data``.
@@ -52,7 +52,7 @@ CONFIG_FIELDS: dict[str, Any] = dict(
 
 
 def add_config_fields(config: Any) -> Any:
-    """Adds :data:`CONFIG_FIELDS` (defaults) to an ``ml_collections.ConfigDict``."""
+    """Adds ``CONFIG_FIELDS`` (defaults) to an ``ml_collections.ConfigDict``."""
     for name, default in CONFIG_FIELDS.items():
         config[name] = default
     return config
@@ -134,7 +134,7 @@ def global_batch(tree: Any, mesh: Mesh, axis_name: str = DATA_AXIS) -> Any:
 
 
 def initialize(config: Any) -> None:
-    """``jax.distributed.initialize`` from the :data:`CONFIG_FIELDS` of ``config`` when
+    """``jax.distributed.initialize`` from the ``CONFIG_FIELDS`` of ``config`` when
     ``config.distributed`` is set (nothing otherwise). Must run before anything touches the
     JAX backend; a second call in the same process is a no-op."""
     if not config.get("distributed", False) or jax.distributed.is_initialized():
