@@ -38,7 +38,7 @@ def prorl_part(mesh, out) -> dict:
 
     from experiments import prorl
     from experiments.configs.prorl import get_config
-    from recrl import parallel
+    from recrl import parallel, rundir
     from recrl.checkpoint import Checkpointer
     from recrl.prs import rl, simulator
     from recrl.prs.policy import PathPolicy, PolicyConfig
@@ -55,13 +55,14 @@ def prorl_part(mesh, out) -> dict:
                         **cfg.policy)
     policy0 = PathPolicy(pcfg, nnx.Rngs(0))
     init = _flat("init/prorl", nnx.state(policy0, nnx.Param))
-    with parallel.open_for_writer(out / "metrics.jsonl", "a") as log:
+    with rundir.MetricsLog(out / "metrics.jsonl", enabled=parallel.is_writer()) as log:
         ctx = prorl.Context(cfg, out, data, prorl.genre_matrix(data.genre_masks),
                             {"sasrec": sim}, mesh, log)
         prorl.train_method(ctx, policy0, "prorl", 0)
-    like = rl.init_state(policy0, rl.RLConfig(method="prorl"))[0]
+    like = parallel.to_host(rl.init_state(policy0, prorl.rl_config(cfg, "prorl", 3))[0])
     with Checkpointer(out / "rl" / "prorl_s0" / "ckpt") as ckpt:  # every process restores
-        state, _ = ckpt.restore(like=parallel.to_host(like))
+        saved, _ = ckpt.restore(like={"rl": like, "best": like.params})
+    state = saved["rl"]
     return {**init, **_flat("prorl", state.params)}
 
 
