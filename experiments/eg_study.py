@@ -257,7 +257,8 @@ def run(cfg, out_dir: str, sampler: Sampler | None = None) -> dict:
         json.dump(res, open(res_path, "w"), indent=1)
     d = res["pilot"]["chosen"]
     sp = tasks.make_splits(sc.max_questions, sc.shots, sc.n_probes, 0, seed=cfg.data.seed,
-                           num_ops=tuple(d["num_ops"]), max_operand=d["max_operand"])
+                           num_ops=tuple(d["num_ops"]), max_operand=d["max_operand"],
+                           train_at_most=True)
     sample = sampler_for(sp.demo)
     t1 = time.perf_counter()
     traces = collect_traces(sample, sp.train, sc, os.path.join(out_dir, "traces.jsonl"),

@@ -105,25 +105,36 @@ class Splits(NamedTuple):
 
 
 def make_splits(n_train: int, n_demo: int, n_probe: int, n_eval: int, *, seed: int = 0,
-                num_ops: Sequence[int] = (2, 3), max_operand: int = 9) -> Splits:
+                num_ops: Sequence[int] = (2, 3), max_operand: int = 9,
+                train_at_most: bool = False) -> Splits:
     """Generates unique questions and deals them into train / demo / probe / eval.
+
+    With ``train_at_most=True``, ``n_train`` is an upper bound: demo, probe and eval are
+    filled first and train gets up to ``n_train`` of the remaining distinct questions (for
+    a small question space, e.g. 889 distinct questions at 2 ops with operands <= 5).
 
     Raises:
       ValueError: if the generator cannot produce enough distinct questions.
     """
     rng = random.Random(seed)
     need = n_train + n_demo + n_probe + n_eval
+    fixed = n_demo + n_probe + n_eval
     seen: dict[str, Problem] = {}
     tries = 0
     while len(seen) < need:
         tries += 1
         if tries > 50 * need + 1000:
+            if train_at_most and len(seen) > fixed:
+                break
             raise ValueError(f"only {len(seen)} distinct questions for {need} requested; "
                              "raise max_operand or num_ops")
         p = make_problem(rng, rng.choice(list(num_ops)), max_operand)
         seen.setdefault(p.question, p)
     probs = list(seen.values())
     rng.shuffle(probs)
+    if train_at_most:
+        a, b = n_demo, n_demo + n_probe
+        return Splits(probs[fixed:fixed + n_train], probs[:a], probs[a:b], probs[b:fixed])
     a, b, c = n_train, n_train + n_demo, n_train + n_demo + n_probe
     return Splits(probs[:a], probs[a:b], probs[b:c], probs[c:need])
 

@@ -77,6 +77,23 @@ def test_splits_are_disjoint_and_deterministic():
         tasks.make_splits(500, 0, 0, 0, num_ops=(1,), max_operand=3)
 
 
+def test_splits_train_at_most_takes_what_the_question_space_holds():
+    rng = random.Random(0)
+    space = {tasks.make_problem(rng, 1, 3).question for _ in range(20000)}
+    sp = tasks.make_splits(500, 2, 3, 1, seed=0, num_ops=(1,), max_operand=3,
+                           train_at_most=True)
+    sets = [{p.question for p in part} for part in sp]
+    assert [len(s) for s in sets[1:]] == [2, 3, 1]
+    assert len(sets[0]) == len(space) - 6 < 500
+    assert set().union(*sets) == space
+    assert sum(len(s) for s in sets) == len(space)  # disjoint
+    small = tasks.make_splits(4, 2, 3, 1, seed=0, num_ops=(1,), max_operand=3,
+                              train_at_most=True)
+    assert len(small.train) == 4
+    with pytest.raises(ValueError, match="distinct"):
+        tasks.make_splits(500, 30, 0, 0, num_ops=(1,), max_operand=3, train_at_most=True)
+
+
 def test_char_tokenizer_round_trip_and_prompts():
     tok = tasks.CharTokenizer()
     p = tasks.make_problem(random.Random(1))
