@@ -45,6 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
+from tqdm.auto import tqdm
 
 from experiments.icrlvr import load_smollm2, spearman, tiny_policy
 from recrl import models
@@ -137,7 +138,9 @@ def collect_traces(sample: Sampler, problems: Sequence[tasks.Problem], sc, path:
     rows = _read_jsonl(path)
     order = [(q, s) for q in range(len(problems)) for s in range(sc.samples)]
     pos = len(rows)
-    while pos < len(order) and sum(r["reward"] > 0 for r in rows) < sc.target_correct:
+    bar = tqdm(total=sc.target_correct, initial=min(_n_correct(rows), sc.target_correct),
+               desc="answer-correct traces")
+    while pos < len(order) and _n_correct(rows) < sc.target_correct:
         part = order[pos:pos + sc.chunk]
         probs = [problems[q] for q, _ in part]
         outs = sample(probs, jax.random.fold_in(jax.random.key(seed), pos))
@@ -151,7 +154,14 @@ def collect_traces(sample: Sampler, problems: Sequence[tasks.Problem], sc, path:
         _append_jsonl(path, new)
         rows += new
         pos += len(part)
+        bar.update(min(_n_correct(rows), sc.target_correct) - bar.n)
+        bar.set_postfix(traces=len(rows))
+    bar.close()
     return rows
+
+
+def _n_correct(rows: Sequence[dict]) -> int:
+    return sum(r["reward"] > 0 for r in rows)
 
 
 def compute_eg(graphdef, params, tok, problems, traces: Sequence[dict], probes, sc,
@@ -163,7 +173,8 @@ def compute_eg(graphdef, params, tok, problems, traces: Sequence[dict], probes, 
         return done
     pj = evidence.ProbeSet(*(jnp.asarray(x) for x in evidence.encode_probes(tok, probes)))
     without = evidence.probe_logp_without(graphdef, params, pj)
-    for c in range(0, len(todo), sc.eg_chunk):
+    for c in tqdm(range(0, len(todo), sc.eg_chunk), desc=f"EG over {len(probes)} probes",
+                  unit="chunk"):
         part = todo[c:c + sc.eg_chunk]
         pad = part + [part[-1]] * (sc.eg_chunk - len(part))  # one compiled shape
         r = evidence.evidence_gain_batch(
