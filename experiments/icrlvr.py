@@ -35,6 +35,7 @@ from absl import app, flags, logging
 from flax import nnx
 
 from experiments.configs import validate as config_check
+from experiments.configs.icrlvr import METHODS, plain_method
 from recrl import models, parallel, rundir
 from recrl.checkpoint import Checkpointer
 from recrl.rlvr import evidence, tasks
@@ -205,15 +206,6 @@ def _prompt_len(tok, problems) -> int:
     return -(-n // 16) * 16
 
 
-def parse_method(method: str) -> tuple[str, str]:
-    """``"ic_dapo"`` -> ``("ic", "dapo")``; ``"grpo"`` -> ``("", "grpo")``; unknown: error."""
-    kind, _, algo = method.rpartition("_") if method[:3] in ("ic_", "eg_") else ("", "", method)
-    if algo not in L.PRESETS:
-        raise ValueError(f"unknown method {method!r}: use <preset>, ic_<preset> or eg_<preset> "
-                         f"with a preset in {sorted(L.PRESETS)}")
-    return kind, algo
-
-
 def train_method(method: str, seed: int, rc, ec, sp: tasks.Splits, tok, graphdef, params,
                  run_dir: str | None = None, mesh=None) -> dict:
     """Part (b)/(c): one RL run; evaluation curve and seconds per step.
@@ -225,13 +217,14 @@ def train_method(method: str, seed: int, rc, ec, sp: tasks.Splits, tok, graphdef
     if run_dir is not None and os.path.exists(os.path.join(run_dir, "result.json")):
         with open(os.path.join(run_dir, "result.json")) as f:
             return json.load(f)
-    kind, algo = parse_method(method)
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
     everything = sp.train + sp.eval
-    cfg = L.preset(algo, group_size=rc.group_size, num_demo=rc.num_demo if kind == "ic" else 0,
+    cfg = L.method_config(METHODS[method], num_demo=rc.num_demo, group_size=rc.group_size,
                    prompts_per_step=rc.prompts_per_step, max_new_tokens=rc.max_new_tokens,
                    max_prompt_len=_prompt_len(tok, everything),
                    lr=rc.lr, warmup_steps=rc.warmup_steps, temperature=rc.temperature,
-                   eg_reweight=kind == "eg", eg_temperature=rc.eg_temperature,
+                   eg_temperature=rc.eg_temperature,
                    eg_mode=rc.eg_mode, eg_signal=rc.eg_signal,
                    dynamic_sampling=rc.dynamic_sampling,
                    max_sampling_rounds=rc.max_sampling_rounds)
@@ -335,10 +328,10 @@ def report(res: dict, out_dir: str) -> str:
                          f"{_mean_sd([r['seconds_per_step'] for r in rs])} | "
                          f"{rs[0]['max_prompt_len']} |")
         for m in res["methods"]:
-            kind, algo = parse_method(m)
+            algo = plain_method(m)
             base = [r["seconds_per_step"] for r in runs if r["method"] == algo]
             icr = [r["seconds_per_step"] for r in runs if r["method"] == m]
-            if kind != "ic" or not base or not icr:
+            if not METHODS[m].in_context or not base or not icr:
                 continue
             lines += ["", f"(c) {m} time overhead per step over {algo}: "
                       f"{100 * (np.mean(icr) / np.mean(base) - 1):+.1f}% (paper: +1.0% to +4.1%)."]

@@ -8,9 +8,10 @@ Variants (the part after ``:``)::
     python -m experiments.eg_study --config=experiments/configs/icrlvr.py:eg_study  # ~2-3 h CPU
     python -m experiments.eg_study --config=experiments/configs/icrlvr.py:eg_study_tiny
 
-Methods are ``<preset>``, ``ic_<preset>`` (K of G rollouts on a demonstration) and
-``eg_<preset>`` (explicit EG reweighting) for a preset of ``recrl.rlvr.learner.PRESETS``
-(``grpo``, ``drgrpo``, ``dapo``): the name says what runs.
+Methods are the names of ``METHODS`` (a table, below): ``<preset>``, ``ic_<preset>``
+(``num_demo`` of the ``group_size`` rollouts on a demonstration) and ``eg_<preset>`` (explicit
+EG reweighting) for a preset of ``recrl.rlvr.learner.PRESETS`` (``grpo``, ``drgrpo``,
+``dapo``); each entry names its preset, in-context and EG reweighting as separate fields.
 
 Override any field on the command line, e.g. ``--config.rl.steps=40``. Outputs go to
 ``--out_dir`` (default ``runs/icrlvr``): ``results.json``, ``report.md``, ``curves.png``.
@@ -19,8 +20,28 @@ Override any field on the command line, e.g. ``--config.rl.steps=40``. Outputs g
 import ml_collections
 
 from recrl import parallel
+from recrl.rlvr.learner import Method
 
-METHODS = ("dapo", "ic_dapo", "eg_dapo")
+# name -> (preset: loss settings, in-context demonstration rollouts, EG reweighting)
+METHODS: dict[str, Method] = {
+    "grpo": Method("grpo", in_context=False, eg_reweight=False),
+    "ic_grpo": Method("grpo", in_context=True, eg_reweight=False),
+    "eg_grpo": Method("grpo", in_context=False, eg_reweight=True),
+    "drgrpo": Method("drgrpo", in_context=False, eg_reweight=False),
+    "ic_drgrpo": Method("drgrpo", in_context=True, eg_reweight=False),
+    "eg_drgrpo": Method("drgrpo", in_context=False, eg_reweight=True),
+    "dapo": Method("dapo", in_context=False, eg_reweight=False),
+    "ic_dapo": Method("dapo", in_context=True, eg_reweight=False),
+    "eg_dapo": Method("dapo", in_context=False, eg_reweight=True),
+}
+DEFAULT_METHODS = ("dapo", "ic_dapo", "eg_dapo")
+
+
+def plain_method(name: str) -> str | None:
+    """The table's name for ``name``'s preset without in-context rollouts or EG weights
+    (the reference an ``ic_`` method's time overhead is measured against)."""
+    plain = Method(METHODS[name].preset)
+    return next((k for k, m in METHODS.items() if m == plain), None)
 
 
 def get_config(variant: str = "tiny_cpu") -> ml_collections.ConfigDict:
@@ -31,7 +52,7 @@ def get_config(variant: str = "tiny_cpu") -> ml_collections.ConfigDict:
     if variant.startswith("eg_study"):
         return _study_config(c, variant)
     c.seeds = (0, 1, 2)
-    c.methods = METHODS
+    c.methods = DEFAULT_METHODS
     c.parts = ("quality", "training")  # which experiments to run
     c.data = ml_collections.ConfigDict(dict(
         n_train=512, n_demo=256, n_probe=16, n_eval=128, num_ops=(2, 3), max_operand=9, seed=0))

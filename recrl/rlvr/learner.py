@@ -139,6 +139,34 @@ def preset(name: str, **changes: Any) -> LearnerConfig:
     return LearnerConfig(**{**PRESETS[name], **changes})
 
 
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """A named method of a methods table (``experiments/configs/icrlvr.py:METHODS``), its
+    parts as separate fields.
+
+    Attributes:
+      preset: the loss settings, a key of ``PRESETS`` (``grpo``, ``drgrpo``, ``dapo``).
+      in_context: ``num_demo`` of the ``G`` rollouts continue a demonstration (else none do).
+      eg_reweight: explicit Evidence Gain weights (``LearnerConfig.eg_reweight``).
+    """
+
+    preset: str
+    in_context: bool = False
+    eg_reweight: bool = False
+
+    def __post_init__(self) -> None:
+        if self.preset not in PRESETS:
+            raise ValueError(f"unknown preset {self.preset!r}; known: {', '.join(PRESETS)}")
+
+
+def method_config(method: Method, *, num_demo: int = 0, **changes: Any) -> LearnerConfig:
+    """The :class:`LearnerConfig` of a resolved ``method``: its preset's loss settings,
+    ``num_demo`` demonstration rollouts if ``method.in_context`` (else 0), its EG
+    reweighting, then ``changes``."""
+    return preset(method.preset, num_demo=num_demo if method.in_context else 0,
+                  eg_reweight=method.eg_reweight, **changes)
+
+
 class Rollouts(NamedTuple):
     """A batch of ``P`` groups of ``G`` rollouts (arrays only; jit-friendly).
 

@@ -7,6 +7,7 @@ import pytest
 
 from experiments import icrlvr
 from experiments.configs.icrlvr import get_config
+from recrl.rlvr.learner import PRESETS, Method, method_config
 
 
 def test_spearman_by_hand():
@@ -18,13 +19,26 @@ def test_spearman_by_hand():
     assert np.isnan(icrlvr.spearman(np.array([1, 1, 1]), np.array([1, 2, 3])))
 
 
-def test_method_names_say_what_runs():
-    assert icrlvr.parse_method("ic_dapo") == ("ic", "dapo")
-    assert icrlvr.parse_method("eg_drgrpo") == ("eg", "drgrpo")
-    assert icrlvr.parse_method("grpo") == ("", "grpo")
-    with pytest.raises(ValueError, match="unknown method 'ic_ppo'"):
-        icrlvr.parse_method("ic_ppo")
+def test_methods_table_names_what_runs():
+    from experiments.configs.icrlvr import METHODS, plain_method
+
+    assert METHODS["ic_dapo"] == Method("dapo", in_context=True, eg_reweight=False)
+    assert METHODS["eg_drgrpo"] == Method("drgrpo", in_context=False, eg_reweight=True)
+    assert METHODS["grpo"] == Method("grpo")
+    assert {m.preset for m in METHODS.values()} == set(PRESETS)
+    assert plain_method("ic_drgrpo") == "drgrpo" and plain_method("dapo") == "dapo"
     assert get_config("tiny_cpu").methods == ("dapo", "ic_dapo", "eg_dapo")
+    # the resolved entry decides the learner's settings, not a name
+    cfg = method_config(METHODS["ic_grpo"], num_demo=3, group_size=4)
+    assert (cfg.num_demo, cfg.eg_reweight, cfg.eps_high, cfg.aggregation) == (
+        3, False, 0.2, "seq_mean_token_mean")
+    cfg = method_config(METHODS["eg_dapo"], num_demo=3, group_size=4)
+    assert (cfg.num_demo, cfg.eg_reweight, cfg.eps_high, cfg.dynamic_sampling) == (
+        0, True, 0.28, True)
+    with pytest.raises(ValueError, match="unknown preset 'ppo'"):
+        Method("ppo")
+    with pytest.raises(ValueError, match="unknown method 'ic_ppo'"):
+        icrlvr.train_method("ic_ppo", 0, None, None, None, None, None, None)
 
 
 def _check(res, out, methods):
