@@ -35,8 +35,7 @@ import numpy as np
 from flax import nnx
 
 from recrl import models
-from recrl.rlvr import learner as L
-from recrl.rlvr import tasks
+from recrl.rlvr import config, learner, rollouts, tasks
 
 
 def _timed(fn, *args):
@@ -71,16 +70,16 @@ class Setup:
         self.problems, self.pool_problems = sp.train, sp.demo
         p, g, k = args.prompts, args.group, args.demos
         self.p, self.g, self.k, self.c = p, g, k, args.new_tokens
-        self.cfg = L.preset(args.algorithm, group_size=g, num_demo=k, prompts_per_step=p,
+        self.cfg = config.preset(args.algorithm, group_size=g, num_demo=k, prompts_per_step=p,
                             max_new_tokens=self.c, dynamic_sampling=False)
         self.scfg = models.SamplingConfig(max_new_tokens=self.c, temperature=1.0,
                                           pad_id=self.tok.pad_id)  # no stop: equal tokens
         tok = self.tok
-        self.pool = L.encode_demo_pool(tok, self.pool_problems)
-        picks = L.draw_demos(random.Random(0), len(self.pool_problems), k)
+        self.pool = rollouts.encode_demo_pool(tok, self.pool_problems)
+        picks = rollouts.draw_demos(random.Random(0), len(self.pool_problems), k)
         self.demo = np.full((p, g), -1, np.int32)
         self.demo[:, :k] = picks
-        own = lambda after: [L.own_prompt(tok, q.question, after) for q in self.problems]
+        own = lambda after: [rollouts.own_prompt(tok, q.question, after) for q in self.problems]
         lq = -(-max(len(x) for x in own(False)) // 16) * 16
         self.bare = _pad(own(False), tok.pad_id, lq)
         self.after = _pad(own(True), tok.pad_id, lq)
@@ -88,7 +87,8 @@ class Setup:
         pre_mask = np.zeros(pre.shape, bool)
         pre[:k], pre_mask[:k] = self.pool[0][picks], self.pool[1][picks]
         self.group_prefix = (jnp.asarray(pre), jnp.asarray(pre_mask))
-        full, _ = L.build_prompts(tok, self.problems, self.pool_problems, g, k, random.Random(0))
+        full, _ = rollouts.build_prompts(tok, self.problems, self.pool_problems, g, k,
+                                         random.Random(0))
         lf = -(-max(len(x) for row in full for x in row) // 16) * 16
         self.full = _pad([x for row in full for x in row], tok.pad_id, lf)
         self.lengths = dict(own_prompt=lq, demo_prefix=self.pool[0].shape[1], padded_prompt=lf)
@@ -135,7 +135,7 @@ class Setup:
             pick = lambda a, b: jnp.concatenate(
                 [jnp.repeat(a[:, None], k, 1), jnp.repeat(b[:, None], g - k, 1)], 1)
             prompt, pmask = pick(self.after[0], self.bare[0]), pick(self.after[1], self.bare[1])
-        return L.Rollouts(prompt, pmask, toks, jnp.asarray(mask), jnp.where(mask, lps, 0.0),
+        return rollouts.Rollouts(prompt, pmask, toks, jnp.asarray(mask), jnp.where(mask, lps, 0.0),
                           jnp.asarray(reward), jnp.zeros((p, g)), jnp.asarray(self.demo),
                           jnp.ones(p, bool), jnp.ones((p, g)))
 
@@ -145,9 +145,9 @@ class Runner:
 
     def __init__(self, s: Setup, variant: str):
         self.s, self.variant = s, variant
-        self.tx = L.make_optimizer(s.cfg)
+        self.tx = learner.make_optimizer(s.cfg)
         self.params, self.opt = s.params, self.tx.init(s.params)
-        self.demos = L.demo_prefixes(s.pool, s.demo, s.k) if variant == "ic_shared" else None
+        self.demos = rollouts.demo_prefixes(s.pool, s.demo, s.k) if variant == "ic_shared" else None
         self.calls = 0
 
     def step(self) -> dict[str, float]:
@@ -156,7 +156,7 @@ class Runner:
         self.calls += 1
         (mask, reward), t_h = _timed(s.score, toks)
         b = s.batch(self.variant, toks, lps, mask, reward)
-        (self.params, self.opt, _), t_u = _timed(L.train_step, s.graphdef, self.params,
+        (self.params, self.opt, _), t_u = _timed(learner.train_step, s.graphdef, self.params,
                                                  self.opt, b, s.cfg, self.tx, None, self.demos)
         out = {}
         for j, clock in enumerate(("", "cpu_")):
@@ -189,7 +189,7 @@ def main() -> None:
     ap.add_argument("--group", type=int, default=8)
     ap.add_argument("--demos", type=int, default=6, help="K of G rollouts on a demonstration")
     ap.add_argument("--new_tokens", type=int, default=40)
-    ap.add_argument("--algorithm", default="dapo", choices=tuple(L.PRESETS))
+    ap.add_argument("--algorithm", default="dapo", choices=tuple(config.PRESETS))
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--variants", default="plain,ic_shared,ic_padded")
     args = ap.parse_args()

@@ -47,9 +47,10 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 from tqdm.auto import tqdm
 
-from experiments.icrlvr import load_smollm2, spearman, tiny_policy
+from experiments.icrlvr import load_smollm2, tiny_policy
 from recrl import models
 from recrl.rlvr import evidence, tasks
+from recrl.rlvr.quality import spearman
 
 FLAGS = flags.FLAGS
 SIGNALS = ("eg", "eg_per_token", "log_weight", "mean_logprob", "length")

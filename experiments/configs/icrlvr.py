@@ -10,7 +10,7 @@ Variants (the part after ``:``)::
 
 Methods are the names of ``METHODS`` (a table, below): ``<preset>``, ``ic_<preset>``
 (``num_demo`` of the ``group_size`` rollouts on a demonstration) and ``eg_<preset>`` (explicit
-EG reweighting) for a preset of ``recrl.rlvr.learner.PRESETS`` (``grpo``, ``drgrpo``,
+EG reweighting) for a preset of ``recrl.rlvr.config.PRESETS`` (``grpo``, ``drgrpo``,
 ``dapo``); each entry names its preset, in-context and EG reweighting as separate fields.
 
 Override any field on the command line, e.g. ``--config.rl.steps=40``. Outputs go to
@@ -20,7 +20,7 @@ Override any field on the command line, e.g. ``--config.rl.steps=40``. Outputs g
 import ml_collections
 
 from recrl import parallel
-from recrl.rlvr.learner import Method
+from recrl.rlvr.config import Method
 
 # name -> (preset: loss settings, in-context demonstration rollouts, EG reweighting)
 METHODS: dict[str, Method] = {

@@ -15,6 +15,8 @@ before the probe prompt ``"Q: e_q\nA: "``. Sharing:
   ``E`` probe continuations ``e_q ++ e_r`` attend to its keys/values
   (``logprobs_from_prefix``); only the ``e_r`` tokens are summed.
 
+:func:`eg_weights` turns the EG of a batch of rollout groups into the learner's weights.
+
 Cost per trace: one prefix pass plus ``E`` continuations of length ``|e_q| + |e_r|``
 instead of ``E`` full passes over ``|demo| + |e_q| + |e_r|`` tokens.
 """
@@ -176,3 +178,25 @@ def evidence_gain_batch(graphdef: nnx.GraphDef, params, tok, questions: Sequence
         logp_with=with_demo,
         logp_without=logp_without,
     )
+
+
+def eg_weights(graphdef: nnx.GraphDef, params, tok, problems: Sequence[tasks.Problem],
+               texts: Sequence[str], reward: np.ndarray, probes: ProbeSet,
+               temperature: float = 1.0, demo_length: int | None = None, *,
+               mode: str = "reward", signal: str = "log_weight") -> np.ndarray:
+    r"""``[P, G]`` explicit EG weights of the ``P·G`` rollouts ``texts`` (row-major, one group
+    per problem) from ``ℓ`` = ``signal`` of each rollout.
+
+    ``mode="reward"``: ``w = G · softmax_G(ℓ/τ)`` over all rollouts of a question (mean 1; the
+    learner multiplies rewards). ``mode="advantage"``: ``G_c · softmax_{correct}(ℓ/τ)`` on
+    correct rollouts, 1 on the others (the learner multiplies advantages). ``demo_length``
+    fixes the padded demo length (one compiled shape across steps)."""
+    p, g = reward.shape
+    qs = [problems[i // g].question for i in range(p * g)]
+    res = evidence_gain_batch(graphdef, params, tok, qs, texts, probes, demo_length=demo_length)
+    ell = getattr(res, signal).reshape(p, g)
+    if mode == "reward":
+        return np.asarray(estimators.evidence_gain_weights(ell, temperature), np.float32)
+    correct = jnp.asarray(reward > 0)
+    w = estimators.evidence_gain_weights(ell, temperature, valid=correct)
+    return np.asarray(jnp.where(correct, w, 1.0), np.float32)

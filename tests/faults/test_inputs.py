@@ -10,7 +10,7 @@ import pytest
 from recrl import coreset
 from recrl import estimators as est
 from recrl.models import gguf_loader, safetensors_loader
-from recrl.rlvr import learner as L
+from recrl.rlvr import config as learner_config
 
 
 def _pool():
@@ -72,11 +72,11 @@ def test_grpo_advantages_do_not_overflow_for_huge_rewards(scale):
 
 def test_learner_config_rejects_zero_ppo_epochs_and_bad_temperatures():
     with pytest.raises(ValueError, match="ppo_epochs=0 must be >= 1"):
-        L.preset("grpo", ppo_epochs=0)
+        learner_config.preset("grpo", ppo_epochs=0)
     with pytest.raises(ValueError, match="eg_temperature=-1.0"):
-        L.preset("grpo", eg_temperature=-1.0)
+        learner_config.preset("grpo", eg_temperature=-1.0)
     with pytest.raises(ValueError, match="lr=-0.1"):
-        L.preset("grpo", lr=-0.1)
+        learner_config.preset("grpo", lr=-0.1)
 
 
 def test_evidence_gain_batch_with_zero_traces_is_a_clear_error():

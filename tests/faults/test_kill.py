@@ -62,13 +62,13 @@ def icrlvr_reference(tmp_path_factory):
 ])
 def test_icrlvr_sigkill_at_a_save_point_resumes_identically(tmp_path, icrlvr_reference,
                                                             monkeypatch, point, n):
-    from recrl.rlvr import learner as L
+    from recrl.rlvr import learner
 
     _kill("icrlvr", point, n, tmp_path / "run")
     assert not (tmp_path / "run" / "result.json").exists()
     cfg, sp, tok, graphdef, params = _icrlvr_setup()
-    step, calls = L.Learner.step, []
-    monkeypatch.setattr(L.Learner, "step", lambda self, *a, **k: (calls.append(1),
+    step, calls = learner.Learner.step, []
+    monkeypatch.setattr(learner.Learner, "step", lambda self, *a, **k: (calls.append(1),
                                                                   step(self, *a, **k))[1])
     args = ("grpo", 0, cfg.rl, cfg.eval, sp, tok, graphdef, params)
     resumed = icrlvr.train_method(*args, run_dir=str(tmp_path / "run"))

@@ -7,8 +7,7 @@ import pytest
 
 from experiments import icrlvr
 from experiments.configs.icrlvr import get_config as icrlvr_config
-from recrl.rlvr import learner as L
-from recrl.rlvr import tasks
+from recrl.rlvr import learner, tasks
 
 
 class Killed(Exception):
@@ -39,7 +38,7 @@ def test_icrlvr_training_resumes_to_the_uninterrupted_result(tmp_path, monkeypat
     cfg, sp, tok, graphdef, params = _icrlvr_setup()
     args = ("grpo", 0, cfg.rl, cfg.eval, sp, tok, graphdef, params)
     ref = icrlvr.train_method(*args, run_dir=str(tmp_path / "ref"))
-    step = L.Learner.step
+    step = learner.Learner.step
     calls = []
 
     def dies_at_step_3(self, *a, **k):
@@ -48,13 +47,13 @@ def test_icrlvr_training_resumes_to_the_uninterrupted_result(tmp_path, monkeypat
             raise Killed
         return step(self, *a, **k)
 
-    monkeypatch.setattr(L.Learner, "step", dies_at_step_3)
+    monkeypatch.setattr(learner.Learner, "step", dies_at_step_3)
     with pytest.raises(Killed):
         icrlvr.train_method(*args, run_dir=str(tmp_path / "run"))
     monkeypatch.undo()
     assert not (tmp_path / "run" / "result.json").exists()
     calls.clear()
-    monkeypatch.setattr(L.Learner, "step", lambda self, *a, **k: (calls.append(1),
+    monkeypatch.setattr(learner.Learner, "step", lambda self, *a, **k: (calls.append(1),
                                                                   step(self, *a, **k))[1])
     resumed = icrlvr.train_method(*args, run_dir=str(tmp_path / "run"))
     assert len(calls) == 1  # steps 1-2 came from the checkpoint

@@ -70,8 +70,7 @@ def icrlvr_part(mesh) -> dict:
     import jax
 
     from recrl import models
-    from recrl.rlvr import learner as L
-    from recrl.rlvr import tasks
+    from recrl.rlvr import config, learner, tasks
 
     tok = tasks.CharTokenizer()
     model = models.create_model(models.tiny_config(
@@ -82,10 +81,10 @@ def icrlvr_part(mesh) -> dict:
     graphdef, params = nnx.split(model)
     init = _flat("init/icrlvr", params)
     sp = tasks.make_splits(32, 8, 2, 4, seed=0)
-    cfg = L.preset("grpo", group_size=4, prompts_per_step=4, max_prompt_len=32,
+    cfg = config.preset("grpo", group_size=4, prompts_per_step=4, max_prompt_len=32,
                    max_new_tokens=8, lr=1e-2, warmup_steps=1)
     # a reward that varies within groups, so every update moves the parameters
-    lrn = L.Learner(graphdef, params, tok, cfg, reward_fn=lambda t, p: float(len(t) % 2),
+    lrn = learner.Learner(graphdef, params, tok, cfg, reward_fn=lambda t, p: float(len(t) % 2),
                     seed=0, mesh=mesh)
     pool = sp.train
     for step in range(3):

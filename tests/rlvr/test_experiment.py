@@ -7,16 +7,18 @@ import pytest
 
 from experiments import icrlvr
 from experiments.configs.icrlvr import get_config
-from recrl.rlvr.learner import PRESETS, Method, method_config
+from recrl.rlvr import quality
+from recrl.rlvr.config import PRESETS, Method, method_config
 
 
 def test_spearman_by_hand():
     # ranks x = (1, 2, 3, 4), y = (1, 3, 2, 4): d^2 = 2, rho = 1 - 6*2/(4*15) = 0.8
-    assert icrlvr.spearman(np.array([1, 2, 3, 4]), np.array([10, 30, 20, 40])) == pytest.approx(0.8)
+    rho = quality.spearman(np.array([1, 2, 3, 4]), np.array([10, 30, 20, 40]))
+    assert rho == pytest.approx(0.8)
     # ties get average ranks: x ranks (1.5, 1.5, 3), y (1, 2, 3) -> Pearson of ranks
     r = np.corrcoef([1.5, 1.5, 3], [1, 2, 3])[0, 1]
-    assert icrlvr.spearman(np.array([5, 5, 7]), np.array([1, 2, 3])) == pytest.approx(r)
-    assert np.isnan(icrlvr.spearman(np.array([1, 1, 1]), np.array([1, 2, 3])))
+    assert quality.spearman(np.array([5, 5, 7]), np.array([1, 2, 3])) == pytest.approx(r)
+    assert np.isnan(quality.spearman(np.array([1, 1, 1]), np.array([1, 2, 3])))
 
 
 def test_methods_table_names_what_runs():

@@ -1,0 +1,56 @@
+r"""Zero-shot evaluation of a policy on held-out problems: greedy accuracy, avg@k, pass@k,
+step correctness, malformed rate."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from recrl import models
+from recrl.rlvr import tasks
+
+
+def pass_at_k(num_samples: int, num_correct: int, k: int) -> float:
+    r"""Unbiased :math:`\mathrm{pass@}k = 1 - \binom{n-c}{k}/\binom{n}{k}`."""
+    if num_samples - num_correct < k:
+        return 1.0
+    return 1.0 - float(np.prod(1.0 - k / np.arange(num_samples - num_correct + 1,
+                                                    num_samples + 1)))
+
+
+def evaluate(graphdef: nnx.GraphDef, params, tok, problems: Sequence[tasks.Problem],
+             key: jax.Array, *, k: int = 4, max_new_tokens: int = 48, max_prompt_len: int = 64,
+             temperature: float = 1.0) -> dict[str, float]:
+    r"""Zero-shot evaluation (no demonstration) on held-out problems.
+
+    ``greedy_acc``: accuracy of the greedy answer; ``avg@k``: mean accuracy of ``k`` samples at
+    ``temperature`` (= pass@1 estimated from ``k`` samples); ``pass@k`` (unbiased);
+    ``step_correct``: mean step correctness of the samples; ``malformed``: fraction with no
+    extractable answer.
+    """
+    ids = [tasks.encode_prompt(tok, p.question) for p in problems]
+    pt, pm = models.pad_batch(ids, pad_id=tok.pad_id, side="left", length=max_prompt_len)
+    rep = lambda x: jnp.asarray(np.repeat(x, k, axis=0))
+    out = {}
+    for name, temp, reps in (("greedy", 0.0, 1), ("sampled", temperature, k)):
+        scfg = models.SamplingConfig(max_new_tokens=max_new_tokens, temperature=temp,
+                                     stop_tokens=(tok.eos_id,), pad_id=tok.pad_id)
+        prompt = rep(pt) if reps > 1 else jnp.asarray(pt)
+        mask = rep(pm) if reps > 1 else jnp.asarray(pm)
+        o = models.sample(graphdef, params, prompt, mask, key, config=scfg)
+        toks, lens = np.asarray(o.tokens), np.asarray(o.lengths)
+        texts = [tasks.decode_completion(tok, toks[i], int(lens[i])) for i in range(len(toks))]
+        probs = [problems[i // reps] for i in range(len(toks))]
+        out[name] = tasks.score_traces(texts, probs)
+    corr = out["sampled"].reward.reshape(len(problems), k)
+    return {
+        "greedy_acc": float(out["greedy"].reward.mean()),
+        f"avg@{k}": float(corr.mean()),
+        f"pass@{k}": float(np.mean([pass_at_k(k, int(c), k) for c in corr.sum(1)])),
+        "step_correct": float(out["sampled"].step_correctness.mean()),
+        "malformed": float(out["sampled"].malformed.mean()),
+    }
