@@ -35,6 +35,7 @@ import numpy as np
 from flax import nnx
 
 from recrl import models
+from recrl.models.char_tokenizer import CharTokenizer
 from recrl.rlvr import config, learner, rollouts, tasks
 
 
@@ -59,7 +60,7 @@ class Setup:
 
             self.tok, self.graphdef, params = load_smollm2()
         else:
-            self.tok = tasks.CharTokenizer()
+            self.tok = CharTokenizer()
             cfg = models.tiny_config(vocab_size=self.tok.vocab_size, dim=args.dim,
                                      n_layers=args.layers, n_heads=4, n_kv_heads=2,
                                      ffn_dim=3 * args.dim, max_seq_len=512)

@@ -37,6 +37,7 @@ from experiments import icrlvr_report
 from experiments.configs import validate as config_check
 from experiments.configs.icrlvr import METHODS
 from recrl import models, parallel, rundir
+from recrl.models.char_tokenizer import CharTokenizer
 from recrl.rlvr import config as learner_config
 from recrl.rlvr import quality, tasks, training
 
@@ -54,7 +55,7 @@ def load_smollm2():
 
 def tiny_policy(mc, seed: int):
     """A random char-level Llama of the configured size."""
-    tok = tasks.CharTokenizer()
+    tok = CharTokenizer()
     cfg = models.tiny_config(vocab_size=tok.vocab_size, dim=mc.dim, n_layers=mc.n_layers,
                              n_heads=mc.n_heads, n_kv_heads=mc.n_kv_heads, ffn_dim=mc.ffn_dim,
                              max_seq_len=512)

@@ -145,7 +145,8 @@ def evidence_gain_batch(graphdef: nnx.GraphDef, params, tok, questions: Sequence
     Args:
       graphdef: model graphdef.
       params: model state(s).
-      tok: tokenizer (``CharTokenizer`` or ``recrl.models.Tokenizer``).
+      tok: tokenizer (``recrl.models.char_tokenizer.CharTokenizer`` or
+        ``recrl.models.Tokenizer``).
       questions: ``N`` question texts.
       traces: ``N`` trace texts (the demonstration solutions).
       probes: a ``ProbeSet`` or problems to encode.

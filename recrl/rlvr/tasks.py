@@ -1,4 +1,4 @@
-r"""Verifiable multi-step arithmetic with a checkable scratchpad, splits, scoring, tokenizers.
+r"""Verifiable multi-step arithmetic with a checkable scratchpad, splits, scoring, prompting.
 
 A problem is a left-nested expression such as ``((3+4)*2)-5``; its reference solution writes
 one line per operation and a final answer line::
@@ -233,37 +233,9 @@ def format_prompt(question: str, demos: Sequence[Problem] = ()) -> str:
     return "".join(format_example(d.question, d.solution) for d in demos) + f"Q: {question}\nA: "
 
 
-class CharTokenizer:
-    """Character-level tokenizer for tiny CPU models (pad 0, bos 1, eos 2, then characters).
-
-    Unknown characters map to ``?``; ``decode`` stops at nothing and skips special ids.
-    """
-
-    CHARS = "0123456789+-*=() \n:?#QAanswer"
-
-    def __init__(self) -> None:
-        chars = sorted(set(self.CHARS))
-        self.pad_id, self.bos_id, self.eos_id = 0, 1, 2
-        self._id = {c: i + 3 for i, c in enumerate(chars)}
-        self._char = {i: c for c, i in self._id.items()}
-
-    @property
-    def vocab_size(self) -> int:
-        """Number of ids (3 specials + characters)."""
-        return 3 + len(self._id)
-
-    def encode(self, text: str, *, add_bos: bool = False) -> list[int]:
-        """Ids of ``text`` (one per character)."""
-        ids = [self._id.get(c, self._id["?"]) for c in text]
-        return ([self.bos_id] if add_bos else []) + ids
-
-    def decode(self, ids: Sequence[int] | np.ndarray) -> str:
-        """Text of ``ids`` without special tokens."""
-        return "".join(self._char.get(int(i), "") for i in ids)
-
-
 def encode_prompt(tok, question: str, demos: Sequence[Problem] = ()) -> list[int]:
-    """Prompt ids (bos + :func:`format_prompt`); works for ``CharTokenizer`` and SmolLM2's."""
+    """Prompt ids (bos + :func:`format_prompt`); works for
+    ``recrl.models.char_tokenizer.CharTokenizer`` and SmolLM2's ``models.Tokenizer``."""
     return tok.encode(format_prompt(question, demos), add_bos=tok.bos_id is not None)
 
 

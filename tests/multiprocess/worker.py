@@ -70,9 +70,10 @@ def icrlvr_part(mesh) -> dict:
     import jax
 
     from recrl import models
+    from recrl.models.char_tokenizer import CharTokenizer
     from recrl.rlvr import config, learner, tasks
 
-    tok = tasks.CharTokenizer()
+    tok = CharTokenizer()
     model = models.create_model(models.tiny_config(
         vocab_size=tok.vocab_size, dim=16, n_layers=1, n_heads=2, n_kv_heads=1, head_dim=8,
         ffn_dim=32, max_seq_len=128), seed=0)

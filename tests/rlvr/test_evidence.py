@@ -5,11 +5,12 @@ import numpy as np
 from flax import nnx
 
 from recrl import models
+from recrl.models.char_tokenizer import CharTokenizer
 from recrl.rlvr import evidence, tasks
 
 
 def _setup():
-    tok = tasks.CharTokenizer()
+    tok = CharTokenizer()
     cfg = models.tiny_config(vocab_size=tok.vocab_size, dim=32, ffn_dim=64, n_layers=1)
     graphdef, params = nnx.split(models.create_model(cfg, seed=1))
     sp = tasks.make_splits(3, 0, 3, 0, seed=5)

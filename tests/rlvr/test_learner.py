@@ -10,6 +10,7 @@ import pytest
 from flax import nnx
 
 from recrl import models
+from recrl.models.char_tokenizer import CharTokenizer
 from recrl.rlvr import config, evaluation, learner, loss, rollouts, tasks
 
 LN15, LN20 = math.log(1.5), math.log(20.0)
@@ -101,7 +102,7 @@ def test_dynamic_sampling_refill():
 
 
 def _tiny():
-    tok = tasks.CharTokenizer()
+    tok = CharTokenizer()
     cfg = models.tiny_config(vocab_size=tok.vocab_size, dim=32, ffn_dim=64, n_layers=1,
                              n_heads=2, n_kv_heads=1)
     graphdef, params = nnx.split(models.create_model(cfg, seed=0))

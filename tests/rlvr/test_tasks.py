@@ -5,6 +5,7 @@ import random
 import numpy as np
 import pytest
 
+from recrl.models.char_tokenizer import CharTokenizer
 from recrl.rlvr import tasks
 
 
@@ -95,7 +96,7 @@ def test_splits_train_at_most_takes_what_the_question_space_holds():
 
 
 def test_char_tokenizer_round_trip_and_prompts():
-    tok = tasks.CharTokenizer()
+    tok = CharTokenizer()
     p = tasks.make_problem(random.Random(1))
     d = tasks.make_problem(random.Random(2))
     text = tasks.format_prompt(p.question, [d])
