@@ -1,9 +1,9 @@
 """In-context RL step time vs plain GRPO/DAPO step time at equal rollouts, per stage.
 
-Three ways to run one RL step on ``P`` prompts × ``G`` rollouts × ``C`` new tokens:
+Three ways to run one RL step on ``P`` prompts × ``G`` rollouts × ``T`` new tokens:
 
 - ``plain``: every rollout on the bare prompt (the named reference);
-- ``ic_shared`` (recrl now): ``K`` of ``G`` rollouts continue one of ``K`` demonstrations drawn
+- ``ic_shared`` (recrl now): ``G_d`` of ``G`` rollouts continue one of ``G_d`` demonstrations drawn
   per generation batch; each demonstration is a prefix run once and shared through the KV cache
   in sampling (``sample_prefix_groups``: one shared ``Prefix`` per slot) and in the update's
   log-prob recomputation (``logprobs_with_prefixes``: keys/values gathered into the demo rows);
@@ -11,7 +11,7 @@ Three ways to run one RL step on ``P`` prompts × ``G`` rollouts × ``C`` new to
 - ``ic_padded`` (recrl before, for comparison): every rollout's full prompt, bare ones padded
   to the demo-augmented length, sampled and rescored as one padded batch.
 
-Stages: ``sample`` (prefill + decoding, no stop token so every row generates ``C``
+Stages: ``sample`` (prefill + decoding, no stop token so every row generates ``T``
 tokens), ``score`` (decode to text, scored length, reward on the host), ``update`` (one
 jitted train step: log-probs, clipped loss, gradient, AdamW). Median over ``--steps`` after
 one warm-up call (compilation); the variants run interleaved, step by step, so machine load
@@ -109,7 +109,7 @@ class Setup:
                                         *self._own_prompts(), key, config=self.scfg)
         return jnp.swapaxes(o.tokens, 0, 1), jnp.swapaxes(o.logprobs, 0, 1)
 
-    def _own_prompts(self):  # [G, P, L]: slot-major groups
+    def _own_prompts(self):  # [G, P, S]: slot-major groups
         k, g = self.k, self.g
         pick = lambda a, b: jnp.concatenate(
             [jnp.repeat(a[None], k, 0), jnp.repeat(b[None], g - k, 0)], 0)
@@ -188,15 +188,16 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=2, help="tiny model depth")
     ap.add_argument("--prompts", type=int, default=8)
     ap.add_argument("--group", type=int, default=8)
-    ap.add_argument("--demos", type=int, default=6, help="K of G rollouts on a demonstration")
+    ap.add_argument("--demos", type=int, default=6,
+                    help="G_d (num_demo) of G rollouts on a demonstration")
     ap.add_argument("--new_tokens", type=int, default=40)
     ap.add_argument("--algorithm", default="dapo", choices=tuple(config.PRESETS))
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--variants", default="plain,ic_shared,ic_padded")
     args = ap.parse_args()
     s = Setup(args)
-    print(f"model {args.model}; P={args.prompts} G={args.group} K={args.demos} "
-          f"C={args.new_tokens}; token lengths {s.lengths}; backend {jax.default_backend()}")
+    print(f"model {args.model}; P={args.prompts} G={args.group} G_d={args.demos} "
+          f"T={args.new_tokens}; token lengths {s.lengths}; backend {jax.default_backend()}")
     res = run_variants(s, args.variants.split(","), args.steps)
     base = res.get("plain")
     for clock, name in (("", "wall"), ("cpu_", "process CPU")):

@@ -61,20 +61,22 @@ DIFFERENCES = (("eg", "mean_logprob"), ("log_weight", "mean_logprob"), ("eg", "l
 Sampler = Callable[[Sequence[tasks.Problem], jax.Array], list[tuple[str, int, float]]]
 
 
-def make_sampler(graphdef, params, tok, shots: Sequence[tasks.Problem], sc) -> Sampler:
+def make_sampler(graphdef, params, tok, shots: Sequence[tasks.Problem],
+                 study_cfg) -> Sampler:
     """Few-shot sampler: the ``shots`` blocks are one prefix shared by every row (KV cache)."""
     bos = [tok.bos_id] if tok.bos_id is not None else []
     prefix = bos + tok.encode("".join(tasks.format_example(d.question, d.solution)
                                       for d in shots))
     pre, pre_m = models.pad_batch([prefix], pad_id=tok.pad_id, side="left")
-    scfg = models.SamplingConfig(max_new_tokens=sc.max_new_tokens, temperature=sc.temperature,
+    scfg = models.SamplingConfig(max_new_tokens=study_cfg.max_new_tokens,
+                                 temperature=study_cfg.temperature,
                                  stop_tokens=(tok.eos_id,), pad_id=tok.pad_id)
 
     def sample(problems, key):
         n = len(problems)
-        rows = list(problems) + [problems[-1]] * (sc.chunk - n)  # one compiled shape
+        rows = list(problems) + [problems[-1]] * (study_cfg.chunk - n)  # one compiled shape
         ids = [tok.encode(tasks.format_prompt(p.question)) for p in rows]
-        pt, pm = models.pad_batch(ids, pad_id=tok.pad_id, side="left", length=sc.prompt_len)
+        pt, pm = models.pad_batch(ids, pad_id=tok.pad_id, side="left", length=study_cfg.prompt_len)
         o = models.sample_with_prefixes(graphdef, params, jnp.asarray(pre), jnp.asarray(pre_m),
                                         jnp.zeros(len(rows), jnp.int32), jnp.asarray(pt),
                                         jnp.asarray(pm), key, config=scfg)
@@ -112,37 +114,39 @@ def _append_jsonl(path: str, rows: Sequence[dict]) -> None:
         os.fsync(f.fileno())
 
 
-def pilot(sampler_for: Callable[[Any], Sampler], difficulties: Sequence[dict], sc,
+def pilot(sampler_for: Callable[[Any], Sampler], difficulties: Sequence[dict], study_cfg,
           seed: int) -> dict:
     """Accuracy per difficulty on ``pilot_questions`` questions; the chosen difficulty."""
     rows = []
     for i, d in enumerate(difficulties):
-        sp = tasks.make_splits(sc.pilot_questions, sc.shots, 0, 0, seed=seed + 100 + i,
-                               num_ops=tuple(d["num_ops"]), max_operand=d["max_operand"])
-        sample = sampler_for(sp.demo)
+        splits = tasks.make_splits(study_cfg.pilot_questions, study_cfg.shots, 0, 0,
+                                   seed=seed + 100 + i, num_ops=tuple(d["num_ops"]),
+                                   max_operand=d["max_operand"])
+        sample = sampler_for(splits.demo)
         got = []
-        for s in range(0, len(sp.train), sc.chunk):
-            part = sp.train[s:s + sc.chunk]
+        for s in range(0, len(splits.train), study_cfg.chunk):
+            part = splits.train[s:s + study_cfg.chunk]
             got += [tasks.answer_reward(t, p) for (t, _, _), p in
                     zip(sample(part, jax.random.key(seed + 7 * i + s)), part, strict=True)]
         rows.append(dict(difficulty=d, accuracy=float(np.mean(got))))
-    ok = [r for r in rows if r["accuracy"] >= sc.min_accuracy]
+    ok = [r for r in rows if r["accuracy"] >= study_cfg.min_accuracy]
     pick = (max(ok, key=lambda r: (sum(r["difficulty"]["num_ops"]), r["difficulty"]["max_operand"]))
             if ok else max(rows, key=lambda r: r["accuracy"]))
     return dict(rows=rows, chosen=pick["difficulty"], chosen_accuracy=pick["accuracy"],
                 underpowered=not ok)
 
 
-def collect_traces(sample: Sampler, problems: Sequence[tasks.Problem], sc, path: str,
+def collect_traces(sample: Sampler, problems: Sequence[tasks.Problem], study_cfg, path: str,
                    seed: int) -> list[dict]:
     """Appends sampled traces chunk by chunk until ``target_correct`` correct ones (resumable)."""
     rows = _read_jsonl(path)
-    order = [(q, s) for q in range(len(problems)) for s in range(sc.samples)]
+    order = [(q, s) for q in range(len(problems)) for s in range(study_cfg.samples)]
     pos = len(rows)
-    bar = tqdm(total=sc.target_correct, initial=min(_n_correct(rows), sc.target_correct),
+    bar = tqdm(total=study_cfg.target_correct,
+               initial=min(_n_correct(rows), study_cfg.target_correct),
                desc="answer-correct traces")
-    while pos < len(order) and _n_correct(rows) < sc.target_correct:
-        part = order[pos:pos + sc.chunk]
+    while pos < len(order) and _n_correct(rows) < study_cfg.target_correct:
+        part = order[pos:pos + study_cfg.chunk]
         probs = [problems[q] for q, _ in part]
         outs = sample(probs, jax.random.fold_in(jax.random.key(seed), pos))
         new = []
@@ -155,7 +159,7 @@ def collect_traces(sample: Sampler, problems: Sequence[tasks.Problem], sc, path:
         _append_jsonl(path, new)
         rows += new
         pos += len(part)
-        bar.update(min(_n_correct(rows), sc.target_correct) - bar.n)
+        bar.update(min(_n_correct(rows), study_cfg.target_correct) - bar.n)
         bar.set_postfix(traces=len(rows))
     bar.close()
     return rows
@@ -165,7 +169,7 @@ def _n_correct(rows: Sequence[dict]) -> int:
     return sum(r["reward"] > 0 for r in rows)
 
 
-def compute_eg(graphdef, params, tok, problems, traces: Sequence[dict], probes, sc,
+def compute_eg(graphdef, params, tok, problems, traces: Sequence[dict], probes, study_cfg,
                path: str) -> dict[int, dict]:
     """EG / EG_tok / log w of each correct trace, appended chunk by chunk (resumable)."""
     done = {r["id"]: r for r in _read_jsonl(path)}
@@ -174,13 +178,13 @@ def compute_eg(graphdef, params, tok, problems, traces: Sequence[dict], probes, 
         return done
     pj = evidence.ProbeSet(*(jnp.asarray(x) for x in evidence.encode_probes(tok, probes)))
     without = evidence.probe_logp_without(graphdef, params, pj)
-    for c in tqdm(range(0, len(todo), sc.eg_chunk), desc=f"EG over {len(probes)} probes",
+    for c in tqdm(range(0, len(todo), study_cfg.eg_chunk), desc=f"EG over {len(probes)} probes",
                   unit="chunk"):
-        part = todo[c:c + sc.eg_chunk]
-        pad = part + [part[-1]] * (sc.eg_chunk - len(part))  # one compiled shape
+        part = todo[c:c + study_cfg.eg_chunk]
+        pad = part + [part[-1]] * (study_cfg.eg_chunk - len(part))  # one compiled shape
         r = evidence.evidence_gain_batch(
             graphdef, params, tok, [problems[t["question"]].question for t in pad],
-            [t["text"] for t in pad], pj, logp_without=without, demo_length=sc.demo_len)
+            [t["text"] for t in pad], pj, logp_without=without, demo_length=study_cfg.demo_len)
         new = [dict(id=t["id"], eg=float(r.eg[i]), eg_per_token=float(r.eg_per_token[i]),
                     log_weight=float(r.log_weight[i])) for i, t in enumerate(part)]
         _append_jsonl(path, new)
@@ -190,20 +194,20 @@ def compute_eg(graphdef, params, tok, problems, traces: Sequence[dict], probes, 
 
 def analyse(rows: Sequence[dict], n_boot: int, seed: int) -> dict:
     """Spearman ρ of each signal with step correctness, bootstrap intervals, differences."""
-    sc = np.array([r["sc"] for r in rows])
+    step_correct = np.array([r["sc"] for r in rows])
     sig = {k: np.array([r[k] for r in rows], np.float64) for k in SIGNALS}
     n = len(rows)
-    out: dict[str, Any] = dict(n=n, flawed=int(np.sum(sc < 1.0)))
+    out: dict[str, Any] = dict(n=n, flawed=int(np.sum(step_correct < 1.0)))
     if n < 3:
         return out
     boot = np.random.default_rng(seed).integers(0, n, (n_boot, n))
-    rho_b = {k: np.array([spearman(v[b], sc[b]) for b in boot]) for k, v in sig.items()}
+    rho_b = {k: np.array([spearman(v[b], step_correct[b]) for b in boot]) for k, v in sig.items()}
     def ci(x):
         with warnings.catch_warnings():  # a constant resample gives nan ρ (all nan: nan CI)
             warnings.simplefilter("ignore", RuntimeWarning)
             return [float(v) for v in np.nanpercentile(x, [2.5, 97.5])]
 
-    out["rho"] = {k: spearman(v, sc) for k, v in sig.items()}
+    out["rho"] = {k: spearman(v, step_correct) for k, v in sig.items()}
     out["rho_ci95"] = {k: ci(v) for k, v in rho_b.items()}
     out["diff"] = {f"{a}-{b}": dict(value=out["rho"][a] - out["rho"][b],
                                     ci95=ci(rho_b[a] - rho_b[b])) for a, b in DIFFERENCES}
@@ -253,41 +257,42 @@ def label_agreement(path: str, rows_by_id: dict[int, dict]) -> dict | None:
 
 def run(cfg, out_dir: str, sampler: Sampler | None = None) -> dict:
     """Runs (or resumes) the study; writes ``results.json`` and ``report.md``."""
-    sc = cfg.study
+    study_cfg = cfg.study
     os.makedirs(out_dir, exist_ok=True)
     if cfg.model.kind == "smollm2":
         tok, graphdef, params = load_smollm2()
     else:
         tok, graphdef, params = tiny_policy(cfg.model, cfg.seeds[0])
     sampler_for = (lambda shots: sampler) if sampler else (
-        lambda shots: make_sampler(graphdef, params, tok, shots, sc))
+        lambda shots: make_sampler(graphdef, params, tok, shots, study_cfg))
     res_path = os.path.join(out_dir, "results.json")
     res = json.load(open(res_path)) if os.path.exists(res_path) else {}
     t0 = time.perf_counter()
     if "pilot" not in res:
-        res["pilot"] = pilot(sampler_for, [dict(d) for d in sc.difficulties], sc, cfg.data.seed)
+        res["pilot"] = pilot(sampler_for, [dict(d) for d in study_cfg.difficulties], study_cfg,
+                               cfg.data.seed)
         json.dump(res, open(res_path, "w"), indent=1)
     d = res["pilot"]["chosen"]
-    sp = tasks.make_splits(sc.max_questions, sc.shots, sc.n_probes, 0, seed=cfg.data.seed,
-                           num_ops=tuple(d["num_ops"]), max_operand=d["max_operand"],
-                           train_at_most=True)
-    sample = sampler_for(sp.demo)
+    splits = tasks.make_splits(study_cfg.max_questions, study_cfg.shots, study_cfg.n_probes, 0,
+                               seed=cfg.data.seed, num_ops=tuple(d["num_ops"]),
+                               max_operand=d["max_operand"], train_at_most=True)
+    sample = sampler_for(splits.demo)
     t1 = time.perf_counter()
-    traces = collect_traces(sample, sp.train, sc, os.path.join(out_dir, "traces.jsonl"),
+    traces = collect_traces(sample, splits.train, study_cfg, os.path.join(out_dir, "traces.jsonl"),
                             cfg.data.seed)
     t2 = time.perf_counter()
-    egs = compute_eg(graphdef, params, tok, sp.train, traces, sp.probe, sc,
+    egs = compute_eg(graphdef, params, tok, splits.train, traces, splits.probe, study_cfg,
                      os.path.join(out_dir, "eg.jsonl"))
     t3 = time.perf_counter()
     correct = [{**t, **egs[t["id"]]} for t in traces if t["reward"] > 0 and t["id"] in egs]
-    export_labels(correct, sp.train, os.path.join(out_dir, "label_sample.csv"), sc.n_label,
-                  cfg.data.seed)
+    export_labels(correct, splits.train, os.path.join(out_dir, "label_sample.csv"),
+                  study_cfg.n_label, cfg.data.seed)
     res.update(
-        difficulty=d, n_traces=len(traces), n_correct=len(correct), n_probes=len(sp.probe),
+        difficulty=d, n_traces=len(traces), n_correct=len(correct), n_probes=len(splits.probe),
         accuracy=float(np.mean([t["reward"] for t in traces])) if traces else 0.0,
         strict_parser_flawed=int(sum(t["sc_strict"] < 1 for t in correct)),
         seconds=dict(pilot_and_setup=t1 - t0, sampling_this_run=t2 - t1, eg_this_run=t3 - t2),
-        analysis=analyse(correct, sc.n_boot, cfg.data.seed),
+        analysis=analyse(correct, study_cfg.n_boot, cfg.data.seed),
         hand_agreement=label_agreement(os.path.join(out_dir, "hand_labels.csv"),
                                        {t["id"]: t for t in traces}))
     json.dump(res, open(res_path, "w"), indent=1)

@@ -24,7 +24,8 @@ CELLS = [
         "import random, jax, jax.numpy as jnp, numpy as np\n"
         "from flax import nnx\n"
         "from recrl import estimators, models\n"
-        "from recrl.rlvr import tasks, evidence, learner as L\n"
+        "from recrl.models.char_tokenizer import CharTokenizer\n"
+        "from recrl.rlvr import config, evidence, learner, rollouts, tasks\n"
         "sp = tasks.make_splits(32, 8, 2, 8, seed=0)\n"
         "p = sp.train[0]\n"
         "print(p.question, '=', p.answer)\n"
@@ -48,7 +49,7 @@ CELLS = [
         "Here on a random 1-block model (the numbers are meaningless, the plumbing is not)."
     ),
     new_code_cell(
-        "tok = tasks.CharTokenizer()\n"
+        "tok = CharTokenizer()\n"
         "dim, layers, steps = {'test': (32, 1, 6), 'cpu': (32, 1, 12),\n"
         "                      'accelerator': (128, 2, 40)}[SIZE]\n"
         "cfg = models.tiny_config(vocab_size=tok.vocab_size, dim=dim, ffn_dim=2 * dim,\n"
@@ -61,19 +62,21 @@ CELLS = [
         "    estimators.evidence_gain_weights(res.eg[None], temperature=0.1), 3))"
     ),
     new_markdown_cell(
-        "## In-context groups and a few DAPO steps\nEach group: `K` rollouts on one "
+        "## In-context groups and a few DAPO steps\nEach group: `num_demo` rollouts on one "
         "distinct demonstration each, the rest on the bare prompt, one shared advantage. "
         "A trivially learnable reward (first character is a digit) shows the learner "
         "moving."
     ),
     new_code_cell(
-        "prompts, demo = L.build_prompts(tok, sp.train[:1], sp.demo, 4, 2, random.Random(0))\n"
+        "prompts, demo = rollouts.build_prompts(tok, sp.train[:1], sp.demo, 4, 2,\n"
+        "                                       random.Random(0))\n"
         "for g in range(4):\n"
         "    print(demo[0, g], repr(tok.decode(prompts[0][g])))\n"
-        "lcfg = L.preset('dapo', group_size=8, num_demo=0, prompts_per_step=4, max_prompt_len=32,\n"
-        "                max_new_tokens=1, lr=3e-2, warmup_steps=1, weight_decay=0.0)\n"
+        "lcfg = config.preset('dapo', group_size=8, num_demo=0, prompts_per_step=4,\n"
+        "                     max_prompt_len=32, max_new_tokens=1, lr=3e-2, warmup_steps=1,\n"
+        "                     weight_decay=0.0)\n"
         "digit = lambda text, _: float(text[:1].isdigit())\n"
-        "lrn = L.Learner(graphdef, params, tok, lcfg, reward_fn=digit)\n"
+        "lrn = learner.Learner(graphdef, params, tok, lcfg, reward_fn=digit)\n"
         "rng = random.Random(0)\n"
         "history = []\n"
         "for step in range(steps):\n"

@@ -40,14 +40,14 @@ class ProbeSet(NamedTuple):
     """Tokenised probes.
 
     Attributes:
-      prompt: int ``[E, Pq]`` ``bos + "Q: e_q\nA: "``, left-padded (the bare condition).
-      prompt_mask: bool ``[E, Pq]``.
-      answer: int ``[E, R]`` ``e_r + eos``, right-padded.
-      answer_mask: bool ``[E, R]``.
-      cont: int ``[E, C]`` ``"Q: e_q\nA: " ++ e_r + eos`` (no bos), right-padded: the
+      prompt: int ``[E, S]`` ``bos + "Q: e_q\nA: "``, left-padded (the bare condition).
+      prompt_mask: bool ``[E, S]``.
+      answer: int ``[E, T]`` ``e_r + eos``, right-padded.
+      answer_mask: bool ``[E, T]``.
+      cont: int ``[E, L]`` ``"Q: e_q\nA: " ++ e_r + eos`` (no bos), right-padded: the
         continuation scored after a demo prefix.
-      cont_mask: bool ``[E, C]``.
-      cont_answer: bool ``[E, C]`` True on the ``e_r`` tokens of ``cont``.
+      cont_mask: bool ``[E, L]``.
+      cont_answer: bool ``[E, L]`` True on the ``e_r`` tokens of ``cont``.
       num_tokens: int ``[E]`` ``|e_r|`` (eos included).
     """
 
@@ -80,7 +80,7 @@ def encode_probes(tok, probes: Sequence[tasks.Problem], pad_id: int = 0) -> Prob
 def encode_demos(tok, questions: Sequence[str], traces: Sequence[str], pad_id: int = 0,
                  length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``bos + demo(q, r)`` for each pair, left-padded to ``length`` (default: longest):
-    int ``[N, D]`` and bool mask. A fixed ``length`` keeps one compiled shape."""
+    int ``[B, S_d]`` and bool mask. A fixed ``length`` keeps one compiled shape."""
     bos = [tok.bos_id] if tok.bos_id is not None else []
     seqs = [bos + tok.encode(tasks.format_example(q, r))
             for q, r in zip(questions, traces, strict=True)]
@@ -100,7 +100,7 @@ def probe_logp_without(graphdef: nnx.GraphDef, params, probes: ProbeSet) -> jax.
 @functools.partial(jax.jit, static_argnums=0)
 def probe_logp_with_demos(graphdef: nnx.GraphDef, params, demos: jax.Array,
                           demo_mask: jax.Array, probes: ProbeSet) -> jax.Array:
-    r"""``[N, E]`` :math:`\log\pi(e_r \mid \mathrm{demo}_n, e_q)`: one prefix per demo,
+    r"""``[B, E]`` :math:`\log\pi(e_r \mid \mathrm{demo}_n, e_q)`: one prefix per demo,
     shared by its ``E`` probe continuations (``lax.map`` over demos bounds memory)."""
 
     def one(args):
@@ -113,14 +113,14 @@ def probe_logp_with_demos(graphdef: nnx.GraphDef, params, demos: jax.Array,
 
 
 class EvidenceResult(NamedTuple):
-    """Evidence Gain of ``N`` traces over ``E`` probes.
+    """Evidence Gain of ``B`` traces over ``E`` probes.
 
     Attributes:
-      eg: ``[N]`` summed-log-likelihood EG.
-      eg_per_token: ``[N]`` EG with each ``Δ_e`` divided by ``|e_r|``.
-      log_weight: ``[N]`` exact ``log mean_e exp Δ_e`` (>= ``eg``).
-      delta: ``[N, E]`` per-probe ``Δ_e``.
-      logp_with: ``[N, E]``.
+      eg: ``[B]`` summed-log-likelihood EG.
+      eg_per_token: ``[B]`` EG with each ``Δ_e`` divided by ``|e_r|``.
+      log_weight: ``[B]`` exact ``log mean_e exp Δ_e`` (>= ``eg``).
+      delta: ``[B, E]`` per-probe ``Δ_e``.
+      logp_with: ``[B, E]``.
       logp_without: ``[E]``.
     """
 
@@ -147,8 +147,8 @@ def evidence_gain_batch(graphdef: nnx.GraphDef, params, tok, questions: Sequence
       params: model state(s).
       tok: tokenizer (``recrl.models.char_tokenizer.CharTokenizer`` or
         ``recrl.models.Tokenizer``).
-      questions: ``N`` question texts.
-      traces: ``N`` trace texts (the demonstration solutions).
+      questions: ``B`` question texts.
+      traces: ``B`` trace texts (the demonstration solutions).
       probes: a ``ProbeSet`` or problems to encode.
       logp_without: optional precomputed ``[E]`` bare log-likelihoods.
       demo_length: pad (or left-truncate) demos to this many tokens (one compiled shape).

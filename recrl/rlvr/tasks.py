@@ -199,9 +199,9 @@ class Scores(NamedTuple):
     """Scores of a batch of traces.
 
     Attributes:
-      reward: float ``[N]`` binary answer rewards.
-      step_correctness: float ``[N]``.
-      malformed: bool ``[N]``: no answer could be extracted (reward 0).
+      reward: float ``[B]`` binary answer rewards.
+      step_correctness: float ``[B]``.
+      malformed: bool ``[B]``: no answer could be extracted (reward 0).
     """
 
     reward: np.ndarray
