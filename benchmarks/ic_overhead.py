@@ -66,9 +66,9 @@ class Setup:
                                      ffn_dim=3 * args.dim, max_seq_len=512)
             self.graphdef, params = nnx.split(models.create_model(cfg, seed=0))
         self.params = params
-        sp = tasks.make_splits(args.prompts, max(args.demos, 1) * 4, 0, 0, seed=0,
+        splits = tasks.make_splits(args.prompts, max(args.demos, 1) * 4, 0, 0, seed=0,
                                num_ops=(2, 3))
-        self.problems, self.pool_problems = sp.train, sp.demo
+        self.problems, self.pool_problems = splits.train, splits.demo
         p, g, k = args.prompts, args.group, args.demos
         self.p, self.g, self.k, self.c = p, g, k, args.new_tokens
         self.cfg = config.preset(args.algorithm, group_size=g, num_demo=k, prompts_per_step=p,

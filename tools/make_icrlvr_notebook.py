@@ -26,8 +26,8 @@ CELLS = [
         "from recrl import estimators, models\n"
         "from recrl.models.char_tokenizer import CharTokenizer\n"
         "from recrl.rlvr import config, evidence, learner, rollouts, tasks\n"
-        "sp = tasks.make_splits(32, 8, 2, 8, seed=0)\n"
-        "p = sp.train[0]\n"
+        "splits = tasks.make_splits(32, 8, 2, 8, seed=0)\n"
+        "p = splits.train[0]\n"
         "print(p.question, '=', p.answer)\n"
         "print(p.solution)"
     ),
@@ -56,7 +56,7 @@ CELLS = [
         "                         n_layers=layers, n_heads=2, n_kv_heads=1)\n"
         "graphdef, params = nnx.split(models.create_model(cfg, seed=0))\n"
         "res = evidence.evidence_gain_batch(graphdef, params, tok, [p.question] * 2,\n"
-        "                                   [p.solution, flawed], sp.probe)\n"
+        "                                   [p.solution, flawed], splits.probe)\n"
         "print('EG', np.round(res.eg, 4), 'per token', np.round(res.eg_per_token, 5))\n"
         "print('EG weights within the group:', np.round(\n"
         "    estimators.evidence_gain_weights(res.eg[None], temperature=0.1), 3))"
@@ -68,7 +68,7 @@ CELLS = [
         "moving."
     ),
     new_code_cell(
-        "prompts, demo = rollouts.build_prompts(tok, sp.train[:1], sp.demo, 4, 2,\n"
+        "prompts, demo = rollouts.build_prompts(tok, splits.train[:1], splits.demo, 4, 2,\n"
         "                                       random.Random(0))\n"
         "for g in range(4):\n"
         "    print(demo[0, g], repr(tok.decode(prompts[0][g])))\n"
@@ -80,7 +80,7 @@ CELLS = [
         "rng = random.Random(0)\n"
         "history = []\n"
         "for step in range(steps):\n"
-        "    m = lrn.step(lambda n: rng.sample(sp.train, n), jax.random.key(step))\n"
+        "    m = lrn.step(lambda n: rng.sample(splits.train, n), jax.random.key(step))\n"
         "    history.append(m['reward'])\n"
         "    print(step, {k: round(m[k], 3) for k in ('reward', 'loss', 'kept', 'rounds')})"
     ),

@@ -214,10 +214,10 @@ def score_traces(texts: Sequence[str], problems: Sequence[Problem]) -> Scores:
     if len(texts) != len(problems):
         raise ValueError(f"{len(texts)} traces for {len(problems)} problems")
     r = np.array([answer_reward(t, p) for t, p in zip(texts, problems, strict=True)], np.float32)
-    sc = np.array([step_correctness(t, p) for t, p in zip(texts, problems, strict=True)],
+    step_sc = np.array([step_correctness(t, p) for t, p in zip(texts, problems, strict=True)],
                   np.float32)
     bad = np.array([extract_answer(t) is None for t in texts], bool)
-    return Scores(r, sc, bad)
+    return Scores(r, step_sc, bad)
 
 
 # ----------------------------------------------------------------------------- prompting

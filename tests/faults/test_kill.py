@@ -31,8 +31,8 @@ checkpoint.Checkpointer.save = killing_save
 if kind == "icrlvr":
     from experiments import icrlvr
     from tests.faults.test_resume import _icrlvr_setup
-    cfg, sp, tok, graphdef, params = _icrlvr_setup()
-    icrlvr.train_method("grpo", 0, cfg.rl, cfg.eval, sp, tok, graphdef, params, run_dir=out)
+    cfg, splits, tok, graphdef, params = _icrlvr_setup()
+    icrlvr.train_method("grpo", 0, cfg.rl, cfg.eval, splits, tok, graphdef, params, run_dir=out)
 else:
     from experiments import prorl
     from tests.faults.test_kill import prorl_config
@@ -48,9 +48,9 @@ def _kill(kind, point, n, out):
 
 @pytest.fixture(scope="module")
 def icrlvr_reference(tmp_path_factory):
-    cfg, sp, tok, graphdef, params = _icrlvr_setup()
+    cfg, splits, tok, graphdef, params = _icrlvr_setup()
     out = tmp_path_factory.mktemp("icrlvr_ref")
-    return icrlvr.train_method("grpo", 0, cfg.rl, cfg.eval, sp, tok, graphdef, params,
+    return icrlvr.train_method("grpo", 0, cfg.rl, cfg.eval, splits, tok, graphdef, params,
                                run_dir=str(out / "run"))
 
 
@@ -66,11 +66,11 @@ def test_icrlvr_sigkill_at_a_save_point_resumes_identically(tmp_path, icrlvr_ref
 
     _kill("icrlvr", point, n, tmp_path / "run")
     assert not (tmp_path / "run" / "result.json").exists()
-    cfg, sp, tok, graphdef, params = _icrlvr_setup()
+    cfg, splits, tok, graphdef, params = _icrlvr_setup()
     step, calls = learner.Learner.step, []
     monkeypatch.setattr(learner.Learner, "step", lambda self, *a, **k: (calls.append(1),
                                                                   step(self, *a, **k))[1])
-    args = ("grpo", 0, cfg.rl, cfg.eval, sp, tok, graphdef, params)
+    args = ("grpo", 0, cfg.rl, cfg.eval, splits, tok, graphdef, params)
     resumed = icrlvr.train_method(*args, run_dir=str(tmp_path / "run"))
     _same_run(icrlvr_reference, resumed)
     saved = n - 1 if point == "before" else n  # steps restored instead of replayed

@@ -19,10 +19,10 @@ def _icrlvr_setup():
     cfg.rl.update(steps=3, eval_every=3, checkpoint_every=1, algorithm="grpo",
                   dynamic_sampling=False)
     d = cfg.data
-    sp = tasks.make_splits(d.n_train, d.n_demo, d.n_probe, d.n_eval, seed=d.seed,
+    splits = tasks.make_splits(d.n_train, d.n_demo, d.n_probe, d.n_eval, seed=d.seed,
                            num_ops=tuple(d.num_ops), max_operand=d.max_operand)
     tok, graphdef, params = icrlvr.tiny_policy(cfg.model, 0)
-    return cfg, sp, tok, graphdef, params
+    return cfg, splits, tok, graphdef, params
 
 
 def _same_run(a, b):
@@ -35,8 +35,8 @@ def _same_run(a, b):
 
 @pytest.mark.slow  # the default suite covers this through a real SIGKILL (test_kill.py)
 def test_icrlvr_training_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
-    cfg, sp, tok, graphdef, params = _icrlvr_setup()
-    args = ("grpo", 0, cfg.rl, cfg.eval, sp, tok, graphdef, params)
+    cfg, splits, tok, graphdef, params = _icrlvr_setup()
+    args = ("grpo", 0, cfg.rl, cfg.eval, splits, tok, graphdef, params)
     ref = icrlvr.train_method(*args, run_dir=str(tmp_path / "ref"))
     step = learner.Learner.step
     calls = []

@@ -81,13 +81,13 @@ def icrlvr_part(mesh) -> dict:
 
     graphdef, params = nnx.split(model)
     init = _flat("init/icrlvr", params)
-    sp = tasks.make_splits(32, 8, 2, 4, seed=0)
+    splits = tasks.make_splits(32, 8, 2, 4, seed=0)
     cfg = config.preset("grpo", group_size=4, prompts_per_step=4, max_prompt_len=32,
                    max_new_tokens=8, lr=1e-2, warmup_steps=1)
     # a reward that varies within groups, so every update moves the parameters
     lrn = learner.Learner(graphdef, params, tok, cfg, reward_fn=lambda t, p: float(len(t) % 2),
                     seed=0, mesh=mesh)
-    pool = sp.train
+    pool = splits.train
     for step in range(3):
         lrn.step(lambda n, step=step: pool[step * n:(step + 1) * n],
                  jax.random.fold_in(jax.random.key(0), step))

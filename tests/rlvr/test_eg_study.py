@@ -45,9 +45,9 @@ def test_tiny_study_runs_resumes_and_reports(tmp_path):
         assert r["log_weight"] >= r["eg"] - 1e-4  # Jensen
     a = res["analysis"]
     assert a["n"] == res["n_correct"] and 0 < a["flawed"] < a["n"]
-    sc = np.array([t["sc"] for t in traces if t["reward"] > 0])
+    step_correct = np.array([t["sc"] for t in traces if t["reward"] > 0])
     mlp = np.array([t["mean_logprob"] for t in traces if t["reward"] > 0])
-    assert a["rho"]["mean_logprob"] == eg_study.spearman(mlp, sc)
+    assert a["rho"]["mean_logprob"] == eg_study.spearman(mlp, step_correct)
     assert set(a["diff"]) == {"eg-mean_logprob", "log_weight-mean_logprob", "eg-length",
                               "log_weight-eg"}
     assert "ρ(eg) − ρ(mean_logprob)" in (tmp_path / "report.md").read_text()

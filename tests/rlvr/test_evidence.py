@@ -13,8 +13,8 @@ def _setup():
     tok = CharTokenizer()
     cfg = models.tiny_config(vocab_size=tok.vocab_size, dim=32, ffn_dim=64, n_layers=1)
     graphdef, params = nnx.split(models.create_model(cfg, seed=1))
-    sp = tasks.make_splits(3, 0, 3, 0, seed=5)
-    return tok, graphdef, params, sp
+    splits = tasks.make_splits(3, 0, 3, 0, seed=5)
+    return tok, graphdef, params, splits
 
 
 def _slow_sum_logp(graphdef, params, tok, prefix_text, problem):
@@ -30,16 +30,16 @@ def _slow_sum_logp(graphdef, params, tok, prefix_text, problem):
 
 
 def test_evidence_gain_matches_per_pair_loop():
-    tok, graphdef, params, sp = _setup()
-    qs = [p.question for p in sp.train]
+    tok, graphdef, params, splits = _setup()
+    qs = [p.question for p in splits.train]
     # traces of different lengths: a reference, a flawed one, a malformed one
-    traces = [sp.train[0].solution, "1+1=3\nanswer: 2", "??"]
-    res = evidence.evidence_gain_batch(graphdef, params, tok, qs, traces, sp.probe)
-    n, e = len(qs), len(sp.probe)
+    traces = [splits.train[0].solution, "1+1=3\nanswer: 2", "??"]
+    res = evidence.evidence_gain_batch(graphdef, params, tok, qs, traces, splits.probe)
+    n, e = len(qs), len(splits.probe)
     without = np.zeros(e)
     ntok = np.zeros(e)
     with_demo = np.zeros((n, e))
-    for j, pr in enumerate(sp.probe):
+    for j, pr in enumerate(splits.probe):
         without[j], ntok[j] = _slow_sum_logp(graphdef, params, tok, "", pr)
         for i in range(n):
             with_demo[i, j], _ = _slow_sum_logp(
@@ -52,6 +52,6 @@ def test_evidence_gain_matches_per_pair_loop():
     np.testing.assert_allclose(res.log_weight, np.log(np.exp(delta).mean(1)), atol=2e-3)
     assert np.all(np.asarray(res.log_weight) >= np.asarray(res.eg) - 1e-5)  # Jensen
     # reuse of the bare term gives the same answer
-    again = evidence.evidence_gain_batch(graphdef, params, tok, qs, traces, sp.probe,
+    again = evidence.evidence_gain_batch(graphdef, params, tok, qs, traces, splits.probe,
                                          logp_without=res.logp_without)
     np.testing.assert_allclose(again.eg, res.eg, atol=1e-6)

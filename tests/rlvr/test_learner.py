@@ -111,17 +111,17 @@ def _tiny():
 
 def test_in_context_groups_and_update_logprobs():
     tok, graphdef, params = _tiny()
-    sp = tasks.make_splits(2, 10, 0, 0, seed=1, num_ops=(1,))
-    prompts, demo = rollouts.build_prompts(tok, sp.train, sp.demo, 8, 6, random.Random(0))
+    splits = tasks.make_splits(2, 10, 0, 0, seed=1, num_ops=(1,))
+    prompts, demo = rollouts.build_prompts(tok, splits.train, splits.demo, 8, 6, random.Random(0))
     # demos drawn once per batch: slot k holds the same demo for every prompt
     assert len(set(demo[0, :6])) == 6 and (demo[1] == demo[0]).all() and (demo[:, 6:] == -1).all()
-    for p, prob in enumerate(sp.train):
+    for p, prob in enumerate(splits.train):
         for g in range(8):
-            shots = [sp.demo[demo[p, g]]] if demo[p, g] >= 0 else []
+            shots = [splits.demo[demo[p, g]]] if demo[p, g] >= 0 else []
             assert tok.decode(prompts[p][g]) == tasks.format_prompt(prob.question, shots)
     cfg = config.preset("dapo", group_size=3, num_demo=2, max_prompt_len=16, max_new_tokens=12)
-    pool = rollouts.encode_demo_pool(tok, sp.demo)
-    batch, texts = rollouts.sample_rollouts(graphdef, params, tok, sp.train, sp.demo,
+    pool = rollouts.encode_demo_pool(tok, splits.demo)
+    batch, texts = rollouts.sample_rollouts(graphdef, params, tok, splits.train, splits.demo,
                                      jax.random.key(0), cfg, random.Random(0), pool=pool)
     assert batch.prompt.shape == (2, 3, 16) and len(texts) == 6  # own prompts, not padded
     assert (batch.demo[:, :2] == batch.demo[0, :2]).all() and (batch.demo[:, 2] == -1).all()
@@ -140,8 +140,8 @@ def test_in_context_groups_and_update_logprobs():
     np.testing.assert_allclose(lp, batch.old_logp, atol=2e-5)
     # and it is the log-prob under the *demo-augmented* prompt, unpadded
     for p, g in ((1, 0), (0, 1), (1, 2)):
-        shots = [sp.demo[batch.demo[p, g]]] if batch.demo[p, g] >= 0 else []
-        ids = tasks.encode_prompt(tok, sp.train[p].question, shots)
+        shots = [splits.demo[batch.demo[p, g]]] if batch.demo[p, g] >= 0 else []
+        ids = tasks.encode_prompt(tok, splits.train[p].question, shots)
         n = int(batch.completion_mask[p, g].sum())
         ref = models.logprobs(graphdef, params, jnp.array([ids]), jnp.ones((1, len(ids)), bool),
                               jnp.asarray(batch.completion[p, g, :n])[None],
@@ -179,13 +179,13 @@ def test_pass_at_k():
 
 def test_tiny_model_learns_a_trivial_reward():
     tok, graphdef, params = _tiny()
-    sp = tasks.make_splits(20, 4, 0, 0, seed=2, num_ops=(1,))
+    splits = tasks.make_splits(20, 4, 0, 0, seed=2, num_ops=(1,))
     digit = lambda text, _: float(text[:1].isdigit())  # 10 of 34 ids at init
     cfg = config.preset("dapo", group_size=8, prompts_per_step=4, max_prompt_len=12,
                    max_new_tokens=1, lr=3e-2, warmup_steps=1, weight_decay=0.0, num_demo=0)
     lrn = learner.Learner(graphdef, params, tok, cfg, reward_fn=digit)
     rng = random.Random(0)
-    problems = lambda n: rng.sample(sp.train, n)
+    problems = lambda n: rng.sample(splits.train, n)
     for step in range(8):
         m = lrn.step(problems, jax.random.key(step))
     first, last = lrn.history[0]["reward"], np.mean([h["reward"] for h in lrn.history[-2:]])
@@ -196,13 +196,13 @@ def test_tiny_model_learns_a_trivial_reward():
 @pytest.mark.slow  # one more train-step compile
 def test_kl_nll_and_eg_options_run():
     tok, graphdef, params = _tiny()
-    sp = tasks.make_splits(8, 4, 2, 0, seed=4, num_ops=(1,))
+    splits = tasks.make_splits(8, 4, 2, 0, seed=4, num_ops=(1,))
     cfg = config.preset("grpo", group_size=4, prompts_per_step=2, max_prompt_len=12,
                    max_new_tokens=8, lr=1e-3, warmup_steps=1, kl_weight=0.1, nll_coef=0.1,
                    eg_reweight=True)
-    lrn = learner.Learner(graphdef, params, tok, cfg, probes=sp.probe,
+    lrn = learner.Learner(graphdef, params, tok, cfg, probes=splits.probe,
                     reward_fn=lambda text, _: float(text[:1].isdigit()))
-    m = lrn.step(lambda n: sp.train[:n], jax.random.key(0))
+    m = lrn.step(lambda n: splits.train[:n], jax.random.key(0))
     assert m["kl"] == pytest.approx(0.0, abs=1e-6)  # first update: policy == reference
     assert np.isfinite(m["loss"]) and "nll" in m
     with pytest.raises(ValueError, match="probe"):

@@ -67,13 +67,13 @@ def test_extraction_and_counting():
 
 
 def test_splits_are_disjoint_and_deterministic():
-    sp = tasks.make_splits(60, 20, 10, 30, seed=3)
-    sets = [{p.question for p in part} for part in sp]
+    splits = tasks.make_splits(60, 20, 10, 30, seed=3)
+    sets = [{p.question for p in part} for part in splits]
     assert [len(s) for s in sets] == [60, 20, 10, 30]
     for i in range(4):
         for j in range(i + 1, 4):
             assert not sets[i] & sets[j]
-    assert tasks.make_splits(60, 20, 10, 30, seed=3) == sp
+    assert tasks.make_splits(60, 20, 10, 30, seed=3) == splits
     with pytest.raises(ValueError, match="distinct"):
         tasks.make_splits(500, 0, 0, 0, num_ops=(1,), max_operand=3)
 
@@ -81,9 +81,9 @@ def test_splits_are_disjoint_and_deterministic():
 def test_splits_train_at_most_takes_what_the_question_space_holds():
     rng = random.Random(0)
     space = {tasks.make_problem(rng, 1, 3).question for _ in range(20000)}
-    sp = tasks.make_splits(500, 2, 3, 1, seed=0, num_ops=(1,), max_operand=3,
+    splits = tasks.make_splits(500, 2, 3, 1, seed=0, num_ops=(1,), max_operand=3,
                            train_at_most=True)
-    sets = [{p.question for p in part} for part in sp]
+    sets = [{p.question for p in part} for part in splits]
     assert [len(s) for s in sets[1:]] == [2, 3, 1]
     assert len(sets[0]) == len(space) - 6 < 500
     assert set().union(*sets) == space
