@@ -5,10 +5,11 @@ r"""In-Context RLVR experiments on the built-in checkable arithmetic.
     correct final answer, Spearman ρ of step correctness with EG (summed, per token, exact
     log-weight), trace length and mean token log-prob. Also the measured EG cost per trace
     per probe.
-(b) ``training``: ``<preset>`` vs ``ic_<preset>`` (K of G rollouts on one demonstration each,
-    demonstrations drawn per generation batch and shared as KV-cache prefixes) vs
-    ``eg_<preset>`` (explicit EG reweighting), e.g. ``dapo`` / ``ic_dapo`` / ``eg_dapo``, from one
-    SFT-warmed policy, over seeds; held-out zero-shot accuracy (greedy, avg@k) and step
+(b) ``training``: ``<preset>`` vs ``ic_<preset>`` (``num_demo`` of ``group_size`` rollouts on
+    one demonstration each, demonstrations drawn per generation batch and shared as KV-cache
+    prefixes) vs ``eg_<preset>`` (explicit EG reweighting), e.g. ``dapo`` / ``ic_dapo`` /
+    ``eg_dapo`` (the methods table ``configs/icrlvr.py:METHODS``), from one SFT-warmed policy,
+    over seeds; held-out zero-shot accuracy (greedy, avg@k) and step
     correctness over training; (c) seconds per step of each.
 
 Launch::
@@ -53,11 +54,12 @@ def load_smollm2():
     return tok, graphdef, params
 
 
-def tiny_policy(mc, seed: int):
-    """A random char-level Llama of the configured size."""
+def tiny_policy(model_cfg, seed: int):
+    """A random char-level Llama of the configured size (config ``model``)."""
     tok = CharTokenizer()
-    cfg = models.tiny_config(vocab_size=tok.vocab_size, dim=mc.dim, n_layers=mc.n_layers,
-                             n_heads=mc.n_heads, n_kv_heads=mc.n_kv_heads, ffn_dim=mc.ffn_dim,
+    cfg = models.tiny_config(vocab_size=tok.vocab_size, dim=model_cfg.dim,
+                             n_layers=model_cfg.n_layers, n_heads=model_cfg.n_heads,
+                             n_kv_heads=model_cfg.n_kv_heads, ffn_dim=model_cfg.ffn_dim,
                              max_seq_len=512)
     graphdef, params = nnx.split(models.create_model(cfg, seed=seed))
     return tok, graphdef, params

@@ -13,9 +13,9 @@ steps (a *flawed* trace). Rewards are binary on the final answer; malformed outp
 and is counted, never raised.
 
 Step correctness of a trace with parsed steps :math:`s_1..s_n` against the reference steps
-:math:`s^*_1..s^*_K`:
+:math:`s^*_1..s^*_m`:
 
-.. math:: \mathrm{SC} = \frac{|\{i \le \min(n, K) : s_i = s^*_i\}|}{\max(n, K)}
+.. math:: \mathrm{SC} = \frac{|\{i \le \min(n, m) : s_i = s^*_i\}|}{\max(n, m)}
 
 (a step is the tuple ``(a, op, b, a op b)``; an arithmetically wrong line never matches).
 """
