@@ -9,22 +9,24 @@
 - ``learner``: the jitted update and the ``Learner`` (one call a step, checkpointable);
 - ``evaluation``: zero-shot held-out evaluation (greedy, avg@k, pass@k);
 - ``quality``: EG as a reasoning-quality signal (Spearman ρ with step correctness);
-- ``training``: one resumable RL run with its evaluation curve.
+- ``training``: one resumable RL run with its evaluation curve;
+- ``study``: the Evidence Gain study's stages (pilot, traces, EG, analysis, labels).
 
 See ``docs/icrlvr.md`` for the formulas and measured numbers.
 """
 
 from recrl.rlvr import (
-                        config,
-                        evaluation,
-                        evidence,
-                        learner,
-                        loss,
-                        quality,
-                        rollouts,
-                        tasks,
-                        training,
+    config,
+    evaluation,
+    evidence,
+    learner,
+    loss,
+    quality,
+    rollouts,
+    study,
+    tasks,
+    training,
 )
 
-__all__ = ["config", "evaluation", "evidence", "learner", "loss", "quality", "rollouts", "tasks",
-           "training"]
+__all__ = ["config", "evaluation", "evidence", "learner", "loss", "quality", "rollouts", "study",
+           "tasks", "training"]

@@ -7,7 +7,7 @@ import numpy as np
 
 from experiments import eg_study
 from experiments.configs.icrlvr import get_config
-from recrl.rlvr import tasks
+from recrl.rlvr import quality, tasks
 
 
 class FakeSampler:
@@ -47,7 +47,7 @@ def test_tiny_study_runs_resumes_and_reports(tmp_path):
     assert a["n"] == res["n_correct"] and 0 < a["flawed"] < a["n"]
     step_correct = np.array([t["sc"] for t in traces if t["reward"] > 0])
     mlp = np.array([t["mean_logprob"] for t in traces if t["reward"] > 0])
-    assert a["rho"]["mean_logprob"] == eg_study.spearman(mlp, step_correct)
+    assert a["rho"]["mean_logprob"] == quality.spearman(mlp, step_correct)
     assert set(a["diff"]) == {"eg-mean_logprob", "log_weight-mean_logprob", "eg-length",
                               "log_weight-eg"}
     assert "ρ(eg) − ρ(mean_logprob)" in (tmp_path / "report.md").read_text()
