@@ -73,28 +73,38 @@ def get_config(variant: str = "tiny_cpu") -> ml_collections.ConfigDict:
         model="smollm2", n_questions=24, samples=4, shots=2, n_probes=8, temperature=0.7,
         max_new_tokens=40))
 
-    if variant == "smollm2":
-        c.model.update(kind="smollm2")
-        c.data.update(n_probe=100)
-        c.quality.update(n_questions=512, samples=8, n_probes=100)
-        c.rl.update(steps=200, prompts_per_step=32, lr=1e-6, warmup_steps=10, eg_probes=16,
-                    max_prompt_len=256, max_new_tokens=64)
-        c.eval.update(k=8, max_problems=128)
-    elif variant == "tiny_cpu":
-        pass  # quality.model="policy" (the SFT-warmed tiny model): use n_questions=64, shots=0
-    elif variant == "tiny":
-        c.seeds = (0,)
-        c.data.update(n_train=64, n_demo=16, n_probe=4, n_eval=8)
-        c.model.update(dim=32, n_layers=1, n_heads=2, n_kv_heads=1, ffn_dim=64)
-        c.sft.update(steps=10, batch_size=8)
-        c.rl.update(steps=2, prompts_per_step=4, group_size=4, num_demo=2, eval_every=2,
-                    eg_probes=2, max_new_tokens=16, max_sampling_rounds=1)
-        c.eval.update(k=2, max_problems=4)
-        c.quality.update(model="policy", shots=0, n_questions=4, samples=2, n_probes=2,
-                         max_new_tokens=16)
-    else:
+    if variant not in _VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; known: smollm2, tiny_cpu, tiny")
+    _VARIANTS[variant](c)
     return c
+
+
+def _smollm2(c: ml_collections.ConfigDict) -> None:
+    """Real SmolLM2-135M weights at the paper's scale (GPU)."""
+    c.model.update(kind="smollm2")
+    c.data.update(n_probe=100)
+    c.quality.update(n_questions=512, samples=8, n_probes=100)
+    c.rl.update(steps=200, prompts_per_step=32, lr=1e-6, warmup_steps=10, eg_probes=16,
+                max_prompt_len=256, max_new_tokens=64)
+    c.eval.update(k=8, max_problems=128)
+
+
+def _tiny(c: ml_collections.ConfigDict) -> None:
+    """The test size: one seed, a 1-block policy, 2 RL steps."""
+    c.seeds = (0,)
+    c.data.update(n_train=64, n_demo=16, n_probe=4, n_eval=8)
+    c.model.update(dim=32, n_layers=1, n_heads=2, n_kv_heads=1, ffn_dim=64)
+    c.sft.update(steps=10, batch_size=8)
+    c.rl.update(steps=2, prompts_per_step=4, group_size=4, num_demo=2, eval_every=2,
+                eg_probes=2, max_new_tokens=16, max_sampling_rounds=1)
+    c.eval.update(k=2, max_problems=4)
+    c.quality.update(model="policy", shots=0, n_questions=4, samples=2, n_probes=2,
+                     max_new_tokens=16)
+
+
+# tiny_cpu: the defaults (quality.model="policy", the SFT-warmed tiny model: use
+# n_questions=64, shots=0)
+_VARIANTS = {"smollm2": _smollm2, "tiny_cpu": lambda c: None, "tiny": _tiny}
 
 
 def _study_config(c: ml_collections.ConfigDict, variant: str) -> ml_collections.ConfigDict:

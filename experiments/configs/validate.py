@@ -220,10 +220,10 @@ def validate_icrlvr(cfg: Any) -> None:
 
     c = _Checker(cfg, "icrlvr")
     c.ints("seeds", 0)
+    c.choice("model.kind", ("tiny", "smollm2"))
+    _llama_dims(c, "model")
+    c.bool("retrain_changed", optional=True)
     if str(cfg.get("variant", "")).startswith("eg_study"):  # experiments/eg_study.py's config
-        c.choice("model.kind", ("tiny", "smollm2"))
-        _llama_dims(c, "model")
-        c.bool("retrain_changed", optional=True)
         c.done()
         return
     c.names("methods", METHODS)
@@ -232,8 +232,6 @@ def validate_icrlvr(cfg: Any) -> None:
         c.int(f"data.{k}", 1)
     c.ints("data.num_ops", 1)
     c.int("data.seed", 0)
-    c.choice("model.kind", ("tiny", "smollm2"))
-    _llama_dims(c, "model")
     c.int("sft.steps", 0)
     c.int("sft.batch_size", 1)
     c.num("sft.lr", 0, strict_lo=True)
@@ -263,7 +261,6 @@ def validate_icrlvr(cfg: Any) -> None:
             c.int(f"quality.{k}", 1)
         c.int("quality.shots", 0)
         c.num("quality.temperature", 0)
-    c.bool("retrain_changed", optional=True)
     c.done()
 
 
