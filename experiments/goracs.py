@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -205,7 +206,7 @@ def _decisive_job(out: Path, cfg, st: pipeline.Setup, cand, name: str, idx, sel:
             model, tuple(x[np.asarray(idx)] for x in st.enc["train"]), st.enc["val"],
             max_steps=ft_cfg.max_steps, eval_every=ft_cfg.eval_every,
             patience=ft_cfg.patience, batch_size=ft_cfg.batch_size, lr=ft_cfg.lr,
-            seed=ft_cfg.seed)
+            seed=ft_cfg.seed, checkpoint_dir=out / "runs" / f"{name}.ckpt")
     t1 = time.perf_counter()
     per = pipeline.decisive_evaluate(model, st.encode, cfg, st.texts, st.enc, cand,
                                      st.data.titles)
@@ -215,6 +216,7 @@ def _decisive_job(out: Path, cfg, st: pipeline.Setup, cand, name: str, idx, sel:
            "test_nll": float(per["nll"].mean()),
            **lmrec.rank_metrics(per["ranks"], ks=(10,))}
     goracs_report.atomic_write(out / "runs" / f"{name}.json", json.dumps(rec))
+    shutil.rmtree(out / "runs" / f"{name}.ckpt", ignore_errors=True)  # the run is kept
     print(f"{name:16s} NLL={rec['test_nll']:.4f} HR@10={rec['HR@10']:.3f} "
           f"best step {info['best_step']}", flush=True)
 

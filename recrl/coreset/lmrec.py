@@ -17,6 +17,7 @@ ranking / click evaluation.
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable, Sequence
 
 import jax
@@ -27,7 +28,8 @@ from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from recrl import models
-from recrl.models.finetune import sft_loop
+from recrl.checkpoint import Checkpointer
+from recrl.models.finetune import adamw, sft_loop
 
 
 def encode_pairs(encode: Callable[[str], list[int]], prompts: Sequence[str],
@@ -321,43 +323,66 @@ def mean_answer_nll(model: models.Llama, tokens: np.ndarray, mask: np.ndarray,
 def finetune_early_stopping(model: models.Llama, train: tuple, val: tuple, *,
                             max_steps: int, eval_every: int, patience: int,
                             batch_size: int = 16, lr: float = 1e-3, seed: int = 0,
-                            eval_batch_size: int = 256) -> dict:
+                            eval_batch_size: int = 256,
+                            checkpoint_dir: str | os.PathLike | None = None) -> dict:
     """LoRA AdamW on ``train = (tokens, mask, loss_mask)`` for at most ``max_steps`` steps,
     with the mean validation loss (:func:`mean_answer_nll` over ``val``) measured at step 0
     and every ``eval_every`` steps (and after the last); stops after ``patience``
     evaluations without a new best and leaves the model at its best validation point
     (step 0 = the untouched adapters). The loop is :func:`recrl.models.finetune.sft_loop`.
 
+    With ``checkpoint_dir`` the fine-tune is saved there (``recrl.checkpoint``) at every
+    evaluation: adapters, optimiser state, best adapters and the curve; a rerun with the
+    same arguments continues from the last evaluation and ends as an uninterrupted run.
+
     Returns ``{"best_step", "steps_run", "val_curve": [[step, loss], ...]}``.
     """
     if max_steps < 0 or eval_every < 1 or patience < 1:
         raise ValueError(f"need max_steps >= 0, eval_every >= 1, patience >= 1; got "
                          f"{max_steps}, {eval_every}, {patience}")
-    tokens = train[0]
     graphdef, params, rest = nnx.split(model, models.LoRAParam, ...)
 
     def val_loss(p) -> float:
         nnx.update(model, p)
         return float(mean_answer_nll(model, *val, batch_size=eval_batch_size).mean())
 
-    first = val_loss(params)
-    best = {"loss": first, "step": 0, "params": params, "since": 0, "curve": [[0, first]],
-            "done": 0}
+    ckpt = None if checkpoint_dir is None else Checkpointer(checkpoint_dir, max_to_keep=1)
+    state, best = _early_stopping_start(ckpt, params, lr, val_loss)
 
-    def on_step(done: int, p) -> bool:
+    def on_step(done: int, p, opt_state) -> bool:
         best["done"] = done
         if done % eval_every and done != max_steps:
             return False
         v = val_loss(p)
         best["curve"].append([done, v])
         if v < best["loss"]:
-            best.update(loss=v, step=done, params=p, since=0)
+            best.update(loss=v, step=done, since=0)
+            state["best"] = p
         else:
             best["since"] += 1
+        if ckpt is not None:
+            ckpt.save(done, {"params": p, "opt_state": opt_state, "best": state["best"]},
+                      meta=best)
         return best["since"] >= patience
 
-    sft_loop(_nll_loss(graphdef, _max_targets(train[2])), params, rest, tuple(train),
-             steps=max_steps, batch_size=min(batch_size, tokens.shape[0]), lr=lr, seed=seed,
-             on_step=on_step)
-    nnx.update(model, best["params"])
+    if best["since"] < patience:
+        sft_loop(_nll_loss(graphdef, _max_targets(train[2])), state["params"], rest,
+                 tuple(train), steps=max_steps,
+                 batch_size=min(batch_size, train[0].shape[0]), lr=lr, seed=seed,
+                 opt_state=state["opt_state"], start_step=best["done"], on_step=on_step)
+    if ckpt is not None:
+        ckpt.close()
+    nnx.update(model, state["best"])
     return {"best_step": best["step"], "steps_run": best["done"], "val_curve": best["curve"]}
+
+
+def _early_stopping_start(ckpt, params, lr: float, val_loss) -> tuple[dict, dict]:
+    """``(arrays, bookkeeping)`` to start from: the last saved evaluation of ``ckpt``, or
+    step 0 (the validation loss of the untouched adapters)."""
+    like = {"params": params, "opt_state": adamw(lr).init(params), "best": params}
+    if ckpt is not None and ckpt.latest_step() is not None:
+        state, meta = ckpt.restore(like)
+        return state, meta
+    first = val_loss(params)
+    return ({"params": params, "opt_state": None, "best": params},
+            {"loss": first, "step": 0, "since": 0, "curve": [[0, first]], "done": 0})

@@ -192,3 +192,46 @@ def test_finetune_early_stopping_keeps_the_best_validation_point():
     assert got == pytest.approx(best[1], rel=1e-5)
     if out["steps_run"] < 40:  # stopped early: the last `patience` evaluations were no better
         assert np.all(curve[-2:, 1] >= best[1])
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_early_stopped_finetune_resumes_from_its_last_evaluation(tmp_path, monkeypatch):
+    def setup():
+        model = models.create_model(models.tiny_config(), seed=0)
+        models.add_lora(model, rank=2, alpha=4, targets=("q_proj", "v_proj"),
+                        rngs=nnx.Rngs(0))
+        return model
+
+    enc = ByteTokenizer().encode
+    train = lmrec.encode_pairs(enc, ["a: ", "b: ", "c: "] * 3, ["Yes", "No", "Hm"] * 3,
+                               max_prompt=4, max_answer=3)
+    val = lmrec.encode_pairs(enc, ["a: ", "b: "], ["Yes", "No"], max_prompt=4, max_answer=3)
+    kw = dict(max_steps=12, eval_every=3, patience=10, batch_size=4, lr=3e-2, seed=1)
+    ref_model = setup()
+    ref = lmrec.finetune_early_stopping(ref_model, train, val, **kw)
+    assert ref["steps_run"] == 12 and len(ref["val_curve"]) == 5
+    nll, calls = lmrec.mean_answer_nll, []
+
+    def dies_at_the_third_evaluation(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:  # step 6: steps 1-3 are saved
+            raise _Killed
+        return nll(*a, **k)
+
+    monkeypatch.setattr(lmrec, "mean_answer_nll", dies_at_the_third_evaluation)
+    with pytest.raises(_Killed):
+        lmrec.finetune_early_stopping(setup(), train, val, checkpoint_dir=tmp_path, **kw)
+    monkeypatch.undo()
+    calls.clear()
+    monkeypatch.setattr(lmrec, "mean_answer_nll", lambda *a, **k: calls.append(1) or nll(*a, **k))
+    resumed_model = setup()
+    got = lmrec.finetune_early_stopping(resumed_model, train, val, checkpoint_dir=tmp_path,
+                                        **kw)
+    assert len(calls) == 3  # evaluations at steps 6, 9, 12 only: steps 1-3 not redone
+    assert got == ref
+    for a, b in zip(jax.tree.leaves(nnx.state(ref_model)),
+                    jax.tree.leaves(nnx.state(resumed_model)), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -45,7 +45,7 @@ def test_on_step_stops_the_loop_and_sees_every_step():
     seen = []
     _, losses = sft_loop(_loss, {"w": jnp.zeros(3)}, {"b": jnp.float32(0.0)}, (x, y),
                          steps=10, batch_size=2, lr=0.1,
-                         on_step=lambda t, p: seen.append(t) or t == 4)
+                         on_step=lambda t, p, o: seen.append(t) or t == 4)
     assert seen == [1, 2, 3, 4] and len(losses) == 4
 
 
