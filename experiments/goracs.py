@@ -31,13 +31,12 @@ from typing import Any
 import jax
 import numpy as np
 from absl import app, flags
-from flax import nnx
 
 from experiments import goracs_report
 from experiments.configs import validate as config_check
 from experiments.configs.goracs import METHOD_TABLE
 from recrl import coreset, parallel, rundir
-from recrl.coreset import features, lmrec, pipeline, selectors
+from recrl.coreset import features, lmrec, pipeline
 
 FLAGS = flags.FLAGS
 
@@ -57,67 +56,25 @@ class _Run:
     reused: dict = dataclasses.field(default_factory=dict)  # deterministic selections
 
 
-def _features(cfg, st: pipeline.Setup) -> dict[str, np.ndarray]:
-    """The default protocol's selection features (DEALRec's influence when it runs)."""
-    dealrec_cfg = cfg.get("dealrec", {})
-    influence = "dealrec" in cfg.methods and dealrec_cfg.get("influence", False)
-    labels = ((st.texts["train"]["label"], st.texts["val"]["label"])
-              if "label" in st.texts["train"] else None)
-    return features.selection_features(
-        st.model, st.enc, batch_size=cfg.features.batch_size, chunk=cfg.features.chunk,
-        influence_damping=dealrec_cfg.get("damping", 0.01) if influence else None,
-        labels=labels)
-
-
-def _plan(cfg, budgets: list[int]):
-    """``(method, budget, seed)`` of every coreset run: full data once (first seed)."""
-    for bi, n in enumerate(budgets):
-        for method in cfg.methods:
-            if method == "full" and bi > 0:  # full data does not depend on the budget
-                continue
-            # deterministic selections still vary by seed through the fine-tuning order
-            for seed in cfg.seeds[:1] if method == "full" else cfg.seeds:
-                yield method, n, seed
-
-
-def _selection(ctx: _Run, method: str, n: int, seed: int) -> tuple[dict, dict]:
-    """The coreset and its POO (reused across seeds for deterministic selectors)."""
-    if (method, n) in ctx.reused:
-        return ctx.reused[(method, n)]
-    entry, cfg = METHOD_TABLE[method], ctx.cfg
-    sel = selectors.run_method(entry, ctx.feats, n, seed, pipeline.method_options(cfg, entry))
-    quality = pipeline.coreset_quality(ctx.cost, sel["indices"], epsilon=cfg.select.epsilon,
-                                       threshold=cfg.select.threshold,
-                                       exact=cfg.select.exact_ot)
-    if selectors.get_selector(entry.selector).deterministic:
-        ctx.reused[(method, n)] = sel, quality
-    return sel, quality
-
-
 def _coreset_run(ctx: _Run, method: str, n: int, seed: int) -> dict:
     """Select, fine-tune a copy of the LoRA model, evaluate; the record (kept on disk)."""
     rec_path = ctx.out / "runs" / f"{method}_n{n}_s{seed}.json"
     if rec_path.exists():  # finished by an earlier (interrupted) invocation
         return json.loads(rec_path.read_text())
-    cfg, st = ctx.cfg, ctx.st
-    sel, quality = _selection(ctx, method, n, seed)
+    sel, quality = pipeline.select_with_quality(ctx.cfg, METHOD_TABLE, method, n, seed,
+                                                ctx.feats, ctx.cost, ctx.reused)
     idx = sel["indices"]
-    model = nnx.clone(st.model)  # merge(split) would share (and mutate) Variables
-    steps = pipeline.finetune_steps(cfg.finetune, len(idx))
-    lmrec.finetune(model, *(x[idx] for x in st.enc["train"]), steps=steps,
-                   batch_size=cfg.finetune.batch_size, lr=cfg.finetune.lr, seed=seed,
-                   progress=False, mesh=ctx.mesh)
     rec = {"method": method, "budget": int(n if method != "full" else len(idx)),
            "seed": int(seed), "select_seconds": sel["seconds"], **quality,
-           "trace": sel["trace"], "steps": steps,
-           **pipeline.evaluate(model, st.encode, cfg, st.texts, ctx.cand, st.data.titles,
-                               ctx.full)}
+           "trace": sel["trace"],
+           **pipeline.finetune_and_evaluate(ctx.cfg, ctx.st, idx, seed, ctx.cand, ctx.full,
+                                            ctx.mesh)}
     if "pool_labels" in ctx.feats:
         rec["selected_pos_rate"] = float(np.mean(ctx.feats["pool_labels"][idx]))
         rec["val_pos_rate"] = float(np.mean(ctx.feats["val_labels"]))
     rec_path.parent.mkdir(exist_ok=True)
     goracs_report.atomic_write(rec_path, json.dumps(rec, default=float))
-    key = pipeline.PRIMARY[pipeline.task_of(cfg)]
+    key = pipeline.PRIMARY[pipeline.task_of(ctx.cfg)]
     print(f"{method:8s} n={rec['budget']:5d} seed={seed} {key}={rec[key]:.3f}"
           f" POO={rec['poo']:.4f} ({sel['seconds']:.1f} s)", flush=True)
     return rec
@@ -137,7 +94,7 @@ def run(cfg, out_dir: str) -> dict:
     data, texts, cand, full = parallel.writer_first("data", lambda: pipeline.load_data(cfg))
     st = pipeline.setup(cfg, data, texts, mesh=mesh)
     t0 = time.perf_counter()
-    feats = _features(cfg, st)
+    feats = pipeline.default_features(cfg, st)
     timing = {"feature_seconds": time.perf_counter() - t0}
     cost = np.asarray(coreset.cost_matrix(feats["pool_emb"], feats["val_emb"], feats["grad"],
                                           pipeline.lam_of(cfg)))
@@ -151,7 +108,7 @@ def run(cfg, out_dir: str) -> dict:
     parallel.check_divisible({"finetune.batch_size (or the smallest budget)": rows}, mesh)
     parallel.log_batch("fine-tune", (rows, cfg.model.max_prompt + cfg.model.max_answer), mesh)
     ctx = _Run(cfg, out, st, feats, cost, cand, full, mesh)
-    for method, n, seed in _plan(cfg, budgets):
+    for method, n, seed in pipeline.run_plan(cfg, budgets):
         runs.append(_coreset_run(ctx, method, n, seed))
         write_results(out, runs, st.pretrain_losses, timing, texts, cfg)
     results = write_results(out, runs, st.pretrain_losses, timing, texts, cfg)
@@ -182,41 +139,24 @@ def _decisive_selections(out: Path, cfg, feats, cost) -> dict[str, dict]:
         for method in cfg.methods:
             for seed in range(cfg.random_subsets) if method == "random" else (0,):
                 name = f"{method}_n{n}" + (f"_s{seed}" if method == "random" else "")
-                if name in sels:
-                    continue
-                entry = METHOD_TABLE[method]
-                sel = selectors.run_method(entry, feats, n, seed,
-                                           pipeline.method_options(cfg, entry))
-                idx = np.asarray(sel["indices"])
-                sels[name] = {"method": method, "budget": int(n), "seed": seed,
-                              "indices": idx.tolist(), "seconds": sel["seconds"],
-                              "trace": sel["trace"],
-                              "exact_poo": coreset.poo_exact(cost, idx)}
-                goracs_report.atomic_write(spath, json.dumps(sels))
+                if name not in sels:
+                    sels[name] = {"method": method, "budget": int(n), "seed": seed,
+                                  **pipeline.decisive_selection(cfg, METHOD_TABLE, method, n,
+                                                                seed, feats, cost)}
+                    goracs_report.atomic_write(spath, json.dumps(sels))
     return sels
 
 
 def _decisive_job(out: Path, cfg, st: pipeline.Setup, cand, name: str, idx, sel: dict):
-    """Fine-tune (early stopping) on ``idx`` (None: no fine-tuning), test, write the run."""
-    model, ft_cfg = nnx.clone(st.model), cfg.finetune
-    info = {"best_step": 0, "steps_run": 0, "val_curve": []}
-    t0 = time.perf_counter()
-    if idx is not None:
-        info = lmrec.finetune_early_stopping(
-            model, tuple(x[np.asarray(idx)] for x in st.enc["train"]), st.enc["val"],
-            max_steps=ft_cfg.max_steps, eval_every=ft_cfg.eval_every,
-            patience=ft_cfg.patience, batch_size=ft_cfg.batch_size, lr=ft_cfg.lr,
-            seed=ft_cfg.seed, checkpoint_dir=out / "runs" / f"{name}.ckpt")
-    t1 = time.perf_counter()
-    per = pipeline.decisive_evaluate(model, st.encode, cfg, st.texts, st.enc, cand,
-                                     st.data.titles)
-    info.update(finetune_seconds=t1 - t0, eval_seconds=time.perf_counter() - t1)
+    """Fine-tune on ``idx`` (None: none), test, write the run; its checkpoint goes."""
+    ckpt = out / "runs" / f"{name}.ckpt"
+    info, per = pipeline.decisive_finetune(cfg, st, idx, cand, checkpoint_dir=ckpt)
     np.savez(out / "runs" / f"{name}.npz", **per)
     rec = {"name": name, **{k: v for k, v in sel.items() if k != "indices"}, **info,
            "test_nll": float(per["nll"].mean()),
            **lmrec.rank_metrics(per["ranks"], ks=(10,))}
     goracs_report.atomic_write(out / "runs" / f"{name}.json", json.dumps(rec))
-    shutil.rmtree(out / "runs" / f"{name}.ckpt", ignore_errors=True)  # the run is kept
+    shutil.rmtree(ckpt, ignore_errors=True)  # the finished run is kept instead
     print(f"{name:16s} NLL={rec['test_nll']:.4f} HR@10={rec['HR@10']:.3f} "
           f"best step {info['best_step']}", flush=True)
 
@@ -235,13 +175,8 @@ def run_decisive(cfg, out_dir: str) -> dict:
     (out / "runs").mkdir(parents=True, exist_ok=True)
     data, texts, cand = pipeline.load_decisive_data(cfg)
     st = pipeline.setup(cfg, data, texts, keep_base=True)
-    fpath = out / "features.npz"
-    if fpath.exists():
-        feats = dict(np.load(fpath))
-    else:
-        feats = features.decisive_features(cfg, st.model, st.base, st.enc, data)
-        np.savez(out / "features.tmp.npz", **feats)
-        (out / "features.tmp.npz").replace(fpath)
+    feats = features.decisive_features(cfg, st.model, st.base, st.enc, data,
+                                       cache=out / "features.npz")
     cost = np.asarray(coreset.cost_matrix(feats["pool_emb"], feats["val_emb"], feats["grad"],
                                           pipeline.lam_of(cfg)))
     sels = _decisive_selections(out, cfg, feats, cost)

@@ -8,6 +8,8 @@ M validation rows, D model width.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 from flax import nnx
 
@@ -87,22 +89,34 @@ def surrogate_influence(samples, num_items: int, *, dim: int, steps: int,
                                          damping=damping)
 
 
-def decisive_features(cfg, model, base, enc, data) -> dict[str, np.ndarray]:
+def decisive_features(cfg, model, base, enc, data, cache: Path | None = None
+                      ) -> dict[str, np.ndarray]:
     """The decisive protocol's features: GORACS's (ĝ, embeddings) and the baselines'
     scores: EL2N averaged over ``el2n.runs`` briefly fine-tuned models, GraNd averaged over
-    ``grand.inits`` LoRA initialisations, DEALRec's surrogate influence."""
-    f, tr = cfg.features, enc["train"]
-    feats = {"grad": lmrec.grad_norms(model, *tr, batch_size=f.batch_size, chunk=f.chunk),
-             **_embeddings(model, enc, f.batch_size)}
+    ``grand.inits`` LoRA initialisations, DEALRec's surrogate influence.
+
+    With ``cache`` (an ``.npz`` path) they are loaded from it when it exists, else computed
+    and written there (through a temporary file)."""
+    if cache is not None and cache.exists():
+        return dict(np.load(cache))
+    feat_cfg, tr = cfg.features, enc["train"]
+    feats = {"grad": lmrec.grad_norms(model, *tr, batch_size=feat_cfg.batch_size,
+                                      chunk=feat_cfg.chunk),
+             **_embeddings(model, enc, feat_cfg.batch_size)}
     feats["el2n"] = averaged_el2n(model, tr, runs=cfg.el2n.runs, steps=cfg.el2n.steps,
                                   batch_size=cfg.finetune.batch_size, lr=cfg.finetune.lr,
-                                  eval_batch_size=f.batch_size)
+                                  eval_batch_size=feat_cfg.batch_size)
     feats["grand"] = averaged_grand(base, tr, inits=cfg.grand.inits,
                                     lora_rank=cfg.model.lora_rank,
                                     lora_alpha=cfg.model.lora_alpha,
-                                    batch_size=f.batch_size, chunk=f.chunk)
-    dl = cfg.dealrec
+                                    batch_size=feat_cfg.batch_size, chunk=feat_cfg.chunk)
+    dealrec_cfg = cfg.dealrec
     feats["influence"] = surrogate_influence(data.splits["train"], len(data.titles),
-                                             dim=dl.surrogate_dim, steps=dl.surrogate_steps,
-                                             damping=dl.damping)
+                                             dim=dealrec_cfg.surrogate_dim,
+                                             steps=dealrec_cfg.surrogate_steps,
+                                             damping=dealrec_cfg.damping)
+    if cache is not None:
+        tmp = cache.with_name(cache.stem + ".tmp.npz")
+        np.savez(tmp, **feats)
+        tmp.replace(cache)
     return feats

@@ -58,9 +58,8 @@ def lam_of(cfg) -> float:
 
 
 def _movielens(cfg, users: int = 40):
-    d = cfg.data
     if cfg.dataset == "synthetic":
-        return synthetic_movielens(users, 60, min_len=8, max_len=20, seed=d.seed)
+        return synthetic_movielens(users, 60, min_len=8, max_len=20, seed=cfg.data.seed)
     return load_movielens(cfg.dataset)
 
 
@@ -78,13 +77,16 @@ def load_data(cfg) -> tuple[Any, dict[str, Any], np.ndarray, Any]:
     full-catalogue ranking (None when off).
 
     For the click task the texts also carry ``label`` (1 = rating > 3)."""
-    d = cfg.data
+    data_cfg = cfg.data
     task = task_of(cfg)
-    data = prepare_lmrec(_movielens(cfg), LMRecConfig(max_history=d.max_history,
-                                                      num_val=d.num_val, num_test=d.num_test))
-    rng = np.random.default_rng(d.seed)
-    cand_all = ranking_candidates(data, "test", num_negatives=d.num_negatives, seed=d.seed)
-    sizes = {"train": d.pool_size, "val": d.val_size, "test": d.test_size}
+    data = prepare_lmrec(_movielens(cfg), LMRecConfig(
+        max_history=data_cfg.max_history, num_val=data_cfg.num_val,
+        num_test=data_cfg.num_test))
+    rng = np.random.default_rng(data_cfg.seed)
+    cand_all = ranking_candidates(data, "test", num_negatives=data_cfg.num_negatives,
+                                  seed=data_cfg.seed)
+    sizes = {"train": data_cfg.pool_size, "val": data_cfg.val_size,
+             "test": data_cfg.test_size}
     splits, picks = {}, {}
     for name, size in sizes.items():
         s = data.splits[name]
@@ -105,16 +107,20 @@ def load_decisive_data(cfg) -> tuple[Any, dict[str, Any], np.ndarray]:
     every validation-user window, every test-user window, and the test candidates."""
     from recrl.data import user_holdout_split
 
-    d = cfg.data
-    ml = _movielens(cfg, users=d.get("synthetic_users", 40))
-    data = prepare_lmrec(ml, LMRecConfig(max_history=d.max_history, num_val=0, num_test=0))
-    splits = user_holdout_split(data.splits["train"], num_val_users=d.val_users, seed=d.seed)
+    data_cfg = cfg.data
+    ml = _movielens(cfg, users=data_cfg.get("synthetic_users", 40))
+    data = prepare_lmrec(ml, LMRecConfig(max_history=data_cfg.max_history, num_val=0,
+                                         num_test=0))
+    splits = user_holdout_split(data.splits["train"], num_val_users=data_cfg.val_users,
+                                seed=data_cfg.seed)
     tr = splits["train"]
-    rng = np.random.default_rng(d.seed)
-    keep = rng.choice(len(tr.target), min(d.pool_size, len(tr.target)), replace=False)
+    rng = np.random.default_rng(data_cfg.seed)
+    keep = rng.choice(len(tr.target), min(data_cfg.pool_size, len(tr.target)),
+                      replace=False)
     splits["train"] = take(tr, np.sort(keep))
     data = dataclasses.replace(data, splits=splits)
-    cand = ranking_candidates(data, "test", num_negatives=d.num_negatives, seed=d.seed)
+    cand = ranking_candidates(data, "test", num_negatives=data_cfg.num_negatives,
+                              seed=data_cfg.seed)
     return data, _texts(data, splits, click=False), cand
 
 
@@ -122,21 +128,23 @@ def build_model(cfg, corpus: list[str] | None = None):
     """``(model, encode)``: SmolLM2 + its tokenizer; or a ``tiny_config`` Llama with UTF-8
     bytes (``tiny``) or with SmolLM2's BPE restricted to the ids ``corpus`` uses
     (``tiny_bpe``, :class:`~recrl.models.tokenizers_small.CompactTokenizer`)."""
-    m = cfg.model
-    if m.kind not in MODEL_KINDS:
-        raise ValueError(f"unknown model kind {m.kind!r}; known: {', '.join(MODEL_KINDS)}")
-    if m.kind == "smollm2":
+    model_cfg = cfg.model
+    if model_cfg.kind not in MODEL_KINDS:
+        raise ValueError(f"unknown model kind {model_cfg.kind!r}; known: "
+                         f"{', '.join(MODEL_KINDS)}")
+    if model_cfg.kind == "smollm2":
         path = models.smollm2_path()
         return models.load_gguf(path), models.Tokenizer.from_gguf(path).encode
-    if m.kind == "tiny_bpe":
+    if model_cfg.kind == "tiny_bpe":
         tok = CompactTokenizer(models.Tokenizer.from_gguf(models.smollm2_path()).encode,
                                corpus or [TITLE_PROMPT])
         encode, vocab = tok.encode, tok.vocab_size
     else:
         encode, vocab = ByteTokenizer().encode, 256
     model = models.create_model(models.tiny_config(
-        vocab_size=vocab, dim=m.dim, n_layers=m.n_layers, n_heads=m.n_heads,
-        n_kv_heads=m.n_kv_heads, head_dim=m.dim // m.n_heads, ffn_dim=m.ffn_dim), seed=0)
+        vocab_size=vocab, dim=model_cfg.dim, n_layers=model_cfg.n_layers,
+        n_heads=model_cfg.n_heads, n_kv_heads=model_cfg.n_kv_heads,
+        head_dim=model_cfg.dim // model_cfg.n_heads, ffn_dim=model_cfg.ffn_dim), seed=0)
     return model, encode
 
 
@@ -152,13 +160,13 @@ def pretrain_on_titles(cfg, model, encode, titles: np.ndarray, cache_key: str = 
     With ``pretrain.cache`` the trained weights are kept under
     ``$RECRL_DATA/goracs_base/<hash of config, vocabulary and titles>`` and reused by the
     next run with the same settings (the saved losses come back with them)."""
-    p = cfg.pretrain
-    if p.steps <= 0:
+    pre_cfg = cfg.pretrain
+    if pre_cfg.steps <= 0:
         return []
     ckpt = None
-    if p.get("cache", False):
+    if pre_cfg.get("cache", False):
         key = hashlib.sha256(json.dumps(
-            [cfg.model.to_dict(), p.to_dict(), cache_key, list(map(str, titles))],
+            [cfg.model.to_dict(), pre_cfg.to_dict(), cache_key, list(map(str, titles))],
             sort_keys=True).encode()).hexdigest()[:16]
         ckpt = Checkpointer(fetch.cache_root() / "goracs_base" / key, max_to_keep=1)
         if ckpt.latest_step() is not None:
@@ -168,10 +176,11 @@ def pretrain_on_titles(cfg, model, encode, titles: np.ndarray, cache_key: str = 
             return list(meta.get("losses", []))
     t = lmrec.encode_pairs(encode, [TITLE_PROMPT] * len(titles), list(titles),
                            max_prompt=8, max_answer=cfg.model.max_answer)
-    losses = lmrec.finetune(model, *t, steps=p.steps, batch_size=p.batch_size, lr=p.lr,
-                            lora_only=False, progress=True, desc="pretrain", mesh=mesh)
+    losses = lmrec.finetune(model, *t, steps=pre_cfg.steps, batch_size=pre_cfg.batch_size,
+                            lr=pre_cfg.lr, lora_only=False, progress=True, desc="pretrain",
+                            mesh=mesh)
     if ckpt is not None:
-        models.save_model(ckpt, p.steps, model, meta={"losses": losses[-50:]})
+        models.save_model(ckpt, pre_cfg.steps, model, meta={"losses": losses[-50:]})
         ckpt.close()
     return losses
 
@@ -287,3 +296,92 @@ def finetune_steps(finetune_cfg, n: int) -> int:
     ``min(max_steps, max(1, epochs · n // batch_size))``."""
     return min(finetune_cfg.max_steps,
                max(1, finetune_cfg.epochs * n // finetune_cfg.batch_size))
+
+
+def default_features(cfg, st: Setup) -> dict[str, np.ndarray]:
+    """The default protocol's selection features of ``st.model`` (with DEALRec's influence
+    when ``dealrec`` runs with ``dealrec.influence``; with labels for the click task)."""
+    from recrl.coreset import features
+
+    dealrec_cfg = cfg.get("dealrec", {})
+    influence = "dealrec" in cfg.methods and dealrec_cfg.get("influence", False)
+    labels = ((st.texts["train"]["label"], st.texts["val"]["label"])
+              if "label" in st.texts["train"] else None)
+    return features.selection_features(
+        st.model, st.enc, batch_size=cfg.features.batch_size, chunk=cfg.features.chunk,
+        influence_damping=dealrec_cfg.get("damping", 0.01) if influence else None,
+        labels=labels)
+
+
+def run_plan(cfg, budgets: list[int]):
+    """``(method, budget, seed)`` of every default-protocol run, in order: each method per
+    budget and seed; full data once (first budget, first seed)."""
+    for bi, n in enumerate(budgets):
+        for method in cfg.methods:
+            if method == "full" and bi > 0:  # full data does not depend on the budget
+                continue
+            # deterministic selections still vary by seed through the fine-tuning order
+            for seed in cfg.seeds[:1] if method == "full" else cfg.seeds:
+                yield method, n, seed
+
+
+def select_with_quality(cfg, table: dict[str, selectors.Method], method: str, n: int,
+                        seed: int, feats, cost, reused: dict) -> tuple[dict, dict]:
+    """One coreset of ``method`` (an entry of ``table``) and its POO; selections of
+    deterministic selectors are kept in ``reused`` and served again for other seeds."""
+    if (method, n) in reused:
+        return reused[(method, n)]
+    entry = table[method]
+    sel = selectors.run_method(entry, feats, n, seed, method_options(cfg, entry))
+    quality = coreset_quality(cost, sel["indices"], epsilon=cfg.select.epsilon,
+                              threshold=cfg.select.threshold, exact=cfg.select.exact_ot)
+    if selectors.get_selector(entry.selector).deterministic:
+        reused[(method, n)] = sel, quality
+    return sel, quality
+
+
+def finetune_and_evaluate(cfg, st: Setup, idx: np.ndarray, seed: int, cand, full=None,
+                          mesh=None) -> dict[str, Any]:
+    """The default protocol's run on the coreset ``idx``: LoRA fine-tuning of a copy of the
+    model for :func:`finetune_steps` steps, then :func:`evaluate` (plus ``steps``)."""
+    model = nnx.clone(st.model)  # merge(split) would share (and mutate) Variables
+    steps = finetune_steps(cfg.finetune, len(idx))
+    lmrec.finetune(model, *(x[idx] for x in st.enc["train"]), steps=steps,
+                   batch_size=cfg.finetune.batch_size, lr=cfg.finetune.lr, seed=seed,
+                   progress=False, mesh=mesh)
+    return {"steps": steps, **evaluate(model, st.encode, cfg, st.texts, cand,
+                                       st.data.titles, full)}
+
+
+def decisive_selection(cfg, table: dict[str, selectors.Method], method: str, n: int,
+                       seed: int, feats, cost) -> dict[str, Any]:
+    """One subset of the decisive protocol: indices (a list), seconds, trace, exact POO."""
+    from recrl.coreset import objective
+
+    entry = table[method]
+    sel = selectors.run_method(entry, feats, n, seed, method_options(cfg, entry))
+    idx = np.asarray(sel["indices"])
+    return {"indices": idx.tolist(), "seconds": sel["seconds"], "trace": sel["trace"],
+            "exact_poo": objective.poo_exact(cost, idx)}
+
+
+def decisive_finetune(cfg, st: Setup, idx, cand, checkpoint_dir=None
+                      ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The decisive protocol's run on ``idx`` (None: no fine-tuning): early-stopped LoRA
+    fine-tuning of a copy of the model (checkpointed in ``checkpoint_dir``), then
+    :func:`decisive_evaluate`; ``(info, per-window results)``."""
+    import time
+
+    model, ft_cfg = nnx.clone(st.model), cfg.finetune
+    info = {"best_step": 0, "steps_run": 0, "val_curve": []}
+    t0 = time.perf_counter()
+    if idx is not None:
+        info = lmrec.finetune_early_stopping(
+            model, tuple(x[np.asarray(idx)] for x in st.enc["train"]), st.enc["val"],
+            max_steps=ft_cfg.max_steps, eval_every=ft_cfg.eval_every,
+            patience=ft_cfg.patience, batch_size=ft_cfg.batch_size, lr=ft_cfg.lr,
+            seed=ft_cfg.seed, checkpoint_dir=checkpoint_dir)
+    t1 = time.perf_counter()
+    per = decisive_evaluate(model, st.encode, cfg, st.texts, st.enc, cand, st.data.titles)
+    info.update(finetune_seconds=t1 - t0, eval_seconds=time.perf_counter() - t1)
+    return info, per
