@@ -37,7 +37,8 @@ def _gains(cost: np.ndarray, rows: np.ndarray, m: np.ndarray) -> np.ndarray:
 
 def greedy_init(cost: np.ndarray, n: int, tie_break: np.ndarray | None = None, *,
                 fill=None, block: int = 32) -> tuple[np.ndarray, int]:
-    r"""Lazy facility-location greedy on ``cost`` ``[N, V]``: returns ``(indices [n], k)``.
+    r"""Lazy facility-location greedy on ``cost [N, M]`` (pool x validation): returns
+    ``(indices [n], k)``.
 
     ``k`` rows were chosen by a positive gain :math:`\sum_j \max(0, m_j - C_{ej})`; equal
     gains go to the larger ``tie_break`` (e.g. :math:`\hat g`). When all gains are 0 the

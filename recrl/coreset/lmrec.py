@@ -35,7 +35,7 @@ from recrl.models.finetune import adamw, sft_loop
 def encode_pairs(encode: Callable[[str], list[int]], prompts: Sequence[str],
                  answers: Sequence[str], *, max_prompt: int = 256, max_answer: int = 32
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Tokenises prompt + answer, right-padded: ``(tokens int32, mask, loss_mask) [N, T]``.
+    """Tokenises prompt + answer, right-padded: ``(tokens int32, mask, loss_mask) [B, L]``.
 
     The prompt keeps its last ``max_prompt`` tokens, the answer its first ``max_answer``;
     ``loss_mask`` marks the answer tokens.
@@ -90,7 +90,7 @@ def grad_vectors(model: models.Llama, tokens: np.ndarray, mask: np.ndarray,
                  loss_mask: np.ndarray, *, layer: int = -1, target: str = "v_proj",
                  batch_size: int = 256, chunk: int = 16, progress: bool = True) -> np.ndarray:
     r"""Per-sample gradients :math:`\nabla_{B}\,\mathrm{NLL}(z_i)` w.r.t. the same ``lora_b``
-    as :func:`grad_norms`, flattened: ``[N, P]`` float32 (their row norms are
+    as :func:`grad_norms`, flattened: ``[N, num_params]`` float32 (their row norms are
     :func:`grad_norms`). Used by the influence term of the DEALRec baseline."""
     graphdef, wrt, rest = _grad_split(model, layer, target)
     out = []
@@ -114,7 +114,7 @@ def _mean_hidden(graphdef, state, tokens, mask):
 def embeddings(model: models.Llama, tokens: np.ndarray, mask: np.ndarray, *,
                batch_size: int = 256, progress: bool = True) -> np.ndarray:
     r""":math:`h_i = \frac1{|x_i|}\sum_{t} H_t(x_i)` (final-block hidden states, mean over
-    real tokens); ``[N, dim]`` float32."""
+    real tokens); ``[N, D]`` float32."""
     graphdef, state = nnx.split(model)
     out = [np.asarray(_mean_hidden(graphdef, state, jnp.asarray(tokens[lo:lo + batch_size]),
                                    jnp.asarray(mask[lo:lo + batch_size])))
@@ -216,13 +216,13 @@ def catalogue_scores(model: models.Llama, encode: Callable[[str], list[int]],
 
 def catalogue_metrics(scores: np.ndarray, target: np.ndarray, exclude: np.ndarray | None = None,
                       ks: Sequence[int] = (5, 10)) -> dict[str, float]:
-    """Full-catalogue HR@K / NDCG@K: ``scores [N, I]``, ``target [N]`` item ids, optional
-    ``exclude [N, I]`` (the user's earlier items; never the target). Rank = number of
+    """Full-catalogue HR@K / NDCG@K: ``scores [N, V]``, ``target [N]`` item ids, optional
+    ``exclude [N, V]`` (the user's earlier items; never the target). Rank = number of
     non-excluded items other than the target scoring at least the target's score."""
     s = np.asarray(scores, np.float64)
     t = np.asarray(target)
     if s.ndim != 2 or t.shape != (s.shape[0],):
-        raise ValueError(f"scores [N, I] and target [N] expected; got {s.shape}, {t.shape}")
+        raise ValueError(f"scores [N, V] and target [N] expected; got {s.shape}, {t.shape}")
     rows = np.arange(s.shape[0])
     ts = s[rows, t]
     beat = s >= ts[:, None]
@@ -230,7 +230,7 @@ def catalogue_metrics(scores: np.ndarray, target: np.ndarray, exclude: np.ndarra
     if exclude is not None:
         ex = np.asarray(exclude, bool)
         if ex.shape != s.shape or ex[rows, t].any():
-            raise ValueError("exclude must be [N, I] and never mask the target")
+            raise ValueError("exclude must be [N, V] and never mask the target")
         beat &= ~ex
     return rank_metrics(beat.sum(1), ks)
 

@@ -53,3 +53,19 @@ def test_draw_rows_replaces_only_when_short():
     rows = draw_rows(np.random.default_rng(0), 10, 10)
     assert sorted(rows.tolist()) == list(range(10))
     assert len(draw_rows(np.random.default_rng(0), 3, 7)) == 7
+
+
+def test_data_parallel_loop_matches_one_device_and_names_a_bad_batch():
+    from recrl import parallel
+
+    mesh = parallel.data_mesh(4)  # the 4 fake CPU devices of tests/conftest.py
+    x, y = _data(rows=12)
+    kw = dict(steps=5, batch_size=8, lr=0.1, seed=2)
+    one, l1 = sft_loop(_loss, {"w": jnp.zeros(3)}, {"b": jnp.float32(0.3)}, (x, y), **kw)
+    many, l4 = sft_loop(_loss, {"w": jnp.zeros(3)}, {"b": jnp.float32(0.3)}, (x, y),
+                        mesh=mesh, donate_params=True, **kw)
+    np.testing.assert_allclose(l4, l1, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(many["w"]), np.asarray(one["w"]), rtol=1e-5)
+    with pytest.raises(ValueError, match="sft.batch_size=6 is not a multiple of the 4"):
+        sft_loop(_loss, {"w": jnp.zeros(3)}, {"b": jnp.float32(0.3)}, (x, y), steps=1,
+                 batch_size=6, lr=0.1, mesh=mesh, batch_name="sft.batch_size")
