@@ -101,6 +101,26 @@ def run(cfg, out_dir: str, sampler: Sampler | None = None) -> dict:
     return res
 
 
+def decision_lines(decision: dict, agreement: dict | None) -> list[str]:
+    """The decision rule's verdicts in words (docs/icrlvr.md, EG study, rule 6)."""
+    lines = []
+    for k, name in (("eg", "EG"), ("log_weight", "log w")):
+        tracks = decision[f"{k}_tracks_quality"]
+        lines.append(f"- {name} {'tracks' if tracks else 'does not track'} reasoning quality "
+                     f"(lower end of the ρ interval {'>' if tracks else '<='} 0); it "
+                     f"{'adds to' if decision[f'{k}_beats_mean_logprob'] else 'does not add to'}"
+                     " the mean log-prob baseline.")
+    if agreement is None:
+        lines.append("- No hand labels yet: the conclusion rests on the parser unchecked.")
+    elif agreement["flawed_agreement"] < 0.9:
+        lines.append(f"- Parser agreement {agreement['flawed_agreement']:.2f} < 0.9 "
+                     "(flawed vs clean): the conclusion is conditional on the parser.")
+    else:
+        lines.append(f"- Parser agreement {agreement['flawed_agreement']:.2f} >= 0.9 "
+                     "(flawed vs clean): the parser's labels stand.")
+    return lines
+
+
 def report(res: dict, out_dir: str) -> str:
     """``report.md``: the pilot, counts, the ρ table with intervals, differences, decision."""
     a = res["analysis"]
@@ -118,11 +138,12 @@ def report(res: dict, out_dir: str) -> str:
         lines += ["", "| difference | value | 95 % bootstrap |", "|---|---|---|"]
         lines += [f"| ρ({k.replace('-', ') − ρ(')}) | {v['value']:.3f} | {v['ci95'][0]:.3f} to "
                   f"{v['ci95'][1]:.3f} |" for k, v in a["diff"].items()]
-        lines += ["", f"decision: {a['decision']}"]
     if res.get("hand_agreement"):
         h = res["hand_agreement"]
         lines += ["", f"parser vs hand labels on {h['n']} traces: exact {h['exact']:.2f}, "
                   f"flawed/clean agreement {h['flawed_agreement']:.2f}, ρ {h['spearman']:.2f}"]
+    if "decision" in a:
+        lines += ["", "Decision:", ""] + decision_lines(a["decision"], res.get("hand_agreement"))
     text = "\n".join(lines) + "\n"
     with open(os.path.join(out_dir, "report.md"), "w") as f:
         f.write(text)

@@ -189,9 +189,11 @@ def analyse(rows: Sequence[dict], n_boot: int, seed: int) -> dict:
     out["rho_ci95"] = {k: ci(v) for k, v in rho_b.items()}
     out["diff"] = {f"{a}-{b}": dict(value=out["rho"][a] - out["rho"][b],
                                     ci95=ci(rho_b[a] - rho_b[b])) for a, b in DIFFERENCES}
-    lo_eg, lo_diff = out["rho_ci95"]["eg"][0], out["diff"]["eg-mean_logprob"]["ci95"][0]
-    out["decision"] = dict(eg_tracks_quality=bool(lo_eg > 0),
-                           eg_beats_mean_logprob=bool(lo_eg > 0 and lo_diff > 0))
+    out["decision"] = {}
+    for k in ("eg", "log_weight"):  # the same rule for the summed EG and for exact log w
+        lo, lo_diff = out["rho_ci95"][k][0], out["diff"][f"{k}-mean_logprob"]["ci95"][0]
+        out["decision"][f"{k}_tracks_quality"] = bool(lo > 0)
+        out["decision"][f"{k}_beats_mean_logprob"] = bool(lo > 0 and lo_diff > 0)
     return out
 
 
