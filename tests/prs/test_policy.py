@@ -16,7 +16,7 @@ from recrl.prs.policy import (
 )
 from recrl.prs.rollout import generate, sample_categorical
 
-CFG = PolicyConfig(num_items=12, history=4, max_len=5, dim=16, heads=2, layers=2, ffn=32,
+CFG = PolicyConfig(num_items=12, history=4, max_len=5, dim=16, n_heads=2, n_layers=2, ffn_dim=32,
                    dropout=0.1)
 
 
@@ -32,7 +32,7 @@ def _prompts(b=6, seed=1):
 
 def test_config_validation():
     with pytest.raises(ValueError, match="divisible"):
-        PolicyConfig(num_items=5, dim=10, heads=4)
+        PolicyConfig(num_items=5, dim=10, n_heads=4)
     with pytest.raises(ValueError, match="num_items"):
         PolicyConfig(num_items=1)
 
