@@ -1,11 +1,12 @@
 """The ProRL path policy: a small decoder-only transformer over item tokens.
 
 Design (decoder-only rather than the reference's encoder-decoder T5): the prompt is the
-fixed-length token sequence ``[h_1 .. h_H, target, SEP]`` and the path follows it, one token
-per item, so an item's log-probability is exact (one action = one token) and a single
-causal forward pass teacher-forces a whole path. The prompt has a fixed length, so sampling
-uses a preallocated KV cache (:class:`recrl.models.KVCache`, slot = position) without any
-padding bookkeeping. The blocks are :class:`recrl.models.attention.CausalBlock`.
+fixed-length token sequence ``[h_1 .. h_history, target, SEP]`` (``S = history + 2`` tokens)
+and the path follows it, one token per item, so an item's log-probability is exact (one
+action = one token) and a single causal forward pass teacher-forces a whole path. The prompt
+has a fixed length, so sampling uses a preallocated KV cache (:class:`recrl.models.KVCache`,
+slot = position) without any padding bookkeeping. The blocks are
+:class:`recrl.models.attention.CausalBlock`.
 
 Vocabulary: items ``0 .. N-1``, ``EOS = N``, ``SEP = N + 1``, ``PAD = N + 2``. The output
 layer scores the ``N + 1`` actions (items and EOS) with the tied item embeddings.
@@ -165,7 +166,7 @@ class PathPolicy(nnx.Module):
 
 
 def make_prompt(cfg: PolicyConfig, history: jax.Array, target: jax.Array) -> jax.Array:
-    """``[B, H + 2]`` prompt tokens ``[h_1 .. h_H, target, SEP]``."""
+    """``[B, S]`` prompt tokens ``[h_1 .. h_history, target, SEP]`` (``S = history + 2``)."""
     if history.shape[-1] != cfg.history:
         raise ValueError(f"`history` must have {cfg.history} items, got shape {history.shape}")
     sep = jnp.full(target.shape + (1,), cfg.sep, history.dtype)

@@ -2,7 +2,7 @@ r"""The frozen user simulator / reward model of ProRL: SASRec and GRU4Rec in Fla
 
 One convention for the whole module (and for everything that calls it):
 
-* public item ids are ``0..I-1``; internally token ``i + 1`` is item ``i`` and token ``0`` is
+* public item ids are ``0..N-1``; internally token ``i + 1`` is item ``i`` and token ``0`` is
   padding (the extra row 0 of the embedding table);
 * sequences are **right-padded** with explicit ``lengths``; entries at positions
   ``>= lengths`` are ignored and may hold anything (e.g. ``-1``);
@@ -44,7 +44,7 @@ class SimConfig:
 
     Attributes:
       kind: ``"sasrec"`` or ``"gru4rec"``.
-      num_items: catalogue size ``I`` (public ids ``0..I-1``).
+      num_items: catalogue size ``N`` (public ids ``0..N-1``).
       max_len: longest sequence the model reads (learned positions for SASRec).
       dim: SASRec width ``D``; GRU4Rec item-embedding size (also the output representation).
       n_layers, n_heads, ffn_dim: SASRec transformer blocks, attention heads, feed-forward
@@ -123,7 +123,7 @@ class SASRec(nnx.Module):
         self.final_norm = nnx.LayerNorm(cfg.dim, epsilon=1e-8, rngs=rngs)
 
     def item_embeddings(self) -> jax.Array:
-        """``[I, D]`` output embeddings ``v_i`` of the public items (pad row dropped)."""
+        """``[N, D]`` output embeddings ``v_i`` of the public items (pad row dropped)."""
         return self.item_embed.embedding[...][1:]
 
     def __call__(self, tokens: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
@@ -163,13 +163,13 @@ class GRU4Rec(nnx.Module):
         self.proj = nnx.Linear(h, e, kernel_init=glorot, rngs=rngs)
 
     def item_embeddings(self) -> jax.Array:
-        """``[I, D]`` output embeddings ``v_i`` of the public items (pad row dropped)."""
+        """``[N, D]`` output embeddings ``v_i`` of the public items (pad row dropped)."""
         return self.item_embed.embedding[...][1:]
 
     def __call__(self, tokens: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
         k_in, k_out = _keys(key, 2)
         x = _dropout(self.item_embed(tokens) * (tokens > 0)[..., None], self.cfg.dropout, k_in)
-        gates_x = self.w_i(x).swapaxes(0, 1)  # [S, B, 3H]: input part of all gates at once
+        gates_x = self.w_i(x).swapaxes(0, 1)  # [S, B, 3 * gru_hidden]: input part of all gates
         w_h, b_h = self.w_h.kernel[...], self.w_h.bias[...]
 
         def cell(h, gx):
@@ -203,7 +203,7 @@ class StepScores(NamedTuple):
 
     Attributes:
       logp_target: ``[B, T + 1]`` float32, ``[:, k] = log P(i_T | S_k)`` for ``k = 0..T``
-        (softmax over all ``I`` items); ``[:, 0]`` is the history alone.
+        (softmax over all ``N`` items); ``[:, 0]`` is the history alone.
       rank: ``[B, T + 1]`` int32, ``[:, k] = Rank(i_T | S_k) = 1 + #{j : P(j|S_k) > P(i_T|S_k)}``.
       click: ``[B, T]`` float32, ``[:, k] = CTR_k = sigmoid(h(S_k) · v_{path[k]})``: the
         click probability of the ``(k+1)``-th path item given everything before it.
@@ -320,16 +320,16 @@ def next_item_logits(sim: SimLike, seq: ArrayLike, lengths: ArrayLike) -> jax.Ar
 
     Args:
       sim: the simulator (module or ``(graphdef, state)``).
-      seq: ``[B, S]`` int item ids in ``[0, I)``, right-padded (any value after ``lengths``).
+      seq: ``[B, S]`` int item ids in ``[0, N)``, right-padded (any value after ``lengths``).
       lengths: ``[B]`` real lengths in ``[1, S]``; if ``lengths > max_len`` only the most
         recent ``max_len`` items are read.
 
     Returns:
-      ``[B, I]`` float32 logits.
+      ``[B, N]`` float32 logits.
 
     Raises:
       ValueError: wrong shapes or dtypes; in eager mode also lengths out of range or an
-        item id outside ``[0, I)`` before ``lengths`` (under jit such ids are clipped).
+        item id outside ``[0, N)`` before ``lengths`` (under jit such ids are clipped).
     """
     graphdef, state = _check_seq(sim, seq, lengths)
     h, emb = _representation(graphdef, state, jnp.asarray(seq), jnp.asarray(lengths))
@@ -365,14 +365,14 @@ def score_paths(sim: SimLike, history: ArrayLike, path: ArrayLike, lengths: Arra
     :math:`\log P(i_T \mid S_k)`, :math:`\mathrm{Rank}(i_T \mid S_k)` and, for ``k < T``,
     :math:`\mathrm{CTR}_k = \sigma(h(S_k) \cdot v_{\mathrm{path}[k]})` (see :class:`StepScores`).
     The causal model gives all ``h(S_k)`` from one pass over the right-padded
-    ``history ⊕ path`` (state at position ``H + k - 1``); nothing is re-run per step.
+    ``history ⊕ path`` (state at position ``S + k - 1``); nothing is re-run per step.
 
-    If ``H + T > max_len`` the oldest ``H + T - max_len`` history items are dropped for every
+    If ``S + T > max_len`` the oldest ``S + T - max_len`` history items are dropped for every
     prefix, so the model reads the most recent ``max_len`` items of ``history ⊕ path``.
 
     Args:
       sim: the simulator (module or ``(graphdef, state)``).
-      history: ``[B, H]`` int item ids, all real (no padding), oldest first.
+      history: ``[B, S]`` int item ids, all real (no padding), oldest first.
       path: ``[B, T]`` int item ids, right-padded after ``lengths`` (any value, e.g. ``-1``).
       lengths: ``[B]`` path lengths in ``[0, T]``.
       target: ``[B]`` target item ids.
@@ -382,7 +382,7 @@ def score_paths(sim: SimLike, history: ArrayLike, path: ArrayLike, lengths: Arra
 
     Raises:
       ValueError: wrong shapes / dtypes, ``T >= max_len``; in eager mode also lengths
-        outside ``[0, T]`` or an item id outside ``[0, I)`` (history, path before
+        outside ``[0, T]`` or an item id outside ``[0, N)`` (history, path before
         ``lengths``, target).
 
     Example:
@@ -397,7 +397,7 @@ def score_paths(sim: SimLike, history: ArrayLike, path: ArrayLike, lengths: Arra
     _check_1d("target", target, b)
     num_items, max_len, t = cfg.num_items, cfg.max_len, np.shape(path)[1]
     if np.shape(history)[1] < 1 or t >= max_len:
-        raise ValueError(f"need H >= 1 and T < max_len = {max_len}: got history "
+        raise ValueError(f"need S >= 1 and T < max_len = {max_len}: got history "
                          f"{np.shape(history)}, path {np.shape(path)}")
     if _is_concrete(lengths):
         ln = np.asarray(lengths)

@@ -77,3 +77,32 @@ def test_both_users_build_their_parameters_from_the_block():
 def test_block_rejects_heads_that_do_not_divide_dim():
     with pytest.raises(ValueError, match="dim 8 must be divisible by n_heads 3"):
         CausalBlock(8, 3, 16, rngs=nnx.Rngs(0))
+
+
+def test_prorl_models_import_without_the_lm_extra():
+    """The policy's block and cache come from recrl.models without tokenizers / gguf /
+    safetensors (the [prorl] extra does not install them)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('tokenizers', 'gguf', 'safetensors'):\n"
+        "            raise ImportError('blocked ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from recrl.prs import policy, rollout, simulator\n"
+        "from recrl import models\n"
+        "print(models.KVCache.__name__)\n"
+        "try:\n"
+        "    models.Tokenizer\n"
+        "except ImportError as e:\n"
+        "    print('lm extra:', e)\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("KVCache\nlm extra:")
