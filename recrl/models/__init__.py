@@ -16,7 +16,7 @@ Typical use::
 See ``docs/models.md`` for the design and measured numbers.
 
 Names are imported lazily (PEP 562): the tokenizers and the GGUF / safetensors readers need
-the ``[lm]`` extra, while :mod:`recrl.models.attention` and :mod:`recrl.models.cache` (the
+the ``[lm]`` extra, while ``recrl.models.attention`` and ``recrl.models.cache`` (the
 ProRL policy's block and KV cache) need only the core install.
 """
 
