@@ -14,7 +14,7 @@ Names are imported lazily (PEP 562), so ``python -m experiments.fetch`` and ligh
 one submodule do not pay for the others (``datasets``, ``pyarrow``).
 """
 
-import importlib
+from recrl._extras import lazy_exports
 
 _EXPORTS = {
     "FetchError": "fetch",
@@ -55,13 +55,4 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> object:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"recrl.data.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module 'recrl.data' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -20,7 +20,7 @@ the ``[lm]`` extra, while ``recrl.models.attention`` and ``recrl.models.cache`` 
 ProRL policy's block and KV cache) need only the core install.
 """
 
-import importlib
+from recrl._extras import lazy_exports
 
 _EXPORTS = {
     "KVCache": "cache",
@@ -72,13 +72,4 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> object:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"recrl.models.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module 'recrl.models' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
