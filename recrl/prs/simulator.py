@@ -79,6 +79,23 @@ class SimConfig:
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
+    @classmethod
+    def from_dict(cls, fields: dict, source: str = "the saved config") -> SimConfig:
+        """The config saved by :func:`recrl.prs.train_simulator.save_simulator`.
+
+        Raises:
+          ValueError: ``fields`` uses the size names of simulators saved before the shared
+            causal block (``hidden, heads, blocks, ffn``); such a checkpoint also holds the
+            former parameter names, so it must be retrained.
+        """
+        old = sorted(set(fields) & {"hidden", "heads", "blocks", "ffn"})
+        if old:
+            raise ValueError(
+                f"{source} uses the former size names {old} (now dim, n_heads, n_layers, "
+                "ffn_dim; docs/glossary.md): a simulator saved before the shared transformer "
+                "block cannot be restored; retrain it (delete it or use a new --out_dir)")
+        return cls(**fields)
+
 
 def _dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
     """Inverted dropout with an explicit key; ``key=None`` is evaluation mode (identity).

@@ -279,3 +279,15 @@ def test_bad_inputs_give_clear_errors():
         score_paths(model, hist, path, pl, np.array([I]))
     with pytest.raises(ValueError, match="T < max_len"):
         score_paths(model, hist, np.zeros((1, 8), np.int32), pl, tgt)
+
+
+def test_config_saved_with_the_former_size_names_is_rejected_clearly():
+    saved = dict(kind="sasrec", num_items=10, max_len=12, hidden=8, heads=2, blocks=1, ffn=16,
+                 dropout=0.1, gru_hidden=8)
+    with pytest.raises(ValueError, match=r"x/simulator.json uses the former size names "
+                                         r"\['blocks', 'ffn', 'heads', 'hidden'\].*retrain it"):
+        SimConfig.from_dict(saved, "x/simulator.json")
+    new = dict(saved, dim=8, n_heads=2, n_layers=1, ffn_dim=16)
+    for k in ("hidden", "heads", "blocks", "ffn"):
+        del new[k]
+    assert SimConfig.from_dict(new) == SimConfig(**new)
