@@ -111,7 +111,7 @@ def goracs_part(mesh) -> dict:
     loss_mask = np.zeros_like(mask)
     loss_mask[:, 8:] = True
     init = _flat("init/goracs", nnx.state(model, models.LoRAParam))
-    lmrec.finetune(model, tokens, mask, loss_mask, steps=3, batch=8, lr=1e-2, seed=0,
+    lmrec.finetune(model, tokens, mask, loss_mask, steps=3, batch_size=8, lr=1e-2, seed=0,
                    progress=False, mesh=mesh)
     return {**init, **_flat("goracs", nnx.state(model, models.LoRAParam))}
 
