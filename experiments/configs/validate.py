@@ -188,9 +188,9 @@ def validate_prorl(cfg: Any) -> None:
     c.choice("evaluator.kind", simulator.KINDS)
     c.int("evaluator.epochs", 1)
     c.int("evaluator.patience", 0)
-    for k in ("dim", "heads", "layers", "ffn"):
+    for k in ("dim", "n_layers", "n_heads", "ffn_dim"):
         c.int(f"policy.{k}", 1)
-    c.divides("policy.heads", "policy.dim")
+    c.divides("policy.n_heads", "policy.dim")
     c.num("policy.dropout", 0, 0.99)
     c.int("pretrain.epochs", 1)
     c.int("pretrain.batch_size", 1)
