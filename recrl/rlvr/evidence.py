@@ -80,7 +80,7 @@ def encode_probes(tok, probes: Sequence[tasks.Problem], pad_id: int = 0) -> Prob
 def encode_demos(tok, questions: Sequence[str], traces: Sequence[str], pad_id: int = 0,
                  length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``bos + demo(q, r)`` for each pair, left-padded to ``length`` (default: longest):
-    int ``[B, S_d]`` and bool mask. A fixed ``length`` keeps one compiled shape."""
+    int ``[B, S_p]`` and bool mask. A fixed ``length`` keeps one compiled shape."""
     bos = [tok.bos_id] if tok.bos_id is not None else []
     seqs = [bos + tok.encode(tasks.format_example(q, r))
             for q, r in zip(questions, traces, strict=True)]

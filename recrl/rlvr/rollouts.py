@@ -71,9 +71,9 @@ class DemoPrefixes(NamedTuple):
     """The demonstration prefixes of a batch, each run once and shared by its rows.
 
     Attributes:
-      tokens: int ``[U, S_d]`` ``bos + "Q: d_q\nA: d_r\n\n"``, left-padded (``U`` distinct
-        demonstrations of length ``S_d``).
-      mask: bool ``[U, S_d]``.
+      tokens: int ``[U, S_p]`` ``bos + "Q: d_q\nA: d_r\n\n"``, left-padded (``U`` distinct
+        demonstrations of length ``S_p``).
+      mask: bool ``[U, S_p]``.
       index: int ``[P, G_d]`` which prefix demo slot ``k`` of group ``p`` continues.
     """
 
