@@ -13,13 +13,13 @@ gradient is then :math:`\hat g = \frac{1}{PG}\sum_{p,g,t} \nabla \log\pi(a_t)\, 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Literal
 
 import jax
 import jax.numpy as jnp
 
 from recrl.estimators._checks import check_finite, check_min_rank, check_same_shape
+from recrl.estimators.registry import register_advantage_estimator
 from recrl.estimators.returns import reward_to_go
 
 
@@ -69,6 +69,7 @@ def position_baseline(
     return jnp.where(n_o > 0, s_o / jnp.maximum(n_o, 1.0), 0.0)
 
 
+@register_advantage_estimator("psae")
 def psae_advantages(
     step_rewards: jax.typing.ArrayLike,
     item_mask: jax.typing.ArrayLike,
@@ -115,6 +116,7 @@ def psae_advantages(
     return (g - b) * act
 
 
+@register_advantage_estimator("reinforce")
 def reinforce_advantages(
     step_rewards: jax.typing.ArrayLike,
     item_mask: jax.typing.ArrayLike,
@@ -136,6 +138,7 @@ def reinforce_advantages(
     return ret * (item + eos) * valid
 
 
+@register_advantage_estimator("rtg")
 def rtg_advantages(
     step_rewards: jax.typing.ArrayLike,
     item_mask: jax.typing.ArrayLike,
@@ -232,64 +235,37 @@ def rloo_advantages(
     return jnp.where(n >= 2, (r - others) * v, 0.0)
 
 
-# --------------------------------------------------------------------------------------
-# Registry: step-level estimators by name, all with one signature
-#   fn(step_rewards, item_mask, eos_mask) -> [..., G, T]
-# Stepwise reward centering is applied (or not) to `step_rewards` by the caller; e.g. the
-# ProRL pipeline's "prorl" = centred rewards + "psae", "prorl_no_src" = raw rewards + "psae".
-# --------------------------------------------------------------------------------------
-
-StepAdvantageFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
-_REGISTRY: dict[str, StepAdvantageFn] = {}
+def _path_level(path_fn, step_rewards, item_mask, eos_mask) -> jax.Array:
+    """A group estimator ``path_fn(path_returns [..., G], valid [..., G])`` applied to the
+    path returns and broadcast to every action of the path (0 for paths with no item)."""
+    r, item, eos = _check_steps(step_rewards, item_mask, eos_mask)
+    valid = (jnp.sum(item, axis=-1) > 0).astype(r.dtype)
+    adv = path_fn(jnp.sum(r * item, axis=-1), valid)
+    return adv[..., None] * (item + eos) * valid[..., None]
 
 
-def register_advantage_estimator(name: str) -> Callable[[StepAdvantageFn], StepAdvantageFn]:
-    """Decorator that registers a step-level advantage estimator under ``name``."""
-
-    def deco(fn: StepAdvantageFn) -> StepAdvantageFn:
-        if name in _REGISTRY:
-            raise ValueError(f"advantage estimator {name!r} is already registered")
-        _REGISTRY[name] = fn
-        return fn
-
-    return deco
+@register_advantage_estimator("psae_loo")
+def psae_loo_advantages(step_rewards, item_mask, eos_mask) -> jax.Array:
+    """:func:`psae_advantages` with the leave-one-out baseline (exactly unbiased)."""
+    return psae_advantages(step_rewards, item_mask, eos_mask, leave_one_out=True)
 
 
-def get_advantage_estimator(name: str) -> StepAdvantageFn:
-    """Looks up a registered estimator; unknown names list the known ones."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        known = ", ".join(sorted(_REGISTRY))
-        raise ValueError(f"unknown advantage estimator {name!r}; known: {known}") from None
+@register_advantage_estimator("grpo")
+def grpo_step_advantages(step_rewards, item_mask, eos_mask) -> jax.Array:
+    """:func:`grpo_advantages` of the path returns at every action of the path."""
+    return _path_level(lambda r, v: grpo_advantages(r, valid=v), step_rewards, item_mask,
+                       eos_mask)
 
 
-def advantage_estimator_names() -> list[str]:
-    """Names of the registered advantage estimators."""
-    return sorted(_REGISTRY)
+@register_advantage_estimator("drgrpo")
+def drgrpo_step_advantages(step_rewards, item_mask, eos_mask) -> jax.Array:
+    """Dr.GRPO (:func:`grpo_advantages` without the std) at every action of the path."""
+    return _path_level(lambda r, v: grpo_advantages(r, scale="none", valid=v), step_rewards,
+                       item_mask, eos_mask)
 
 
-def _path_level(path_fn: Callable[[jax.Array, jax.Array], jax.Array]) -> StepAdvantageFn:
-    """Lifts a group estimator on path returns to every action of the path."""
-
-    def fn(step_rewards, item_mask, eos_mask):
-        r, item, eos = _check_steps(step_rewards, item_mask, eos_mask)
-        valid = (jnp.sum(item, axis=-1) > 0).astype(r.dtype)
-        adv = path_fn(jnp.sum(r * item, axis=-1), valid)
-        return adv[..., None] * (item + eos) * valid[..., None]
-
-    return fn
-
-
-register_advantage_estimator("psae")(psae_advantages)
-register_advantage_estimator("prorl")(psae_advantages)
-register_advantage_estimator("psae_loo")(
-    lambda r, i, e: psae_advantages(r, i, e, leave_one_out=True)
-)
-register_advantage_estimator("reinforce")(reinforce_advantages)
-register_advantage_estimator("rtg")(rtg_advantages)
-register_advantage_estimator("grpo")(_path_level(lambda r, v: grpo_advantages(r, valid=v)))
-register_advantage_estimator("drgrpo")(
-    _path_level(lambda r, v: grpo_advantages(r, scale="none", valid=v))
-)
-register_advantage_estimator("rloo")(_path_level(lambda r, v: rloo_advantages(r, valid=v)))
+@register_advantage_estimator("rloo")
+def rloo_step_advantages(step_rewards, item_mask, eos_mask) -> jax.Array:
+    """:func:`rloo_advantages` of the path returns at every action of the path."""
+    return _path_level(lambda r, v: rloo_advantages(r, valid=v), step_rewards, item_mask,
+                       eos_mask)

@@ -42,7 +42,7 @@ import optax
 from flax import nnx
 
 from recrl import estimators as est
-from recrl import models, parallel
+from recrl import models, optim, parallel
 from recrl.rlvr import evidence, tasks
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -425,8 +425,7 @@ def rollout_logprobs(graphdef: nnx.GraphDef, params, batch: Rollouts,
 def make_optimizer(cfg: LearnerConfig) -> optax.GradientTransformation:
     """AdamW (linear warm-up to ``lr``, weight decay) after global-norm clipping."""
     sched = optax.linear_schedule(0.0, cfg.lr, max(cfg.warmup_steps, 1))
-    return optax.chain(optax.clip_by_global_norm(cfg.grad_clip),
-                       optax.adamw(sched, weight_decay=cfg.weight_decay))
+    return optim.make_optimizer(sched, grad_clip=cfg.grad_clip, weight_decay=cfg.weight_decay)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 4, 5), donate_argnums=(2,))

@@ -31,7 +31,7 @@ def test_every_shipped_variant_is_valid(mod, check):
     (("methods", "prorl"), "must be a tuple of names"),
     (("rl.prompts", -4), r"config.rl.prompts=-4: must be an integer >= 1"),
     (("rl.lr", -0.5), r"config.rl.lr=-0.5: must be a number > 0"),
-    (("rl.samples", 1), r"config.rl.samples=1: must be an integer >= 2"),
+    (("rl.group_size", 1), r"config.rl.group_size=1: must be an integer >= 2"),
     (("rl.epochs", 2.5), r"config.rl.epochs=2.5: must be an integer >= 1"),
     (("rl.reward_weights", (1.0, 1.0)), "must be 3 finite numbers"),
     (("policy.heads", 3), r"config.policy.dim=16 must be a multiple of config.policy.heads=3"),
