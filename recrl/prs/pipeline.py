@@ -56,10 +56,11 @@ def load_data(cfg: Any) -> Any:
         ml = synthetic_movielens(num_users=150, num_items=120, seed=0)
     else:
         ml = load_movielens(cfg.dataset, download=True)
-    d = cfg.data
-    return prepare_prorl(ml, ProRLConfig(min_user=d.min_user, min_item=d.min_item,
-                                         seed=d.seed, history=d.history, max_len=d.max_len,
-                                         long_runs=d.get("long_runs", "truncate")))
+    data_cfg = cfg.data
+    return prepare_prorl(ml, ProRLConfig(
+        min_user=data_cfg.min_user, min_item=data_cfg.min_item, seed=data_cfg.seed,
+        history=data_cfg.history, max_len=data_cfg.max_len,
+        long_runs=data_cfg.get("long_runs", "truncate")))
 
 
 def genre_matrix(masks: np.ndarray) -> np.ndarray:
