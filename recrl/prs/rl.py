@@ -465,7 +465,7 @@ def make_train_step(graph: Any, score_fn: Callable[..., Any], cfg: RLConfig
       variance (and REINFORCE's on the same rewards), the share of paths containing their
       target, the share of duplicate item steps, the mean centred step reward per position
       (``centred_pos1..T``). With ``cfg.method.critic`` the state is an :class:`A2CState`
-      and the step also updates the critic (:func:`_a2c_update`).
+      and the step (A2C's own) also updates the critic with Adam.
     """
     tx = make_optimizer(cfg)
     core = _make_core(graph, score_fn, cfg)
@@ -479,22 +479,20 @@ def make_train_step(graph: Any, score_fn: Callable[..., Any], cfg: RLConfig
             ref_params=state.ref_params, stats=stats, collect_stats=state.collect_stats,
             step=state.step + 1, skipped=state.skipped + (~finite).astype(jnp.int32))
 
-    def step(state, sim_state, history, target, key):
+    def step(state: RLState, sim_state, history, target, key) -> tuple[RLState, dict]:
+        grads, _, stats, finite, metrics = core(state, sim_state, history, target, key)
+        return policy_update(state, grads, stats, finite), metrics
+
+    def a2c_step(state: A2CState, sim_state, history, target, key) -> tuple[A2CState, dict]:
         grads, c_grads, stats, finite, metrics = core(state, sim_state, history, target, key)
         new = policy_update(state, grads, stats, finite)
-        if cfg.method.critic:
-            new = _a2c_update(new, state, c_grads, finite)
-        return new, metrics
+        c_updates, critic_opt = critic_tx.update(c_grads, state.critic_opt, state.critic)
+        critic = optax.apply_updates(state.critic, c_updates)
+        return A2CState(*new, critic=_keep_if(finite, critic, state.critic),
+                        critic_opt=_keep_if(finite, critic_opt, state.critic_opt)), metrics
 
-    return jax.jit(step, donate_argnums=0)
-
-
-def _a2c_update(new: RLState, old: A2CState, c_grads: Any, finite: jax.Array) -> A2CState:
-    """A2C's critic update (Adam, skipped with the policy's on non-finite rewards)."""
-    c_updates, critic_opt = optax.adam(_CRITIC_LR).update(c_grads, old.critic_opt, old.critic)
-    critic = optax.apply_updates(old.critic, c_updates)
-    return A2CState(*new, critic=_keep_if(finite, critic, old.critic),
-                    critic_opt=_keep_if(finite, critic_opt, old.critic_opt))
+    critic_tx = optax.adam(_CRITIC_LR)
+    return jax.jit(a2c_step if cfg.method.critic else step, donate_argnums=0)
 
 
 def make_gradient_fn(graph: Any, score_fn: Callable[..., Any], cfg: RLConfig

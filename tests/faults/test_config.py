@@ -128,6 +128,11 @@ def test_unknown_config_key_on_the_command_line_is_one_clear_line(tmp_path):
     assert "Traceback" not in r.stderr
     assert V.unknown_override_keys(["x", "--config=experiments/configs/goracs.py:tiny",
                                     "--config.select.epsilon=0.1"], "config", "unused") == []
+    # renamed ProRL keys (issue 14) fail like any unknown key, naming the new one
+    old = V.unknown_override_keys(["x", "--config=experiments/configs/prorl.py:tiny",
+                                   "--config.rl.samples=4"], "config", "unused")
+    assert len(old) == 1 and "unknown config key 'rl.samples'" in old[0]
+    assert "group_size" in old[0]
 
 
 # ------------------------------------------------------------------ stage fingerprints
