@@ -64,7 +64,7 @@ def main(argv=None) -> None:
     def pairs():
         rows = [(p, titles[c]) for p, cs in zip(prompts, cand, strict=True) for c in cs]
         enc = lmrec.encode_pairs(encode, [r[0] for r in rows], [r[1] for r in rows], **kw)
-        return lmrec.answer_loglik(model, *enc, batch=256).reshape(cand.shape)
+        return lmrec.answer_loglik(model, *enc, batch_size=256).reshape(cand.shape)
 
     timed = {}
     for name, fn in (("prefix", prefix), ("pairs", pairs)):

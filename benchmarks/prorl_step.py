@@ -28,8 +28,8 @@ from recrl.prs.policy import PathPolicy, PolicyConfig
 
 def time_steps(n_dev: int, args: argparse.Namespace) -> tuple[float, float]:
     """Median seconds per RL step, and the compile time, on ``n_dev`` devices."""
-    pcfg = PolicyConfig(num_items=args.num_items, dim=args.dim, layers=args.layers,
-                        heads=4, ffn=4 * args.dim)
+    pcfg = PolicyConfig(num_items=args.num_items, dim=args.dim, n_layers=args.layers,
+                        n_heads=4, ffn_dim=4 * args.dim)
     policy = PathPolicy(pcfg, nnx.Rngs(0))
     sim = simulator.build_simulator(simulator.SimConfig(kind="sasrec", num_items=args.num_items))
     graphdef, sim_state = nnx.split(sim)

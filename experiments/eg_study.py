@@ -206,10 +206,32 @@ def analyse(rows: Sequence[dict], n_boot: int, seed: int) -> dict:
     out["rho_ci95"] = {k: ci(v) for k, v in rho_b.items()}
     out["diff"] = {f"{a}-{b}": dict(value=out["rho"][a] - out["rho"][b],
                                     ci95=ci(rho_b[a] - rho_b[b])) for a, b in DIFFERENCES}
-    lo_eg, lo_diff = out["rho_ci95"]["eg"][0], out["diff"]["eg-mean_logprob"]["ci95"][0]
-    out["decision"] = dict(eg_tracks_quality=bool(lo_eg > 0),
-                           eg_beats_mean_logprob=bool(lo_eg > 0 and lo_diff > 0))
+    out["decision"] = {}
+    for k in ("eg", "log_weight"):  # the same rule for the summed EG and for exact log w
+        lo, lo_diff = out["rho_ci95"][k][0], out["diff"][f"{k}-mean_logprob"]["ci95"][0]
+        out["decision"][f"{k}_tracks_quality"] = bool(lo > 0)
+        out["decision"][f"{k}_beats_mean_logprob"] = bool(lo > 0 and lo_diff > 0)
     return out
+
+
+def decision_lines(decision: dict, agreement: dict | None) -> list[str]:
+    """The decision rule's verdicts in words (docs/icrlvr.md, EG study, rule 6)."""
+    lines = []
+    for k, name in (("eg", "EG"), ("log_weight", "log w")):
+        tracks = decision[f"{k}_tracks_quality"]
+        lines.append(f"- {name} {'tracks' if tracks else 'does not track'} reasoning quality "
+                     f"(lower end of the ρ interval {'>' if tracks else '<='} 0); it "
+                     f"{'adds to' if decision[f'{k}_beats_mean_logprob'] else 'does not add to'}"
+                     " the mean log-prob baseline.")
+    if agreement is None:
+        lines.append("- No hand labels yet: the conclusion rests on the parser unchecked.")
+    elif agreement["flawed_agreement"] < 0.9:
+        lines.append(f"- Parser agreement {agreement['flawed_agreement']:.2f} < 0.9 "
+                     "(flawed vs clean): the conclusion is conditional on the parser.")
+    else:
+        lines.append(f"- Parser agreement {agreement['flawed_agreement']:.2f} >= 0.9 "
+                     "(flawed vs clean): the parser's labels stand.")
+    return lines
 
 
 def export_labels(rows: Sequence[dict], problems, path: str, n: int, seed: int) -> None:
@@ -311,11 +333,12 @@ def report(res: dict, out_dir: str) -> str:
         lines += ["", "| difference | value | 95 % bootstrap |", "|---|---|---|"]
         lines += [f"| ρ({k.replace('-', ') − ρ(')}) | {v['value']:.3f} | {v['ci95'][0]:.3f} to "
                   f"{v['ci95'][1]:.3f} |" for k, v in a["diff"].items()]
-        lines += ["", f"decision: {a['decision']}"]
     if res.get("hand_agreement"):
         h = res["hand_agreement"]
         lines += ["", f"parser vs hand labels on {h['n']} traces: exact {h['exact']:.2f}, "
                   f"flawed/clean agreement {h['flawed_agreement']:.2f}, ρ {h['spearman']:.2f}"]
+    if "decision" in a:
+        lines += ["", "Decision:", ""] + decision_lines(a["decision"], res.get("hand_agreement"))
     text = "\n".join(lines) + "\n"
     with open(os.path.join(out_dir, "report.md"), "w") as f:
         f.write(text)

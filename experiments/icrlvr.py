@@ -20,7 +20,6 @@ Launch::
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import random
@@ -30,13 +29,13 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from absl import app, flags, logging
 from flax import nnx
 
 from experiments.configs import validate as config_check
 from recrl import models, parallel, rundir
 from recrl.checkpoint import Checkpointer
+from recrl.models.finetune import sft_loop
 from recrl.rlvr import evidence, tasks
 from recrl.rlvr import learner as L
 
@@ -82,9 +81,10 @@ def tiny_policy(mc, seed: int):
     return tok, graphdef, params
 
 
-def sft(graphdef, params, tok, problems, sc, seed: int, mesh=None):
+def sft(graphdef, params, tok, problems, sft_cfg, seed: int, mesh=None):
     """Supervised warm-up: mean NLL of ``solution + eos`` given the bare prompt (data-parallel
-    over ``mesh`` when given: each process builds its rows of the seeded minibatch)."""
+    over ``mesh`` when given: each process builds its rows of the seeded minibatch; the
+    loop is :func:`recrl.models.finetune.sft_loop`)."""
     seqs, starts = [], []
     for p in problems:
         prompt = tasks.encode_prompt(tok, p.question)
@@ -92,28 +92,14 @@ def sft(graphdef, params, tok, problems, sc, seed: int, mesh=None):
         starts.append(len(prompt))
     toks, mask = models.pad_batch(seqs, pad_id=tok.pad_id, side="right")
     loss_mask = mask & (np.arange(toks.shape[1])[None] >= np.array(starts)[:, None])
-    tx = optax.adamw(sc.lr, weight_decay=0.0)
-    opt = tx.init(params)
-    if mesh is not None:
-        parallel.check_divisible({"sft.batch_size": sc.batch_size}, mesh)
-        params, opt = parallel.replicate((params, opt), mesh)
 
-    @functools.partial(jax.jit, donate_argnums=(0, 1))
-    def step(params, opt, t, m, lm):
-        loss, g = jax.value_and_grad(
-            lambda p: jnp.mean(models.sequence_nll(graphdef, p, t, m, lm)))(params)
-        upd, opt = tx.update(g, opt, params)
-        return optax.apply_updates(params, upd), opt, loss
+    def loss_fn(p, frozen, t, m, lm):
+        del frozen
+        return jnp.mean(models.sequence_nll(graphdef, p, t, m, lm))
 
-    rng = np.random.default_rng(seed)
-    losses = []
-    for _ in range(sc.steps):
-        idx = rng.choice(len(seqs), sc.batch_size, replace=len(seqs) < sc.batch_size)
-        batch = (toks[idx], mask[idx], loss_mask[idx]) if mesh is None else parallel.global_rows(
-            lambda r, idx=idx: (toks[idx[r]], mask[idx[r]], loss_mask[idx[r]]), len(idx), mesh)
-        params, opt, loss = step(params, opt, *batch)
-        losses.append(float(loss))
-    return params, losses
+    return sft_loop(loss_fn, params, None, (toks, mask, loss_mask), steps=sft_cfg.steps,
+                    batch_size=sft_cfg.batch_size, lr=sft_cfg.lr, seed=seed, mesh=mesh,
+                    donate_params=True, batch_name="sft.batch_size")
 
 
 def _sample_texts(graphdef, params, tok, prompts, key, max_prompt_len, scfg, chunk=32):

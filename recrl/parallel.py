@@ -263,10 +263,3 @@ def to_host(tree: Any) -> Any:
         return np.asarray(x)
 
     return jax.tree.map(get, tree)
-
-
-def open_for_writer(path: Any, mode: str = "a") -> Any:
-    """``open(path, mode)`` on process 0; a sink (``os.devnull``) on the other processes."""
-    import os
-
-    return open(path if is_writer() else os.devnull, mode)

@@ -78,7 +78,7 @@ def _base_config(variant: str) -> ml_collections.ConfigDict:
     c.sim = ml_collections.ConfigDict(dict(epochs=200, batch_size=128, patience=5, lr=1e-3,
                                            max_seconds=0.0))
     c.evaluator = ml_collections.ConfigDict(dict(kind="gru4rec", epochs=200, patience=5))
-    c.policy = ml_collections.ConfigDict(dict(dim=128, heads=4, layers=3, ffn=512,
+    c.policy = ml_collections.ConfigDict(dict(dim=128, n_layers=3, n_heads=4, ffn_dim=512,
                                               dropout=0.1))
     c.pretrain = ml_collections.ConfigDict(dict(epochs=20, batch_size=256, lr=5e-3,
                                                 weight_decay=0.05))
@@ -128,7 +128,7 @@ def _ml1m_cpu(c: ml_collections.ConfigDict) -> None:
     # rest as the paper; budgets in epochs only.
     c.sim.update(epochs=5)
     c.evaluator.update(epochs=4)
-    c.policy.update(dim=64, heads=4, layers=2, ffn=256)
+    c.policy.update(dim=64, n_layers=2, n_heads=4, ffn_dim=256)
     c.pretrain.update(epochs=4)
     c.rl.update(epochs=4, prompts=32, group_size=16, steps_per_epoch=40)
     c.eval.update(k=4)
@@ -145,7 +145,7 @@ def _demo(c: ml_collections.ConfigDict) -> None:
     c.methods = ("prorl", "reinforce")
     c.sim.update(epochs=3)
     c.evaluator.update(epochs=2)
-    c.policy.update(dim=64, heads=4, layers=2, ffn=256)
+    c.policy.update(dim=64, n_layers=2, n_heads=4, ffn_dim=256)
     c.pretrain.update(epochs=2)
     c.rl.update(epochs=2, prompts=32, group_size=16, steps_per_epoch=40)
     c.eval.update(k=4, max_prompts=600, val_prompts=256)
@@ -158,7 +158,7 @@ def _tiny(c: ml_collections.ConfigDict) -> None:
     c.data.update(min_user=5, min_item=5, history=4, max_len=4)
     c.sim.update(epochs=2, batch_size=32, patience=1)
     c.evaluator.update(epochs=1, patience=1)
-    c.policy.update(dim=16, heads=2, layers=1, ffn=32)
+    c.policy.update(dim=16, n_layers=1, n_heads=2, ffn_dim=32)
     c.pretrain.update(epochs=1, batch_size=32)
     c.rl.update(epochs=2, prompts=8, group_size=4, lr=1e-3, steps_per_epoch=3,
                 micro_batches=2, grad_diag_batches=2)

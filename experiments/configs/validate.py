@@ -189,9 +189,9 @@ def validate_prorl(cfg: Any) -> None:
     c.choice("evaluator.kind", simulator.KINDS)
     c.int("evaluator.epochs", 1)
     c.int("evaluator.patience", 0)
-    for k in ("dim", "heads", "layers", "ffn"):
+    for k in ("dim", "n_layers", "n_heads", "ffn_dim"):
         c.int(f"policy.{k}", 1)
-    c.divides("policy.heads", "policy.dim")
+    c.divides("policy.n_heads", "policy.dim")
     c.num("policy.dropout", 0, 0.99)
     c.int("pretrain.epochs", 1)
     c.int("pretrain.batch_size", 1)
@@ -268,16 +268,7 @@ def validate_icrlvr(cfg: Any) -> None:
     c.done()
 
 
-def validate_goracs(cfg: Any) -> None:
-    """Checks a GORACS config (``experiments/configs/goracs.py``)."""
-    from experiments.configs.goracs import DECISIVE_METHODS, METHODS
-
-    c = _Checker(cfg, "goracs")
-    decisive = c.choice("protocol", ("decisive",), optional=True) == "decisive"
-    c.choice("dataset", DATASETS)
-    c.choice("task", ("next_item", "click"), optional=True)
-    c.ints("seeds", 0)
-    c.names("methods", DECISIVE_METHODS if decisive else METHODS)
+def _goracs_budgets(c: _Checker) -> None:
     budgets = c.ints("budgets", 1, nonempty=False)
     found, fr = c.get("budget_fractions")
     fracs = []
@@ -291,17 +282,16 @@ def validate_goracs(cfg: Any) -> None:
     if not budgets and not fracs:
         c.problems.append("config.budgets and config.budget_fractions are both empty: give "
                           "at least one budget")
-    for k in ("max_history", "num_val", "num_test", "pool_size", "val_size", "test_size",
-              "num_negatives"):
-        c.int(f"data.{k}", 1)
-    c.int("data.seed", 0)
+
+
+def _goracs_model_and_select(c: _Checker) -> None:
     c.choice("model.kind", ("smollm2", "tiny", "tiny_bpe"))
     _llama_dims(c, "model")
     for k in ("max_prompt", "max_answer", "lora_rank"):
         c.int(f"model.{k}", 1)
     c.num("model.lora_alpha", 0, strict_lo=True)
     c.int("pretrain.steps", 0)
-    c.int("pretrain.batch", 1)
+    c.int("pretrain.batch_size", 1)
     c.num("pretrain.lr", 0, strict_lo=True)
     c.bool("pretrain.cache", optional=True)
     if c.get("select.lam")[1] is not None:  # None: the paper's value for the task
@@ -313,6 +303,24 @@ def validate_goracs(cfg: Any) -> None:
     c.num("select.threshold", 0, strict_lo=True)
     c.int("select.block", 1, optional=True)
     c.bool("select.exact_ot")
+
+
+def validate_goracs(cfg: Any) -> None:
+    """Checks a GORACS config (``experiments/configs/goracs.py``)."""
+    from experiments.configs.goracs import DECISIVE_METHODS, METHODS
+
+    c = _Checker(cfg, "goracs")
+    decisive = c.choice("protocol", ("decisive",), optional=True) == "decisive"
+    c.choice("dataset", DATASETS)
+    c.choice("task", ("next_item", "click"), optional=True)
+    c.ints("seeds", 0)
+    c.names("methods", DECISIVE_METHODS if decisive else METHODS)
+    _goracs_budgets(c)
+    for k in ("max_history", "num_val", "num_test", "pool_size", "val_size", "test_size",
+              "num_negatives"):
+        c.int(f"data.{k}", 1)
+    c.int("data.seed", 0)
+    _goracs_model_and_select(c)
     if decisive:
         c.int("random_subsets", 1)
         c.int("data.val_users", 1)
@@ -321,10 +329,10 @@ def validate_goracs(cfg: Any) -> None:
         c.int("finetune.seed", 0)
     else:
         c.int("finetune.epochs", 1)
-    c.int("finetune.batch", 1)
+    c.int("finetune.batch_size", 1)
     c.num("finetune.lr", 0, strict_lo=True)
     c.int("finetune.max_steps", 1)
-    c.int("features.batch", 1)
+    c.int("features.batch_size", 1)
     c.int("features.chunk", 1)
     c.num("dealrec.gamma", 0, optional=True)
     c.num("dealrec.damping", 0, strict_lo=True, optional=True)

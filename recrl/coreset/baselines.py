@@ -87,7 +87,7 @@ def influence_scores(grads: np.ndarray, *, damping: float = 0.01) -> np.ndarray:
     r"""Influence of removing each sample on the empirical risk (DEALRec's influence term).
 
     :math:`I_i = \bar g^\top (F + \delta I)^{-1} g_i` with per-sample gradients
-    ``grads [N, P]``, their mean :math:`\bar g`, the empirical Fisher (Gauss–Newton
+    ``grads [N, num_params]``, their mean :math:`\bar g`, the empirical Fisher (Gauss–Newton
     approximation of the NLL Hessian) :math:`F = G^\top G / N` and damping
     :math:`\delta` = ``damping`` · mean eigenvalue of ``F``. A first-order estimate of how
     much the mean training loss rises when sample ``i`` is left out (larger = more
@@ -95,7 +95,7 @@ def influence_scores(grads: np.ndarray, *, damping: float = 0.01) -> np.ndarray:
     """
     g = np.asarray(grads, np.float64)
     if g.ndim != 2 or g.shape[0] == 0 or not np.all(np.isfinite(g)):
-        raise ValueError(f"grads must be a finite, non-empty [N, P] array; got {g.shape}")
+        raise ValueError(f"grads must be a finite, non-empty [N, num_params] array; got {g.shape}")
     if damping <= 0:
         raise ValueError(f"damping must be > 0; got {damping}")
     fisher = g.T @ g / g.shape[0]
@@ -128,7 +128,7 @@ def kcenter_greedy(features: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
     :math:`\arg\max_i \min_{s\in S}\|x_i - x_s\|` until ``n`` points are chosen."""
     x = np.asarray(features, np.float32)
     if x.ndim != 2 or not np.all(np.isfinite(x)):
-        raise ValueError(f"features must be a finite [N, d] array; got shape {x.shape}")
+        raise ValueError(f"features must be a finite [N, D] array; got shape {x.shape}")
     num = x.shape[0]
     _check(num, n)
     sq = np.einsum("nd,nd->n", x, x)
@@ -164,7 +164,7 @@ def d2_pruning(features: np.ndarray, scores: np.ndarray, n: int, *, k: int = 10,
     x = np.asarray(features, np.float64)
     s = _finite(scores, "scores")
     if x.ndim != 2 or x.shape[0] != s.shape[0] or not np.all(np.isfinite(x)):
-        raise ValueError(f"features must be a finite [N, d] array matching scores [N]; got "
+        raise ValueError(f"features must be a finite [N, D] array matching scores [N]; got "
                          f"{x.shape}, {s.shape}")
     num = s.shape[0]
     _check(num, n)

@@ -37,7 +37,8 @@ def _gains(cost: np.ndarray, rows: np.ndarray, m: np.ndarray) -> np.ndarray:
 
 def greedy_init(cost: np.ndarray, n: int, tie_break: np.ndarray | None = None, *,
                 fill=None, block: int = 32) -> tuple[np.ndarray, int]:
-    r"""Lazy facility-location greedy on ``cost`` ``[N, V]``: returns ``(indices [n], k)``.
+    r"""Lazy facility-location greedy on ``cost [N, M]`` (pool x validation): returns
+    ``(indices [n], k)``.
 
     ``k`` rows were chosen by a positive gain :math:`\sum_j \max(0, m_j - C_{ej})`; equal
     gains go to the larger ``tie_break`` (e.g. :math:`\hat g`). When all gains are 0 the
@@ -206,114 +207,155 @@ def refine(cost: jax.Array, init: np.ndarray, *, max_iters: int = 100, cut: int 
         raise ValueError(f"verify must be 'sinkhorn' or 'exact'; got {verify!r}")
     if exact_after is not None and exact_after < 1:
         raise ValueError(f"exact_after must be >= 1 or None; got {exact_after}")
-    cost = jnp.asarray(cost, jnp.float32)
-    cost_np = np.asarray(cost)  # host view for the exact solves (subsets go to float64)
-    num, nv = cost.shape
-    sel = np.asarray(init, np.int64).copy()
-    n = sel.shape[0]
-    rank = min(math.ceil(nv / n), nv)
-    kw = dict(epsilon=epsilon, threshold=threshold)
-    budget = max_iterations if exact_after is None else min(max_iterations, exact_after)
-    stats = info if info is not None else {}
-    stats.update(retries=0, exact_fallbacks=0, iterations=[], exact_from_check=None, checks=0)
+    search = _SwapSearch(cost, init, epsilon=epsilon, threshold=threshold, rel_tol=rel_tol,
+                         momentum=momentum, max_iterations=max_iterations,
+                         retry_iterations=retry_iterations,
+                         check_convergence=check_convergence, exact_after=exact_after,
+                         stats=info if info is not None else {})
+    search.start(verify)
+    while search.done < max_iters and search.n < search.num:
+        moves = _candidate_moves(search.scores(), search.sel, cut=cut, max_checks=max_checks,
+                                 block=block, room=max_iters - search.done)
+        if not any(search.try_move(move, on_accept) for move in moves):
+            break
+    return search.sel, search.trace, search.checks
 
-    def converged(r: objective.POOResult, rows: np.ndarray):
+
+def _candidate_moves(f_all: np.ndarray, sel: np.ndarray, *, cut: int, max_checks: int,
+                     block: int, room: int) -> list[list[tuple[int, int]]]:
+    """Moves to verify, best estimated gain first: single swaps ``[(row in, position
+    out)]`` among the ``cut`` lowest-F outsiders x ``cut`` highest-F members, preceded
+    (``block > 1``) by up to ``min(block, room)`` disjoint promising pairs as one move."""
+    inside = np.zeros(f_all.shape[0], bool)
+    inside[sel] = True
+    out_rows = np.flatnonzero(~inside)
+    ins = out_rows[np.argsort(f_all[out_rows], kind="stable")[:cut]]
+    outs_pos = np.argsort(-f_all[sel], kind="stable")[:cut]  # positions in sel
+    pairs = [(a, p) for a in ins for p in outs_pos]
+    pairs.sort(key=lambda t: f_all[t[0]] - f_all[sel[t[1]]])
+    moves = [[pr] for pr in pairs[:max_checks]]
+    if block > 1:
+        used_a, used_p, big = set(), set(), []
+        for a, p in pairs:
+            if len(big) == min(block, room) or f_all[a] >= f_all[sel[p]]:
+                break
+            if a not in used_a and p not in used_p:
+                big.append((a, p))
+                used_a.add(a)
+                used_p.add(p)
+        if len(big) > 1:
+            moves.insert(0, big)
+    return moves
+
+
+class _SwapSearch:
+    """The state of :func:`refine`: current selection, its value and duals, the
+    verification mode (``sinkhorn`` or ``exact``) and the counters."""
+
+    def __init__(self, cost, init, *, epsilon, threshold, rel_tol, momentum, max_iterations,
+                 retry_iterations, check_convergence, exact_after, stats: dict):
+        self.cost = jnp.asarray(cost, jnp.float32)
+        self.cost_np = np.asarray(self.cost)  # host view for the exact solves (float64 subsets)
+        self.num, self.nv = self.cost.shape
+        self.sel = np.asarray(init, np.int64).copy()
+        self.n = self.sel.shape[0]
+        self.rank = min(math.ceil(self.nv / self.n), self.nv)
+        self.kw = dict(epsilon=epsilon, threshold=threshold)
+        self.rel_tol, self.momentum, self.exact_after = rel_tol, momentum, exact_after
+        self.retry_iterations, self.check_convergence = retry_iterations, check_convergence
+        self.budget = (max_iterations if exact_after is None
+                       else min(max_iterations, exact_after))
+        self.stats = stats
+        stats.update(retries=0, exact_fallbacks=0, iterations=[], exact_from_check=None,
+                     checks=0)
+        self.checks = self.done = 0
+
+    def converged(self, r: objective.POOResult, rows: np.ndarray):
         """The solve of ``rows``, continued when unconverged: ``(result, ok, iterations)``."""
-        if bool(r.converged) or not check_convergence:
+        if bool(r.converged) or not self.check_convergence:
             return r, True, int(r.n_iters)
-        left = retry_iterations if exact_after is None else min(
-            retry_iterations, exact_after - int(r.n_iters))
+        left = self.retry_iterations if self.exact_after is None else min(
+            self.retry_iterations, self.exact_after - int(r.n_iters))
         if left <= 0:
             return r, False, int(r.n_iters)
-        stats["retries"] += 1
-        r2 = objective.poo_sinkhorn_rows(cost, jnp.asarray(rows), r.f, r.g,
-                                         max_iterations=left, **kw)
+        self.stats["retries"] += 1
+        r2 = objective.poo_sinkhorn_rows(self.cost, jnp.asarray(rows), r.f, r.g,
+                                         max_iterations=left, **self.kw)
         return r2, bool(r2.converged), int(r.n_iters) + int(r2.n_iters)
 
-    def exact(rows: np.ndarray) -> tuple[float, jax.Array]:
-        v, u, _ = objective.poo_exact(cost_np, rows, return_duals=True)
+    def exact(self, rows: np.ndarray) -> tuple[float, jax.Array]:
+        """Exact POO of ``rows`` and its row duals."""
+        v, u, _ = objective.poo_exact(self.cost_np, rows, return_duals=True)
         return v, jnp.asarray(u, jnp.float32)
 
-    mode = verify
-    if mode == "exact":
-        value, duals = exact(sel)
-        res, res_ok = None, True
-    else:
-        res = cold_solve(cost, sel, epsilon=epsilon, threshold=threshold, momentum=momentum)
-        res, res_ok, _ = converged(res, sel)
-        value, duals = float(res.value), res.f
-    trace, checks, done = [value], 0, 0
-    while done < max_iters and n < num:
-        f_all, _ = dual_scores(cost, jnp.asarray(sel), duals, rank=rank)
-        f_all = np.asarray(f_all, np.float64)
-        inside = np.zeros(num, bool)
-        inside[sel] = True
-        out_rows = np.flatnonzero(~inside)
-        ins = out_rows[np.argsort(f_all[out_rows], kind="stable")[:cut]]
-        outs_pos = np.argsort(-f_all[sel], kind="stable")[:cut]  # positions in sel
-        pairs = [(a, p) for a in ins for p in outs_pos]
-        pairs.sort(key=lambda t: f_all[t[0]] - f_all[sel[t[1]]])
-        moves = [[pr] for pr in pairs[:max_checks]]
-        if block > 1:
-            used_a, used_p, big = set(), set(), []
-            for a, p in pairs:
-                if len(big) == min(block, max_iters - done) or f_all[a] >= f_all[sel[p]]:
-                    break
-                if a not in used_a and p not in used_p:
-                    big.append((a, p))
-                    used_a.add(a)
-                    used_p.add(p)
-            if len(big) > 1:
-                moves.insert(0, big)
-        accepted = False
-        for move in moves:
-            cand = sel.copy()
-            rows_in = np.array([a for a, _ in move])
-            pos = np.array([p for _, p in move])
-            cand[pos] = rows_in
-            checks += 1
-            stats["checks"] = checks
-            new = None
-            if mode == "exact":
-                v, new_duals = exact(cand)
-                better = v < value - rel_tol * abs(value)
-            else:
-                f0 = _swap_init(cost, res.f, res.g, res.epsilon,
-                                jnp.asarray(pos, jnp.int32), jnp.asarray(rows_in, jnp.int32), n)
-                new = objective.poo_sinkhorn_rows(cost, jnp.asarray(cand), f0, res.g,
-                                                  momentum=momentum, max_iterations=budget,
-                                                  **kw)
-                new, ok, iters = converged(new, cand)
-                stats["iterations"].append(iters)
-                if ok and res_ok and (exact_after is None or iters <= exact_after):
-                    v, new_duals = float(new.value), new.f
-                    better = v < value - rel_tol * abs(value)
-                else:
-                    # an unconverged entropic value may be too low, and a check over the
-                    # iteration cap means the problem has become ill-conditioned: decide
-                    # exactly, and verify exactly from here on when the cap was the cause
-                    # or the swap is accepted (exact <= entropic: the trace keeps falling)
-                    stats["exact_fallbacks"] += 1
-                    cur, cur_duals = exact(sel)
-                    v, new_duals = exact(cand)
-                    better = v < cur - rel_tol * abs(cur)
-                    if better or (exact_after is not None and iters >= exact_after):
-                        mode = "exact"
-                        stats["exact_from_check"] = checks
-                        value, duals = cur, cur_duals
-            if better:
-                res_ok = True if new is None else ok
-                sel, value, duals, accepted = cand, v, new_duals, True
-                if new is not None and mode != "exact":
-                    res = new
-                trace.append(v)
-                done += len(move)
-                if on_accept is not None:
-                    on_accept(sel)
-                break
-        if not accepted:
-            break
-    return sel, trace, checks
+    def start(self, verify: str) -> None:
+        """Value and duals of the initial selection."""
+        self.mode = verify
+        if verify == "exact":
+            self.value, self.duals = self.exact(self.sel)
+            self.res, self.res_ok = None, True
+        else:
+            res = cold_solve(self.cost, self.sel, momentum=self.momentum, **self.kw)
+            self.res, self.res_ok, _ = self.converged(res, self.sel)
+            self.value, self.duals = float(self.res.value), self.res.f
+        self.trace = [self.value]
+
+    def scores(self) -> np.ndarray:
+        """The dual estimate ``F [N]`` of every pool row."""
+        f_all, _ = dual_scores(self.cost, jnp.asarray(self.sel), self.duals, rank=self.rank)
+        return np.asarray(f_all, np.float64)
+
+    def _sinkhorn_check(self, cand, pos, rows_in):
+        """Entropic verification (exact when unconverged or over the iteration cap):
+        ``(better, value, duals, new result or None, ok)``."""
+        f0 = _swap_init(self.cost, self.res.f, self.res.g, self.res.epsilon,
+                        jnp.asarray(pos, jnp.int32), jnp.asarray(rows_in, jnp.int32), self.n)
+        new = objective.poo_sinkhorn_rows(self.cost, jnp.asarray(cand), f0, self.res.g,
+                                          momentum=self.momentum, max_iterations=self.budget,
+                                          **self.kw)
+        new, ok, iters = self.converged(new, cand)
+        self.stats["iterations"].append(iters)
+        if ok and self.res_ok and (self.exact_after is None or iters <= self.exact_after):
+            v, new_duals = float(new.value), new.f
+            return v < self.value - self.rel_tol * abs(self.value), v, new_duals, new, ok
+        # an unconverged entropic value may be too low, and a check over the iteration cap
+        # means the problem has become ill-conditioned: decide exactly, and verify exactly
+        # from here on when the cap was the cause or the swap is accepted (exact <=
+        # entropic: the trace keeps falling)
+        self.stats["exact_fallbacks"] += 1
+        cur, cur_duals = self.exact(self.sel)
+        v, new_duals = self.exact(cand)
+        better = v < cur - self.rel_tol * abs(cur)
+        if better or (self.exact_after is not None and iters >= self.exact_after):
+            self.mode = "exact"
+            self.stats["exact_from_check"] = self.checks
+            self.value, self.duals = cur, cur_duals
+        return better, v, new_duals, new, ok
+
+    def try_move(self, move, on_accept) -> bool:
+        """Verifies one move; accepts it (and records the new value) when it improves."""
+        cand = self.sel.copy()
+        rows_in = np.array([a for a, _ in move])
+        pos = np.array([p for _, p in move])
+        cand[pos] = rows_in
+        self.checks += 1
+        self.stats["checks"] = self.checks
+        if self.mode == "exact":
+            v, new_duals = self.exact(cand)
+            better, new, ok = v < self.value - self.rel_tol * abs(self.value), None, True
+        else:
+            better, v, new_duals, new, ok = self._sinkhorn_check(cand, pos, rows_in)
+        if not better:
+            return False
+        self.res_ok = True if new is None else ok
+        self.sel, self.value, self.duals = cand, v, new_duals
+        if new is not None and self.mode != "exact":
+            self.res = new
+        self.trace.append(v)
+        self.done += len(move)
+        if on_accept is not None:
+            on_accept(self.sel)
+        return True
 
 
 def itra(cost: jax.typing.ArrayLike, n: int, *, tie_break: np.ndarray | None = None,

@@ -17,60 +17,25 @@ ranking / click evaluation.
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from recrl import models, parallel
-
-
-class ByteTokenizer:
-    """UTF-8 bytes as tokens (vocabulary 256; the CPU fallback for ``tiny_config``)."""
-
-    pad_id = 0
-
-    def encode(self, text: str) -> list[int]:
-        """Bytes of ``text`` (NUL bytes dropped)."""
-        return [b for b in text.encode("utf-8") if b]
-
-
-class CompactTokenizer:
-    """A subword tokenizer restricted to the token ids a corpus uses (the CPU model's).
-
-    Text is tokenised by ``base`` (e.g. SmolLM2's BPE); the ids seen in ``corpus`` are
-    renumbered ``1 … V−1`` in first-seen order; id 0 is padding and any id outside the
-    corpus maps to ``unk_id`` (``V − 1``). A small model then needs a ``V``-row embedding
-    instead of the base vocabulary's (~5,000 instead of 49,152 for ML-1M titles + prompts).
-    """
-
-    pad_id = 0
-
-    def __init__(self, base: Callable[[str], list[int]], corpus: Sequence[str]):
-        self._base = base
-        self._ids: dict[int, int] = {}
-        for text in corpus:
-            for t in base(text):
-                self._ids.setdefault(t, len(self._ids) + 1)
-        if not self._ids:
-            raise ValueError("CompactTokenizer needs a non-empty corpus")
-        self.unk_id = len(self._ids) + 1
-        self.vocab_size = self.unk_id + 1
-
-    def encode(self, text: str) -> list[int]:
-        """Compact ids of ``text`` (``unk_id`` for base ids the corpus never used)."""
-        return [self._ids.get(t, self.unk_id) for t in self._base(text)]
+from recrl import models
+from recrl.checkpoint import Checkpointer
+from recrl.models.finetune import adamw, sft_loop
 
 
 def encode_pairs(encode: Callable[[str], list[int]], prompts: Sequence[str],
                  answers: Sequence[str], *, max_prompt: int = 256, max_answer: int = 32
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Tokenises prompt + answer, right-padded: ``(tokens int32, mask, loss_mask) [N, T]``.
+    """Tokenises prompt + answer, right-padded: ``(tokens int32, mask, loss_mask) [B, L]``.
 
     The prompt keeps its last ``max_prompt`` tokens, the answer its first ``max_answer``;
     ``loss_mask`` marks the answer tokens.
@@ -108,13 +73,13 @@ def _grad_split(model: models.Llama, layer: int, target: str):
 
 def grad_norms(model: models.Llama, tokens: np.ndarray, mask: np.ndarray,
                loss_mask: np.ndarray, *, layer: int = -1, target: str = "v_proj",
-               batch: int = 256, chunk: int = 16, progress: bool = True) -> np.ndarray:
+               batch_size: int = 256, chunk: int = 16, progress: bool = True) -> np.ndarray:
     r"""Per-sample :math:`\|\nabla_{B}\,\mathrm{NLL}(z_i)\|` w.r.t. one LoRA ``lora_b``
     (block ``layer``, projection ``target``); ``[N]`` float32. Needs LoRA on that block."""
     graphdef, wrt, rest = _grad_split(model, layer, target)
     out = []
-    for lo in _batches(tokens.shape[0], batch, "grad norms", progress):
-        sl = slice(lo, lo + batch)
+    for lo in _batches(tokens.shape[0], batch_size, "grad norms", progress):
+        sl = slice(lo, lo + batch_size)
         out.append(np.asarray(models.nll_per_sample_grads(
             graphdef, wrt, rest, jnp.asarray(tokens[sl]), jnp.asarray(mask[sl]),
             jnp.asarray(loss_mask[sl]), chunk_size=chunk, norms_only=True)))
@@ -123,14 +88,14 @@ def grad_norms(model: models.Llama, tokens: np.ndarray, mask: np.ndarray,
 
 def grad_vectors(model: models.Llama, tokens: np.ndarray, mask: np.ndarray,
                  loss_mask: np.ndarray, *, layer: int = -1, target: str = "v_proj",
-                 batch: int = 256, chunk: int = 16, progress: bool = True) -> np.ndarray:
+                 batch_size: int = 256, chunk: int = 16, progress: bool = True) -> np.ndarray:
     r"""Per-sample gradients :math:`\nabla_{B}\,\mathrm{NLL}(z_i)` w.r.t. the same ``lora_b``
-    as :func:`grad_norms`, flattened: ``[N, P]`` float32 (their row norms are
+    as :func:`grad_norms`, flattened: ``[N, num_params]`` float32 (their row norms are
     :func:`grad_norms`). Used by the influence term of the DEALRec baseline."""
     graphdef, wrt, rest = _grad_split(model, layer, target)
     out = []
-    for lo in _batches(tokens.shape[0], batch, "grad vectors", progress):
-        sl = slice(lo, lo + batch)
+    for lo in _batches(tokens.shape[0], batch_size, "grad vectors", progress):
+        sl = slice(lo, lo + batch_size)
         g = models.nll_per_sample_grads(
             graphdef, wrt, rest, jnp.asarray(tokens[sl]), jnp.asarray(mask[sl]),
             jnp.asarray(loss_mask[sl]), chunk_size=chunk)
@@ -147,59 +112,41 @@ def _mean_hidden(graphdef, state, tokens, mask):
 
 
 def embeddings(model: models.Llama, tokens: np.ndarray, mask: np.ndarray, *,
-               batch: int = 256, progress: bool = True) -> np.ndarray:
+               batch_size: int = 256, progress: bool = True) -> np.ndarray:
     r""":math:`h_i = \frac1{|x_i|}\sum_{t} H_t(x_i)` (final-block hidden states, mean over
-    real tokens); ``[N, dim]`` float32."""
+    real tokens); ``[N, D]`` float32."""
     graphdef, state = nnx.split(model)
-    out = [np.asarray(_mean_hidden(graphdef, state, jnp.asarray(tokens[lo:lo + batch]),
-                                   jnp.asarray(mask[lo:lo + batch])))
-           for lo in _batches(tokens.shape[0], batch, "embeddings", progress)]
+    out = [np.asarray(_mean_hidden(graphdef, state, jnp.asarray(tokens[lo:lo + batch_size]),
+                                   jnp.asarray(mask[lo:lo + batch_size])))
+           for lo in _batches(tokens.shape[0], batch_size, "embeddings", progress)]
     return np.concatenate(out)
 
 
+def _nll_loss(graphdef, targets: int):
+    """``loss(params, rest, tokens, mask, loss_mask)``: mean answer NLL of a minibatch."""
+    def loss(params, rest, tok, m, lm):
+        return models.sequence_nll(graphdef, (params, rest), tok, m, lm, targets).mean()
+    return loss
+
+
 def finetune(model: models.Llama, tokens: np.ndarray, mask: np.ndarray,
-             loss_mask: np.ndarray, *, steps: int, batch: int = 16, lr: float = 1e-3,
+             loss_mask: np.ndarray, *, steps: int, batch_size: int = 16, lr: float = 1e-3,
              seed: int = 0, lora_only: bool = True, progress: bool = True,
              desc: str = "fine-tune", mesh: Mesh | None = None) -> list[float]:
-    """AdamW on the mean answer NLL of minibatches drawn from the given samples (in place).
+    """AdamW on the mean answer NLL of minibatches drawn from the given samples (in place;
+    the loop is :func:`recrl.models.finetune.sft_loop`).
 
     Trains the LoRA parameters (``lora_only``) or every parameter (pretraining). Returns
     the per-step losses. With ``mesh`` the step is data-parallel: parameters replicated,
     each minibatch (a function of ``seed`` and the step) split over the mesh, each process
     building only its rows; the minibatch must divide over the devices.
     """
-    targets = _max_targets(loss_mask)
     wrt = models.LoRAParam if lora_only else nnx.Param
     graphdef, train, rest = nnx.split(model, wrt, ...)
-    opt = optax.adamw(lr, weight_decay=0.0)
-    opt_state = opt.init(train)
-    rows = min(batch, tokens.shape[0])
-    if mesh is not None:
-        parallel.check_divisible({"fine-tune batch": rows}, mesh)
-        train, opt_state, rest = parallel.replicate((train, opt_state, rest), mesh)
-
-    @functools.partial(jax.jit, donate_argnums=(1,))
-    def step(train, opt_state, rest, tok, m, lm):
-        def loss_fn(p):
-            return models.sequence_nll(graphdef, (p, rest), tok, m, lm, targets).mean()
-
-        loss, grads = jax.value_and_grad(loss_fn)(train)
-        updates, opt_state = opt.update(grads, opt_state, train)
-        return optax.apply_updates(train, updates), opt_state, loss
-
-    rng = np.random.default_rng(seed)
-    losses = []
-    it = tqdm(range(steps), desc=desc, leave=False) if progress else range(steps)
-    for _ in it:
-        idx = rng.choice(tokens.shape[0], rows, replace=False)
-        if mesh is None:
-            tok, m, lm = (jnp.asarray(x[idx]) for x in (tokens, mask, loss_mask))
-        else:
-            tok, m, lm = parallel.global_rows(
-                lambda r, idx=idx: tuple(x[idx[r]] for x in (tokens, mask, loss_mask)),
-                rows, mesh)
-        train, opt_state, loss = step(train, opt_state, rest, tok, m, lm)
-        losses.append(float(loss))
+    train, losses = sft_loop(
+        _nll_loss(graphdef, _max_targets(loss_mask)), train, rest, (tokens, mask, loss_mask),
+        steps=steps, batch_size=min(batch_size, tokens.shape[0]), lr=lr, seed=seed,
+        mesh=mesh, batch_name="fine-tune batch", progress=progress, desc=desc)
     nnx.update(model, train if mesh is None else jax.tree.map(jnp.asarray, jax.device_get(train)))
     return losses
 
@@ -218,14 +165,14 @@ def _answer_loglik(graphdef, state, tokens, mask, loss_mask, max_targets):
 
 
 def answer_loglik(model: models.Llama, tokens: np.ndarray, mask: np.ndarray,
-                  loss_mask: np.ndarray, *, batch: int = 256) -> np.ndarray:
+                  loss_mask: np.ndarray, *, batch_size: int = 256) -> np.ndarray:
     r""":math:`\sum_{t\in\text{answer}}\log\pi(y_t\mid\cdot)` per row, ``[N]``."""
     graphdef, state = nnx.split(model)
     targets = _max_targets(loss_mask)
+    rows = [slice(lo, lo + batch_size) for lo in range(0, tokens.shape[0], batch_size)]
     return np.concatenate([np.asarray(_answer_loglik(
-        graphdef, state, jnp.asarray(tokens[lo:lo + batch]), jnp.asarray(mask[lo:lo + batch]),
-        jnp.asarray(loss_mask[lo:lo + batch]), targets))
-        for lo in range(0, tokens.shape[0], batch)])
+        graphdef, state, jnp.asarray(tokens[r]), jnp.asarray(mask[r]),
+        jnp.asarray(loss_mask[r]), targets)) for r in rows])
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -269,13 +216,13 @@ def catalogue_scores(model: models.Llama, encode: Callable[[str], list[int]],
 
 def catalogue_metrics(scores: np.ndarray, target: np.ndarray, exclude: np.ndarray | None = None,
                       ks: Sequence[int] = (5, 10)) -> dict[str, float]:
-    """Full-catalogue HR@K / NDCG@K: ``scores [N, I]``, ``target [N]`` item ids, optional
-    ``exclude [N, I]`` (the user's earlier items; never the target). Rank = number of
+    """Full-catalogue HR@K / NDCG@K: ``scores [N, V]``, ``target [N]`` item ids, optional
+    ``exclude [N, V]`` (the user's earlier items; never the target). Rank = number of
     non-excluded items other than the target scoring at least the target's score."""
     s = np.asarray(scores, np.float64)
     t = np.asarray(target)
     if s.ndim != 2 or t.shape != (s.shape[0],):
-        raise ValueError(f"scores [N, I] and target [N] expected; got {s.shape}, {t.shape}")
+        raise ValueError(f"scores [N, V] and target [N] expected; got {s.shape}, {t.shape}")
     rows = np.arange(s.shape[0])
     ts = s[rows, t]
     beat = s >= ts[:, None]
@@ -283,7 +230,7 @@ def catalogue_metrics(scores: np.ndarray, target: np.ndarray, exclude: np.ndarra
     if exclude is not None:
         ex = np.asarray(exclude, bool)
         if ex.shape != s.shape or ex[rows, t].any():
-            raise ValueError("exclude must be [N, I] and never mask the target")
+            raise ValueError("exclude must be [N, V] and never mask the target")
         beat &= ~ex
     return rank_metrics(beat.sum(1), ks)
 
@@ -336,19 +283,20 @@ def _el2n(graphdef, state, tokens, mask, loss_mask):
 
 
 def el2n_scores(model: models.Llama, tokens: np.ndarray, mask: np.ndarray,
-                loss_mask: np.ndarray, *, batch: int = 64) -> np.ndarray:
+                loss_mask: np.ndarray, *, batch_size: int = 64) -> np.ndarray:
     r"""EL2N (Paul et al. 2021) of each sample: the error L2 norm
     :math:`\|\mathrm{softmax}(z_t) - e_{y_t}\|_2` of every answer token, averaged over the
     answer (``[N]`` float32). Needs contiguous prompt + answer rows (:func:`encode_pairs`).
     The paper averages it over a few briefly trained models (the launcher does)."""
     graphdef, state = nnx.split(model)
+    rows = [slice(lo, lo + batch_size) for lo in range(0, tokens.shape[0], batch_size)]
     return np.concatenate([np.asarray(_el2n(
-        graphdef, state, jnp.asarray(tokens[lo:lo + batch]), jnp.asarray(mask[lo:lo + batch]),
-        jnp.asarray(loss_mask[lo:lo + batch], bool))) for lo in range(0, tokens.shape[0], batch)])
+        graphdef, state, jnp.asarray(tokens[r]), jnp.asarray(mask[r]),
+        jnp.asarray(loss_mask[r], bool))) for r in rows])
 
 
 def lora_grad_norms(model: models.Llama, tokens: np.ndarray, mask: np.ndarray,
-                    loss_mask: np.ndarray, *, batch: int = 256, chunk: int = 16,
+                    loss_mask: np.ndarray, *, batch_size: int = 256, chunk: int = 16,
                     progress: bool = True) -> np.ndarray:
     r"""Per-sample :math:`\|\nabla_{\phi}\,\mathrm{NLL}(z_i)\|` over *every* LoRA parameter
     (all blocks and targets, A and B), ``[N]`` float32 (GraNd's score for a LoRA model;
@@ -357,8 +305,8 @@ def lora_grad_norms(model: models.Llama, tokens: np.ndarray, mask: np.ndarray,
     if not jax.tree.leaves(wrt):
         raise ValueError("the model has no LoRA parameters: call add_lora first")
     out = []
-    for lo in _batches(tokens.shape[0], batch, "LoRA grad norms", progress):
-        sl = slice(lo, lo + batch)
+    for lo in _batches(tokens.shape[0], batch_size, "LoRA grad norms", progress):
+        sl = slice(lo, lo + batch_size)
         out.append(np.asarray(models.nll_per_sample_grads(
             graphdef, wrt, rest, jnp.asarray(tokens[sl]), jnp.asarray(mask[sl]),
             jnp.asarray(loss_mask[sl]), chunk_size=chunk, norms_only=True)))
@@ -366,59 +314,75 @@ def lora_grad_norms(model: models.Llama, tokens: np.ndarray, mask: np.ndarray,
 
 
 def mean_answer_nll(model: models.Llama, tokens: np.ndarray, mask: np.ndarray,
-                    loss_mask: np.ndarray, *, batch: int = 256) -> np.ndarray:
+                    loss_mask: np.ndarray, *, batch_size: int = 256) -> np.ndarray:
     """Per-sample mean NLL of the answer tokens (the fine-tuning loss), ``[N]`` float32."""
-    ll = answer_loglik(model, tokens, mask, loss_mask, batch=batch)
+    ll = answer_loglik(model, tokens, mask, loss_mask, batch_size=batch_size)
     return (-ll / np.maximum(np.asarray(loss_mask)[:, 1:].sum(1), 1)).astype(np.float32)
 
 
 def finetune_early_stopping(model: models.Llama, train: tuple, val: tuple, *,
                             max_steps: int, eval_every: int, patience: int,
-                            batch: int = 16, lr: float = 1e-3, seed: int = 0,
-                            eval_batch: int = 256) -> dict:
+                            batch_size: int = 16, lr: float = 1e-3, seed: int = 0,
+                            eval_batch_size: int = 256,
+                            checkpoint_dir: str | os.PathLike | None = None) -> dict:
     """LoRA AdamW on ``train = (tokens, mask, loss_mask)`` for at most ``max_steps`` steps,
     with the mean validation loss (:func:`mean_answer_nll` over ``val``) measured at step 0
-    and every ``eval_every`` steps; stops after ``patience`` evaluations without a new best
-    and leaves the model at its best validation point (step 0 = the untouched adapters).
+    and every ``eval_every`` steps (and after the last); stops after ``patience``
+    evaluations without a new best and leaves the model at its best validation point
+    (step 0 = the untouched adapters). The loop is :func:`recrl.models.finetune.sft_loop`.
+
+    With ``checkpoint_dir`` the fine-tune is saved there (``recrl.checkpoint``) at every
+    evaluation: adapters, optimiser state, best adapters and the curve; a rerun with the
+    same arguments continues from the last evaluation and ends as an uninterrupted run.
 
     Returns ``{"best_step", "steps_run", "val_curve": [[step, loss], ...]}``.
     """
     if max_steps < 0 or eval_every < 1 or patience < 1:
         raise ValueError(f"need max_steps >= 0, eval_every >= 1, patience >= 1; got "
                          f"{max_steps}, {eval_every}, {patience}")
-    tokens, mask, loss_mask = train
-    targets = _max_targets(loss_mask)
     graphdef, params, rest = nnx.split(model, models.LoRAParam, ...)
-    opt = optax.adamw(lr, weight_decay=0.0)
-    opt_state = opt.init(params)
-
-    @jax.jit
-    def step(params, opt_state, rest, tok, m, lm):
-        def loss_fn(p):
-            return models.sequence_nll(graphdef, (p, rest), tok, m, lm, targets).mean()
-
-        loss, grads = jax.value_and_grad(loss_fn)(params)
-        updates, opt_state = opt.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
 
     def val_loss(p) -> float:
         nnx.update(model, p)
-        return float(mean_answer_nll(model, *val, batch=eval_batch).mean())
+        return float(mean_answer_nll(model, *val, batch_size=eval_batch_size).mean())
 
-    rng = np.random.default_rng(seed)
-    best, best_step, since = val_loss(params), 0, 0
-    best_params, curve, done = params, [[0, best]], 0
-    while done < max_steps and since < patience:
-        for _ in range(min(eval_every, max_steps - done)):
-            idx = rng.choice(tokens.shape[0], min(batch, tokens.shape[0]), replace=False)
-            params, opt_state, _ = step(params, opt_state, rest, jnp.asarray(tokens[idx]),
-                                        jnp.asarray(mask[idx]), jnp.asarray(loss_mask[idx]))
-            done += 1
-        v = val_loss(params)
-        curve.append([done, v])
-        if v < best:
-            best, best_step, best_params, since = v, done, params, 0
+    ckpt = None if checkpoint_dir is None else Checkpointer(checkpoint_dir, max_to_keep=1)
+    state, best = _early_stopping_start(ckpt, params, lr, val_loss)
+
+    def on_step(done: int, p, opt_state) -> bool:
+        best["done"] = done
+        if done % eval_every and done != max_steps:
+            return False
+        v = val_loss(p)
+        best["curve"].append([done, v])
+        if v < best["loss"]:
+            best.update(loss=v, step=done, since=0)
+            state["best"] = p
         else:
-            since += 1
-    nnx.update(model, best_params)
-    return {"best_step": best_step, "steps_run": done, "val_curve": curve}
+            best["since"] += 1
+        if ckpt is not None:
+            ckpt.save(done, {"params": p, "opt_state": opt_state, "best": state["best"]},
+                      meta=best)
+        return best["since"] >= patience
+
+    if best["since"] < patience:
+        sft_loop(_nll_loss(graphdef, _max_targets(train[2])), state["params"], rest,
+                 tuple(train), steps=max_steps,
+                 batch_size=min(batch_size, train[0].shape[0]), lr=lr, seed=seed,
+                 opt_state=state["opt_state"], start_step=best["done"], on_step=on_step)
+    if ckpt is not None:
+        ckpt.close()
+    nnx.update(model, state["best"])
+    return {"best_step": best["step"], "steps_run": best["done"], "val_curve": best["curve"]}
+
+
+def _early_stopping_start(ckpt, params, lr: float, val_loss) -> tuple[dict, dict]:
+    """``(arrays, bookkeeping)`` to start from: the last saved evaluation of ``ckpt``, or
+    step 0 (the validation loss of the untouched adapters)."""
+    like = {"params": params, "opt_state": adamw(lr).init(params), "best": params}
+    if ckpt is not None and ckpt.latest_step() is not None:
+        state, meta = ckpt.restore(like)
+        return state, meta
+    first = val_loss(params)
+    return ({"params": params, "opt_state": None, "best": params},
+            {"loss": first, "step": 0, "since": 0, "curve": [[0, first]], "done": 0})

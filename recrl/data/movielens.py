@@ -249,9 +249,8 @@ def _numbers(rows: list[list[str]], lines: list[int], col: int, path: Path,
     raise AssertionError("unreachable")
 
 
-def _parse(directory: Path, prefix: str) -> dict:
-    """Parses ``{prefix}.inter`` and ``{prefix}.item`` into contiguous-id columns."""
-    item_path = directory / f"{prefix}.item"
+def _parse_items(item_path: Path) -> tuple[dict[str, int], list[tuple]]:
+    """``{prefix}.item``: raw id -> row index, and ``(raw id, title, year, genres)`` rows."""
     names, types, rows, lines = _read_atomic(item_path)
     c_id, c_title = _col(names, item_path, "item_id"), _col(names, item_path, "movie_title")
     c_year = _col(names, item_path, "release_year")
@@ -274,8 +273,12 @@ def _parse(directory: Path, prefix: str) -> dict:
             year_int = UNKNOWN_YEAR  # a token column ("unkonwn", "V" in ML-100K)
         raw_items[row[c_id]] = len(item_rows)
         item_rows.append((row[c_id], row[c_title], year_int, row[c_genre].split()))
+    return raw_items, item_rows
 
-    inter_path = directory / f"{prefix}.inter"
+
+def _parse_interactions(inter_path: Path, raw_items: dict[str, int], item_file: str
+                        ) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """``{prefix}.inter``: raw user ids, item row indices, ratings and timestamps (checked)."""
     names, _, rows, lines = _read_atomic(inter_path)
     c_user, c_item = _col(names, inter_path, "user_id"), _col(names, inter_path, "item_id")
     c_rating, c_time = _col(names, inter_path, "rating"), _col(names, inter_path, "timestamp")
@@ -285,12 +288,21 @@ def _parse(directory: Path, prefix: str) -> dict:
     if len(bad):
         row, line = rows[bad[0]], lines[bad[0]]
         why = ("empty user_id" if not row[c_user]
-               else f"item_id {row[c_item]!r} is not in {item_path.name}")
+               else f"item_id {row[c_item]!r} is not in {item_file}")
         raise MalformedRowError(inter_path, line, why)
     rating = _numbers(rows, lines, c_rating, inter_path, "rating")
     timestamp = _numbers(rows, lines, c_time, inter_path, "timestamp")
     _check_range(rating, lines, inter_path, "rating", *RATING_RANGE)
     _check_range(timestamp, lines, inter_path, "timestamp", *TIMESTAMP_RANGE)
+    return users_raw, file_item, rating, timestamp
+
+
+def _parse(directory: Path, prefix: str) -> dict:
+    """Parses ``{prefix}.inter`` and ``{prefix}.item`` into contiguous-id columns."""
+    item_path = directory / f"{prefix}.item"
+    raw_items, item_rows = _parse_items(item_path)
+    users_raw, file_item, rating, timestamp = _parse_interactions(
+        directory / f"{prefix}.inter", raw_items, item_path.name)
 
     # Users by first appearance; items in .item order, only those with interactions.
     uniq, first, user = np.unique(np.asarray(users_raw, dtype=object), return_index=True,

@@ -1,6 +1,6 @@
 """Pure, jittable policy-gradient math: returns, advantages, Evidence Gain and losses.
 
-Imports only JAX. Arrays are group-structured: ``[P, G, T]`` (prompts × samples × action
+Imports only JAX and chex. Arrays are group-structured: ``[P, G, T]`` (prompts × group × action
 positions) and ``[P, G]`` per path.
 """
 

@@ -1,8 +1,10 @@
 """Argument checks shared by the estimators.
 
-Shape checks run at trace time and raise ``ValueError`` naming the argument. Finiteness
-checks run eagerly when an argument is a concrete array (a plain call outside ``jit``) and,
-inside a traced function, only under :func:`checked`, which functionalises them with
+Shape, rank and dtype checks are chex assertions: they run once at trace time (also under
+``jit``) and raise ``ValueError`` (chex's ``exception_type``) with chex's message and one
+naming the argument. Value checks cannot run at trace time: finiteness checks run eagerly
+when an argument is a concrete array (a plain call outside ``jit``) and, inside a traced
+function, only under :func:`checked`, which functionalises them with
 ``jax.experimental.checkify`` so that a NaN reward is reported instead of propagated.
 """
 
@@ -13,6 +15,7 @@ import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,38 +24,28 @@ from jax.experimental import checkify
 _CHECK_TRACED = contextvars.ContextVar("recrl_check_traced", default=False)
 
 
-def check_rank(x: jax.typing.ArrayLike, name: str, ranks: int | Sequence[int]) -> None:
-    """Raises ``ValueError`` unless ``x`` has one of the given ranks."""
-    ranks = (ranks,) if isinstance(ranks, int) else tuple(ranks)
-    ndim = np.ndim(x)
-    if ndim not in ranks:
-        want = " or ".join(str(r) for r in ranks)
-        raise ValueError(f"`{name}` must have rank {want}, got shape {np.shape(x)}")
+def _array(x: Any) -> Any:
+    """``x`` itself when it has a shape and dtype (array, tracer), else ``np.asarray(x)``."""
+    return x if hasattr(x, "shape") and hasattr(x, "dtype") else np.asarray(x)
 
 
-def check_min_rank(x: jax.typing.ArrayLike, name: str, rank: int) -> None:
-    """Raises ``ValueError`` unless ``x`` has at least ``rank`` dimensions."""
-    if np.ndim(x) < rank:
-        raise ValueError(f"`{name}` must have rank >= {rank}, got shape {np.shape(x)}")
+def assert_shape(x: jax.typing.ArrayLike, name: str, expected: Sequence[Any], spec: str) -> None:
+    """``chex.assert_shape`` naming the argument: ``ValueError`` unless ``x`` has shape
+    ``expected`` (chex's spec: ``...`` any leading axes, ``None`` any size); ``spec`` is the
+    expected shape in the glossary's letters, e.g. ``"[..., G, T]"``."""
+    chex.assert_shape(_array(x), tuple(expected),
+                      custom_message=f"`{name}` must have shape {spec}",
+                      exception_type=ValueError)
 
 
-def check_same_shape(**arrays: jax.typing.ArrayLike | None) -> None:
-    """Raises ``ValueError`` unless all given (non-None) arrays share one shape."""
-    named = [(k, np.shape(v)) for k, v in arrays.items() if v is not None]
-    if not named:
-        return
-    ref_name, ref = named[0]
-    for k, s in named[1:]:
-        if s != ref:
-            raise ValueError(
-                f"`{k}` has shape {s} but `{ref_name}` has shape {ref}; they must match"
-            )
-
-
-def check_shape(x: jax.typing.ArrayLike, name: str, shape: tuple[int, ...], what: str) -> None:
-    """Raises ``ValueError`` unless ``np.shape(x) == shape``; ``what`` explains the expectation."""
-    if np.shape(x) != tuple(shape):
-        raise ValueError(f"`{name}` must have shape {tuple(shape)} ({what}), got {np.shape(x)}")
+def assert_equal_shape(**arrays: jax.typing.ArrayLike | None) -> None:
+    """``chex.assert_equal_shape`` over the given (non-None) arguments, naming them."""
+    named = {k: _array(v) for k, v in arrays.items() if v is not None}
+    if len(named) > 1:
+        names = ", ".join(f"`{k}`" for k in named)
+        chex.assert_equal_shape(list(named.values()),
+                                custom_message=f"{names} must have one shape",
+                                exception_type=ValueError)
 
 
 def check_finite(x: jax.typing.ArrayLike, name: str) -> None:

@@ -18,9 +18,9 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
-from recrl.estimators._checks import check_finite, check_min_rank, check_same_shape
+from recrl.estimators._checks import assert_equal_shape, assert_shape, check_finite
 from recrl.estimators.registry import register_advantage_estimator
-from recrl.estimators.returns import reward_to_go
+from recrl.estimators.returns import _reward_to_go
 
 
 def _f32(x: jax.typing.ArrayLike) -> jax.Array:
@@ -28,10 +28,21 @@ def _f32(x: jax.typing.ArrayLike) -> jax.Array:
 
 
 def _check_steps(step_rewards, item_mask, eos_mask) -> tuple[jax.Array, jax.Array, jax.Array]:
-    check_min_rank(step_rewards, "step_rewards", 2)
-    check_same_shape(step_rewards=step_rewards, item_mask=item_mask, eos_mask=eos_mask)
+    """The checks of a public step-level estimator's arguments, done once at its entry."""
+    assert_shape(step_rewards, "step_rewards", (..., None, None), "[..., G, T]")
+    assert_equal_shape(step_rewards=step_rewards, item_mask=item_mask, eos_mask=eos_mask)
     check_finite(step_rewards, "step_rewards")
     return _f32(step_rewards), _f32(item_mask), _f32(eos_mask)
+
+
+def _check_paths(path_rewards, valid) -> tuple[jax.Array, jax.Array]:
+    """The checks of a public path-level estimator's arguments, done once at its entry."""
+    assert_shape(path_rewards, "path_rewards", (..., None), "[..., G]")
+    r = _f32(path_rewards)
+    check_finite(path_rewards, "path_rewards")
+    v = jnp.ones_like(r) if valid is None else _f32(valid)
+    assert_equal_shape(path_rewards=r, valid=v)
+    return r, v
 
 
 def position_baseline(
@@ -57,9 +68,13 @@ def position_baseline(
     Returns:
       ``[..., T]`` baseline, or ``[..., G, T]`` with ``leave_one_out``.
     """
-    check_min_rank(returns, "returns", 2)
-    check_same_shape(returns=returns, active=active)
-    g, a = _f32(returns), _f32(active)
+    assert_shape(returns, "returns", (..., None, None), "[..., G, T]")
+    assert_equal_shape(returns=returns, active=active)
+    return _position_baseline(_f32(returns), _f32(active), leave_one_out)
+
+
+def _position_baseline(g: jax.Array, a: jax.Array, leave_one_out: bool) -> jax.Array:
+    """:func:`position_baseline` on checked float arrays."""
     s = jnp.sum(g * a, axis=-2)
     n = jnp.sum(a, axis=-2)
     if not leave_one_out:
@@ -107,10 +122,16 @@ def psae_advantages(
       ``[..., G, T]`` advantages.
     """
     r, item, eos = _check_steps(step_rewards, item_mask, eos_mask)
+    return _psae(r, item, eos, discount, leave_one_out)
+
+
+def _psae(r: jax.Array, item: jax.Array, eos: jax.Array, discount: float = 1.0,
+          leave_one_out: bool = False) -> jax.Array:
+    """:func:`psae_advantages` on checked float arrays."""
     valid = (jnp.sum(item, axis=-1, keepdims=True) > 0).astype(r.dtype)
     act = (item + eos) * valid
-    g = reward_to_go(r, item, discount) * item
-    b = position_baseline(g, act, leave_one_out=leave_one_out)
+    g = _reward_to_go(r, item, discount) * item
+    b = _position_baseline(g, act, leave_one_out)
     if not leave_one_out:
         b = b[..., None, :]
     return (g - b) * act
@@ -157,7 +178,7 @@ def rtg_advantages(
       ``[..., G, T]`` advantages.
     """
     r, item, _ = _check_steps(step_rewards, item_mask, eos_mask)
-    return reward_to_go(r, item, discount) * item
+    return _reward_to_go(r, item, discount) * item
 
 
 def grpo_advantages(
@@ -188,13 +209,15 @@ def grpo_advantages(
     Returns:
       ``[..., G]`` advantages.
     """
-    check_min_rank(path_rewards, "path_rewards", 1)
     if scale not in ("std", "none"):
         raise ValueError(f"`scale` must be 'std' or 'none', got {scale!r}")
-    r = _f32(path_rewards)
-    check_finite(path_rewards, "path_rewards")
-    v = jnp.ones_like(r) if valid is None else _f32(valid)
-    check_same_shape(path_rewards=r, valid=v)
+    r, v = _check_paths(path_rewards, valid)
+    return _grpo(r, v, scale, eps)
+
+
+def _grpo(r: jax.Array, v: jax.Array, scale: Literal["std", "none"] = "std",
+          eps: float = 1e-6) -> jax.Array:
+    """:func:`grpo_advantages` on checked float arrays (``v`` the valid mask)."""
     n = jnp.sum(v, axis=-1, keepdims=True)
     # Rewards of huge magnitude (e.g. ±1e20) overflow float32 in the squares below: work on
     # r / 2^k with 2^k <= max|r| per group. Scaling by a power of two is exact, so results
@@ -224,11 +247,12 @@ def rloo_advantages(
     Returns:
       ``[..., G]`` advantages (0 in groups with fewer than two valid samples).
     """
-    check_min_rank(path_rewards, "path_rewards", 1)
-    r = _f32(path_rewards)
-    check_finite(path_rewards, "path_rewards")
-    v = jnp.ones_like(r) if valid is None else _f32(valid)
-    check_same_shape(path_rewards=r, valid=v)
+    r, v = _check_paths(path_rewards, valid)
+    return _rloo(r, v)
+
+
+def _rloo(r: jax.Array, v: jax.Array) -> jax.Array:
+    """:func:`rloo_advantages` on checked float arrays (``v`` the valid mask)."""
     n = jnp.sum(v, axis=-1, keepdims=True)
     s = jnp.sum(r * v, axis=-1, keepdims=True)
     others = (s - r * v) / jnp.maximum(n - 1.0, 1.0)
@@ -236,8 +260,9 @@ def rloo_advantages(
 
 
 def _path_level(path_fn, step_rewards, item_mask, eos_mask) -> jax.Array:
-    """A group estimator ``path_fn(path_returns [..., G], valid [..., G])`` applied to the
-    path returns and broadcast to every action of the path (0 for paths with no item)."""
+    """A group estimator ``path_fn(path_returns [..., G], valid [..., G])`` on checked
+    arrays, applied to the path returns and broadcast to every action of the path (0 for
+    paths with no item)."""
     r, item, eos = _check_steps(step_rewards, item_mask, eos_mask)
     valid = (jnp.sum(item, axis=-1) > 0).astype(r.dtype)
     adv = path_fn(jnp.sum(r * item, axis=-1), valid)
@@ -247,25 +272,23 @@ def _path_level(path_fn, step_rewards, item_mask, eos_mask) -> jax.Array:
 @register_advantage_estimator("psae_loo")
 def psae_loo_advantages(step_rewards, item_mask, eos_mask) -> jax.Array:
     """:func:`psae_advantages` with the leave-one-out baseline (exactly unbiased)."""
-    return psae_advantages(step_rewards, item_mask, eos_mask, leave_one_out=True)
+    return _psae(*_check_steps(step_rewards, item_mask, eos_mask), leave_one_out=True)
 
 
 @register_advantage_estimator("grpo")
 def grpo_step_advantages(step_rewards, item_mask, eos_mask) -> jax.Array:
     """:func:`grpo_advantages` of the path returns at every action of the path."""
-    return _path_level(lambda r, v: grpo_advantages(r, valid=v), step_rewards, item_mask,
-                       eos_mask)
+    return _path_level(_grpo, step_rewards, item_mask, eos_mask)
 
 
 @register_advantage_estimator("drgrpo")
 def drgrpo_step_advantages(step_rewards, item_mask, eos_mask) -> jax.Array:
     """Dr.GRPO (:func:`grpo_advantages` without the std) at every action of the path."""
-    return _path_level(lambda r, v: grpo_advantages(r, scale="none", valid=v), step_rewards,
-                       item_mask, eos_mask)
+    return _path_level(lambda r, v: _grpo(r, v, scale="none"), step_rewards, item_mask,
+                       eos_mask)
 
 
 @register_advantage_estimator("rloo")
 def rloo_step_advantages(step_rewards, item_mask, eos_mask) -> jax.Array:
     """:func:`rloo_advantages` of the path returns at every action of the path."""
-    return _path_level(lambda r, v: rloo_advantages(r, valid=v), step_rewards, item_mask,
-                       eos_mask)
+    return _path_level(_rloo, step_rewards, item_mask, eos_mask)

@@ -19,26 +19,24 @@ from typing import Literal
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from recrl.estimators._checks import (
-    check_finite,
-    check_min_rank,
-    check_positive,
-    check_rank,
-    check_shape,
-)
-from recrl.estimators.advantages import grpo_advantages, rloo_advantages
+from recrl.estimators._checks import assert_equal_shape, assert_shape, check_finite, check_positive
+from recrl.estimators.advantages import _f32, _grpo, _rloo
 
 
 def _deltas(logp_with_demo, logp_without, num_tokens) -> jax.Array:
-    check_rank(logp_with_demo, "logp_with_demo", 2)
+    """The checks of the EG functions' arguments (done once at their entry) and the deltas."""
+    assert_shape(logp_with_demo, "logp_with_demo", (None, None), "[B, E]")
     n_probes = jnp.shape(logp_with_demo)[1]
-    check_shape(logp_without, "logp_without", (n_probes,), "one log-prob per probe")
+    assert_shape(logp_without, "logp_without", (n_probes,),
+                 f"[E] = ({n_probes},) (one log-prob per probe)")
     check_finite(logp_with_demo, "logp_with_demo")
     check_finite(logp_without, "logp_without")
     d = jnp.asarray(logp_with_demo, jnp.float32) - jnp.asarray(logp_without, jnp.float32)
     if num_tokens is not None:
-        check_shape(num_tokens, "num_tokens", (n_probes,), "token count of each probe answer")
+        assert_shape(num_tokens, "num_tokens", (n_probes,),
+                     f"[E] = ({n_probes},) (token count of each probe answer)")
         d = d / jnp.maximum(jnp.asarray(num_tokens, jnp.float32), 1.0)
     return d
 
@@ -46,10 +44,8 @@ def _deltas(logp_with_demo, logp_without, num_tokens) -> jax.Array:
 def _probe_weights(probe_mask, shape) -> jax.Array:
     if probe_mask is None:
         return jnp.ones(shape, jnp.float32)
-    if jnp.shape(probe_mask) not in (shape, shape[1:]):
-        raise ValueError(
-            f"`probe_mask` must have shape {shape} or {shape[1:]}, got {jnp.shape(probe_mask)}"
-        )
+    expected = shape if np.ndim(probe_mask) == 2 else shape[1:]
+    assert_shape(probe_mask, "probe_mask", expected, f"[B, E] = {shape} or [E] = {shape[1:]}")
     return jnp.broadcast_to(jnp.asarray(probe_mask, jnp.float32), shape)
 
 
@@ -59,7 +55,7 @@ def evidence_gain(
     probe_mask: jax.typing.ArrayLike | None = None,
     num_tokens: jax.typing.ArrayLike | None = None,
 ) -> jax.Array:
-    r"""Evidence Gain of ``N`` traces over ``E`` probes.
+    r"""Evidence Gain of ``B`` traces over ``E`` probes.
 
     .. math:: \mathrm{EG}_n = \frac{\sum_e m_{ne} (\ell^{+}_{ne} - \ell^{-}_e) / c_e}{\sum_e m_{ne}}
 
@@ -71,14 +67,14 @@ def evidence_gain(
       Array([0.], dtype=float32)
 
     Args:
-      logp_with_demo: ``[N, E]`` summed log-likelihood of each probe answer with the trace
+      logp_with_demo: ``[B, E]`` summed log-likelihood of each probe answer with the trace
         as demonstration.
       logp_without: ``[E]`` the same without a demonstration.
-      probe_mask: ``[N, E]`` or ``[E]`` which probes count (default all).
+      probe_mask: ``[B, E]`` or ``[E]`` which probes count (default all).
       num_tokens: ``[E]`` token count of each probe answer, for the per-token variant.
 
     Returns:
-      ``[N]`` EG values (0 for a trace with no probe).
+      ``[B]`` EG values (0 for a trace with no probe).
     """
     d = _deltas(logp_with_demo, logp_without, num_tokens)
     m = _probe_weights(probe_mask, d.shape)
@@ -96,13 +92,13 @@ def evidence_log_weight(
     By Jensen :math:`\log w \ge \mathrm{EG}`, with equality iff all :math:`\Delta_e` agree.
 
     Args:
-      logp_with_demo: ``[N, E]`` as in :func:`evidence_gain`.
+      logp_with_demo: ``[B, E]`` as in :func:`evidence_gain`.
       logp_without: ``[E]``.
-      probe_mask: ``[N, E]`` or ``[E]``.
+      probe_mask: ``[B, E]`` or ``[E]``.
       num_tokens: ``[E]`` optional per-token normalisation of each delta.
 
     Returns:
-      ``[N]`` log-weights (``-inf``-free: a trace with no probe gets 0).
+      ``[B]`` log-weights (``-inf``-free: a trace with no probe gets 0).
     """
     d = _deltas(logp_with_demo, logp_without, num_tokens)
     m = _probe_weights(probe_mask, d.shape)
@@ -139,13 +135,17 @@ def evidence_gain_weights(
     Returns:
       ``[..., G]`` weights; a group with no valid sample is all 0.
     """
-    check_min_rank(eg, "eg", 1)
+    assert_shape(eg, "eg", (..., None), "[..., G]")
+    assert_equal_shape(eg=eg, valid=valid)
     check_finite(eg, "eg")
     check_positive(temperature, "temperature")  # traced: only under `checked()`
-    x = jnp.asarray(eg, jnp.float32) / temperature
-    v = jnp.ones_like(x) if valid is None else jnp.asarray(valid, jnp.float32)
-    if v.shape != x.shape:
-        raise ValueError(f"`valid` has shape {v.shape} but `eg` has shape {x.shape}")
+    x = jnp.asarray(eg, jnp.float32)
+    return _eg_weights(x, temperature, jnp.ones_like(x) if valid is None else _f32(valid))
+
+
+def _eg_weights(eg: jax.Array, temperature: float | jax.Array, v: jax.Array) -> jax.Array:
+    """:func:`evidence_gain_weights` on checked float arrays (``v`` the valid mask)."""
+    x = eg / temperature
     n = jnp.sum(v, axis=-1, keepdims=True)
     x = jnp.where(v > 0, x, 0.0)  # invalid entries may hold anything; keep exp finite
     mx = jax.lax.stop_gradient(jnp.max(jnp.where(v > 0, x, -jnp.inf), axis=-1, keepdims=True))
@@ -203,8 +203,10 @@ def evidence_weighted_advantages(
     Returns:
       ``[..., G]`` advantages (0 for invalid rollouts and groups with < 2 valid ones).
     """
-    check_min_rank(log_weight, "log_weight", 1)
+    assert_shape(log_weight, "log_weight", (..., None), "[..., G]")
+    assert_equal_shape(reward=reward, log_weight=log_weight, valid=valid)
     check_finite(log_weight, "log_weight")
+    check_finite(reward, "reward")
     if baseline not in ("mean", "loo"):
         raise ValueError(f"`baseline` must be 'mean' or 'loo', got {baseline!r}")
     if baseline == "loo" and scale != "none":
@@ -212,15 +214,12 @@ def evidence_weighted_advantages(
     if isinstance(temperature, int | float) and temperature <= 0:
         raise ValueError(f"`temperature` must be > 0, got {temperature}")
     r = jnp.asarray(reward, jnp.float32)
-    if jnp.shape(log_weight) != r.shape:
-        raise ValueError(f"`log_weight` has shape {jnp.shape(log_weight)} but `reward` has "
-                         f"shape {r.shape}")
     v = jnp.ones_like(r) if valid is None else jnp.asarray(valid, jnp.float32)
     if normalize:
-        w = evidence_gain_weights(log_weight, temperature, valid=v)
+        w = _eg_weights(jnp.asarray(log_weight, jnp.float32), temperature, v)
     else:
         w = jnp.exp(jnp.asarray(log_weight, jnp.float32) / temperature) * v
     weighted = r * w
     if baseline == "loo":
-        return rloo_advantages(weighted, valid=v)
-    return grpo_advantages(weighted, scale=scale, eps=eps, valid=v)
+        return _rloo(weighted, v)
+    return _grpo(weighted, v, scale, eps)

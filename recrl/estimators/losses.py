@@ -17,7 +17,7 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
-from recrl.estimators._checks import check_finite, check_min_rank, check_same_shape
+from recrl.estimators._checks import assert_equal_shape, assert_shape, check_finite
 
 Aggregation = Literal["token_mean", "seq_mean_token_mean", "seq_sum"]
 AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_sum")
@@ -42,10 +42,20 @@ def aggregate_loss(
     Returns:
       A scalar.
     """
+    _check_aggregation(aggregation)
+    assert_shape(per_token, "per_token", (..., None), "[..., T]")
+    assert_equal_shape(per_token=per_token, mask=mask)
+    return _aggregate(per_token, mask, aggregation, axis_name)
+
+
+def _check_aggregation(aggregation: str) -> None:
     if aggregation not in AGGREGATIONS:
         raise ValueError(f"unknown aggregation {aggregation!r}; known: {', '.join(AGGREGATIONS)}")
-    check_min_rank(per_token, "per_token", 1)
-    check_same_shape(per_token=per_token, mask=mask)
+
+
+def _aggregate(per_token: jax.typing.ArrayLike, mask: jax.typing.ArrayLike,
+               aggregation: Aggregation, axis_name: str | None) -> jax.Array:
+    """:func:`aggregate_loss` without the argument checks (for callers that did them)."""
     x = jnp.asarray(per_token)
     m = jnp.asarray(mask, x.dtype)
 
@@ -64,9 +74,11 @@ def aggregate_loss(
     return ratio(jnp.sum(seq_sum / jnp.maximum(seq_tokens, 1.0)), jnp.sum(has))
 
 
-def _check_token_args(logp, advantages, mask, others=()) -> None:
-    check_min_rank(logp, "logp", 1)
-    check_same_shape(logp=logp, advantages=advantages, mask=mask, **dict(others))
+def _check_token_args(logp, advantages, mask, aggregation, others=()) -> None:
+    """The checks of a public loss's arguments, done once at its entry."""
+    _check_aggregation(aggregation)
+    assert_shape(logp, "logp", (..., None), "[..., T]")
+    assert_equal_shape(logp=logp, advantages=advantages, mask=mask, **dict(others))
     check_finite(advantages, "advantages")
 
 
@@ -91,9 +103,9 @@ def policy_gradient_loss(
     Returns:
       A scalar loss.
     """
-    _check_token_args(logp, advantages, mask)
+    _check_token_args(logp, advantages, mask, aggregation)
     per_token = -jnp.asarray(logp) * jax.lax.stop_gradient(jnp.asarray(advantages))
-    return aggregate_loss(per_token, mask, aggregation, axis_name)
+    return _aggregate(per_token, mask, aggregation, axis_name)
 
 
 def clipped_surrogate_loss(
@@ -130,7 +142,7 @@ def clipped_surrogate_loss(
     Returns:
       A scalar loss.
     """
-    _check_token_args(logp, advantages, mask, others=(("old_logp", old_logp),))
+    _check_token_args(logp, advantages, mask, aggregation, others=(("old_logp", old_logp),))
     if dual_clip is not None and dual_clip <= 1.0:
         raise ValueError(f"`dual_clip` must be > 1, got {dual_clip}")
     adv = jax.lax.stop_gradient(jnp.asarray(advantages))
@@ -141,7 +153,7 @@ def clipped_surrogate_loss(
     per_token = jnp.maximum(unclipped, clipped)
     if dual_clip is not None:
         per_token = jnp.where(adv < 0, jnp.minimum(per_token, -dual_clip * adv), per_token)
-    return aggregate_loss(per_token, mask, aggregation, axis_name)
+    return _aggregate(per_token, mask, aggregation, axis_name)
 
 
 def kl_penalty(
@@ -164,7 +176,7 @@ def kl_penalty(
     Returns:
       ``[...]`` per-token penalty.
     """
-    check_same_shape(logp=logp, ref_logp=ref_logp)
+    assert_equal_shape(logp=logp, ref_logp=ref_logp)
     delta = jnp.asarray(ref_logp) - jnp.asarray(logp)
     if kind == "k1":
         return -delta
@@ -191,8 +203,8 @@ def full_kl(
     Returns:
       ``[...]`` KL per position (differentiable in ``logits``).
     """
-    check_min_rank(logits, "logits", 1)
-    check_same_shape(logits=logits, ref_logits=ref_logits, where=where)
+    assert_shape(logits, "logits", (..., None), "[..., V]")
+    assert_equal_shape(logits=logits, ref_logits=ref_logits, where=where)
     lp = jax.nn.log_softmax(jnp.asarray(logits, jnp.float32), axis=-1, where=where)
     lq = jax.nn.log_softmax(jnp.asarray(ref_logits, jnp.float32), axis=-1, where=where)
     p = jnp.exp(lp)

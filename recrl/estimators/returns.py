@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import chex
 import jax
 import jax.numpy as jnp
 
-from recrl.estimators._checks import check_finite, check_min_rank, check_same_shape, check_shape
+from recrl.estimators._checks import assert_equal_shape, assert_shape, check_finite
 
 # Horizons up to this length use a triangular matmul for reward-to-go; longer ones (token
 # level) a reverse cumulative sum or scan, which are O(T) instead of O(T^2).
@@ -43,9 +44,15 @@ def reward_to_go(
     Returns:
       ``[..., T]`` reward-to-go ``G_t`` (also defined where the mask is 0).
     """
-    check_min_rank(rewards, "rewards", 1)
-    check_same_shape(rewards=rewards, mask=mask)
+    assert_shape(rewards, "rewards", (..., None), "[..., T]")
+    assert_equal_shape(rewards=rewards, mask=mask)
     check_finite(rewards, "rewards")
+    return _reward_to_go(rewards, mask, discount)
+
+
+def _reward_to_go(rewards: jax.typing.ArrayLike, mask: jax.typing.ArrayLike,
+                  discount: float | jax.typing.ArrayLike = 1.0) -> jax.Array:
+    """:func:`reward_to_go` without the argument checks (for callers that did them)."""
     r = jnp.asarray(rewards) * jnp.asarray(mask, dtype=jnp.result_type(rewards, jnp.float32))
     T = r.shape[-1]
     if T <= _MATMUL_MAX_T:
@@ -92,8 +99,8 @@ def path_masks(
       ``(item_mask, eos_mask)``, each ``[..., max_len]``.
     """
     lengths = jnp.asarray(lengths)
-    if not jnp.issubdtype(lengths.dtype, jnp.integer):
-        raise ValueError(f"`lengths` must be integers, got dtype {lengths.dtype}")
+    chex.assert_type(lengths, int, custom_message="`lengths` must be integers",
+                    exception_type=ValueError)
     t = jnp.arange(max_len)
     item = t < lengths[..., None]
     eos = t == lengths[..., None]
@@ -126,13 +133,13 @@ def center_rewards(
     Returns:
       ``[...]`` centred step rewards.
     """
-    check_min_rank(rewards, "rewards", 1)
+    assert_shape(rewards, "rewards", (..., None), "[..., C]")
     k = jnp.shape(rewards)[-1]
-    check_shape(mean, "mean", (k,), "one entry per reward component")
-    check_shape(std, "std", (k,), "one entry per reward component")
+    assert_shape(mean, "mean", (k,), f"[C] = ({k},) (one entry per reward component)")
+    assert_shape(std, "std", (k,), f"[C] = ({k},) (one entry per reward component)")
     if weights is None:
         weights = jnp.ones((k,), jnp.result_type(rewards, jnp.float32))
-    check_shape(weights, "weights", (k,), "one entry per reward component")
+    assert_shape(weights, "weights", (k,), f"[C] = ({k},) (one entry per reward component)")
     check_finite(rewards, "rewards")
     r = jnp.asarray(rewards)
     scale = jnp.asarray(weights) / jnp.maximum(jnp.asarray(std), min_std)
@@ -186,18 +193,10 @@ def reward_stats_update(
     Returns:
       Updated :class:`RewardStats`.
     """
-    check_min_rank(rewards, "rewards", 1)
     k = stats.mean.shape[0]
-    if jnp.shape(rewards)[-1] != k:
-        raise ValueError(
-            f"`rewards` has {jnp.shape(rewards)[-1]} components in its last axis but `stats` "
-            f"tracks {k}"
-        )
-    if jnp.shape(mask) != jnp.shape(rewards)[:-1]:
-        raise ValueError(
-            f"`mask` has shape {jnp.shape(mask)} but `rewards` has shape {jnp.shape(rewards)}; "
-            "the mask must match the rewards without their component axis"
-        )
+    assert_shape(rewards, "rewards", (..., k), f"[..., C], C = {k} (`stats` tracks {k} components)")
+    lead = jnp.shape(rewards)[:-1]
+    assert_shape(mask, "mask", lead, f"{lead}: `rewards` without its component axis")
     check_finite(rewards, "rewards")
     r = jnp.asarray(rewards, jnp.float32).reshape(-1, k)
     m = jnp.asarray(mask, jnp.float32).reshape(-1, 1)

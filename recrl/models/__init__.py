@@ -14,89 +14,62 @@ Typical use::
     lp = models.score_completions(graphdef, params, prompt, out.tokens, out.mask)
 
 See ``docs/models.md`` for the design and measured numbers.
+
+Names are imported lazily (PEP 562): the tokenizers and the GGUF / safetensors readers need
+the ``[lm]`` extra, while ``recrl.models.attention`` and ``recrl.models.cache`` (the
+ProRL policy's block and KV cache) need only the core install.
 """
 
-from recrl.models.cache import KVCache, Prefix, init_cache
-from recrl.models.checkpointing import config_from_meta, restore_model, save_model
-from recrl.models.config import LlamaConfig, smollm2_135m_config, tiny_config
-from recrl.models.gguf_loader import gguf_config, load_gguf, read_gguf_tensors, smollm2_path
-from recrl.models.llama import Llama, create_model, forward, merge, positions_from_mask
-from recrl.models.lora import (
-    LoRAParam,
-    add_lora,
-    flatten_grads,
-    merge_lora,
-    nll_per_sample_grads,
-    per_sample_grad_norms,
-    per_sample_grads,
-    split_lora,
-)
-from recrl.models.safetensors_loader import hf_config, hf_tokenizer, load_hf_llama
-from recrl.models.sampling import (
-    SampleOutput,
-    SamplingConfig,
-    sample,
-    sample_group,
-    sample_prefix_groups,
-    sample_with_prefixes,
-)
-from recrl.models.scoring import (
-    logprobs,
-    logprobs_from_prefix,
-    logprobs_with_prefixes,
-    prefix_cache,
-    score_completions,
-    sequence_nll,
-    token_logprobs,
-)
-from recrl.models.tokenizer import Tokenizer, pad_batch
-from recrl.models.weights import model_from_weights, model_weights
+from recrl._extras import lazy_exports
 
-__all__ = [
-    "KVCache",
-    "Llama",
-    "LlamaConfig",
-    "LoRAParam",
-    "Prefix",
-    "SampleOutput",
-    "SamplingConfig",
-    "Tokenizer",
-    "add_lora",
-    "config_from_meta",
-    "create_model",
-    "flatten_grads",
-    "forward",
-    "gguf_config",
-    "hf_config",
-    "hf_tokenizer",
-    "init_cache",
-    "load_gguf",
-    "load_hf_llama",
-    "logprobs",
-    "logprobs_from_prefix",
-    "logprobs_with_prefixes",
-    "merge",
-    "merge_lora",
-    "model_from_weights",
-    "model_weights",
-    "nll_per_sample_grads",
-    "pad_batch",
-    "per_sample_grad_norms",
-    "per_sample_grads",
-    "positions_from_mask",
-    "prefix_cache",
-    "read_gguf_tensors",
-    "restore_model",
-    "sample",
-    "sample_group",
-    "sample_prefix_groups",
-    "sample_with_prefixes",
-    "save_model",
-    "score_completions",
-    "sequence_nll",
-    "smollm2_135m_config",
-    "smollm2_path",
-    "split_lora",
-    "tiny_config",
-    "token_logprobs",
-]
+_EXPORTS = {
+    "KVCache": "cache",
+    "Llama": "llama",
+    "LlamaConfig": "config",
+    "LoRAParam": "lora",
+    "Prefix": "cache",
+    "SampleOutput": "sampling",
+    "SamplingConfig": "sampling",
+    "Tokenizer": "tokenizer",
+    "add_lora": "lora",
+    "config_from_meta": "checkpointing",
+    "create_model": "llama",
+    "flatten_grads": "lora",
+    "forward": "llama",
+    "gguf_config": "gguf_loader",
+    "hf_config": "safetensors_loader",
+    "hf_tokenizer": "safetensors_loader",
+    "init_cache": "cache",
+    "load_gguf": "gguf_loader",
+    "load_hf_llama": "safetensors_loader",
+    "logprobs": "scoring",
+    "logprobs_from_prefix": "scoring",
+    "logprobs_with_prefixes": "scoring",
+    "merge": "llama",
+    "merge_lora": "lora",
+    "model_from_weights": "weights",
+    "model_weights": "weights",
+    "nll_per_sample_grads": "lora",
+    "pad_batch": "tokenizer",
+    "per_sample_grad_norms": "lora",
+    "per_sample_grads": "lora",
+    "positions_from_mask": "llama",
+    "prefix_cache": "scoring",
+    "read_gguf_tensors": "gguf_loader",
+    "restore_model": "checkpointing",
+    "sample": "sampling",
+    "sample_group": "sampling",
+    "sample_prefix_groups": "sampling",
+    "sample_with_prefixes": "sampling",
+    "save_model": "checkpointing",
+    "score_completions": "scoring",
+    "sequence_nll": "scoring",
+    "smollm2_135m_config": "config",
+    "smollm2_path": "gguf_loader",
+    "split_lora": "lora",
+    "tiny_config": "config",
+    "token_logprobs": "scoring",
+}
+
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -1,4 +1,8 @@
-"""Key/value caches: a per-sequence decode cache and a shared (batch-free) prompt prefix."""
+"""Key/value caches: a per-sequence decode cache and a shared (batch-free) prompt prefix.
+
+:class:`KVCache` is the one decode cache of recrl: the Llama (:mod:`recrl.models.sampling`)
+and the ProRL policy (:mod:`recrl.prs.policy`) both carry it through their decode loops.
+"""
 
 from __future__ import annotations
 
@@ -11,16 +15,16 @@ from recrl.models.config import LlamaConfig
 
 
 class KVCache(NamedTuple):
-    """Per-sequence attention cache, one ``[B, S, n_kv_heads, head_dim]`` buffer per block.
+    """Per-sequence attention cache, one ``[B, L, n_kv_heads, head_dim]`` buffer per block.
 
     All sequences of a batch write at the same slot ``index``; slots that hold padding (left
     padding of prompts, anything after a sequence stopped) are ``False`` in ``valid`` and are
     never attended to. RoPE positions are passed separately, so slot != position is fine.
 
     Attributes:
-      k: per-block keys, each ``[B, S, n_kv_heads, head_dim]`` (RoPE already applied).
+      k: per-block keys, each ``[B, L, n_kv_heads, head_dim]`` (RoPE already applied).
       v: per-block values, same shapes.
-      valid: ``[B, S]`` bool, slots holding real tokens.
+      valid: ``[B, L]`` bool, slots holding real tokens.
       index: int32 scalar, next slot to write.
     """
 
@@ -29,6 +33,16 @@ class KVCache(NamedTuple):
     valid: jax.Array
     index: jax.Array
 
+    @classmethod
+    def zeros(cls, n_layers: int, batch_size: int, length: int, n_kv_heads: int, head_dim: int,
+              dtype: jnp.dtype = jnp.float32) -> KVCache:
+        """An empty cache: ``n_layers`` zero buffers ``[B, L, n_kv_heads, head_dim]`` per
+        keys and values, nothing valid, ``index = 0``."""
+        shape = (batch_size, length, n_kv_heads, head_dim)
+        return cls(k=tuple(jnp.zeros(shape, dtype) for _ in range(n_layers)),
+                   v=tuple(jnp.zeros(shape, dtype) for _ in range(n_layers)),
+                   valid=jnp.zeros((batch_size, length), bool), index=jnp.zeros((), jnp.int32))
+
     @property
     def batch_size(self) -> int:
         """Number of sequences."""
@@ -36,7 +50,7 @@ class KVCache(NamedTuple):
 
     @property
     def length(self) -> int:
-        """Number of slots ``S``."""
+        """Number of slots ``L``."""
         return self.valid.shape[1]
 
 
@@ -47,9 +61,9 @@ class Prefix(NamedTuple):
     sampling ``N`` completions of one prompt computes the prompt once and stores it once.
 
     Attributes:
-      k: per-block keys, each ``[P, n_kv_heads, head_dim]``.
+      k: per-block keys, each ``[S, n_kv_heads, head_dim]``.
       v: per-block values, same shapes.
-      valid: ``[P]`` bool, real prompt tokens.
+      valid: ``[S]`` bool, real prompt tokens.
       last_hidden: ``[dim]`` final hidden state at the last real prompt token (predicts the
         first continuation token).
       next_position: int32 scalar, RoPE position of the first continuation token.
@@ -63,7 +77,7 @@ class Prefix(NamedTuple):
 
     @property
     def length(self) -> int:
-        """Number of prompt slots ``P``."""
+        """Number of prompt slots ``S``."""
         return self.valid.shape[0]
 
 
@@ -73,19 +87,14 @@ def init_cache(cfg: LlamaConfig, batch_size: int, length: int) -> KVCache:
     Args:
       cfg: model configuration (block count, KV heads, head width, dtype).
       batch_size: number of sequences ``B``.
-      length: number of slots ``S`` (prompt plus new tokens).
+      length: number of slots ``L`` (prompt plus new tokens).
 
     Returns:
       A ``KVCache`` of zeros with nothing valid and ``index = 0``. Memory:
-      ``2 * n_layers * B * S * n_kv_heads * head_dim`` elements.
+      ``2 * n_layers * B * L * n_kv_heads * head_dim`` elements.
     """
-    shape = (batch_size, length, cfg.n_kv_heads, cfg.head_dim)
-    zeros = tuple(jnp.zeros(shape, cfg.jnp_dtype) for _ in range(cfg.n_layers))
-    zeros_v = tuple(jnp.zeros(shape, cfg.jnp_dtype) for _ in range(cfg.n_layers))
-    return KVCache(
-        k=zeros, v=zeros_v, valid=jnp.zeros((batch_size, length), bool),
-        index=jnp.zeros((), jnp.int32),
-    )
+    return KVCache.zeros(cfg.n_layers, batch_size, length, cfg.n_kv_heads, cfg.head_dim,
+                         cfg.jnp_dtype)
 
 
 def cache_to_prefix(cache: KVCache, last_hidden: jax.Array, next_position: jax.Array) -> Prefix:

@@ -126,8 +126,8 @@ class Attention(nnx.Module):
     ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
         """Attention output ``[B, T, dim]`` and the updated per-block ``(k, v)`` cache.
 
-        ``own_mask [B, T, S]`` says which own/cache slots each query may read; ``prefix`` is
-        ``(k [P, Hkv, D], v, valid [P])`` shared by every row.
+        ``own_mask [B, T, L]`` says which own/cache slots each query may read; ``prefix`` is
+        ``(k [S_p, Hkv, Dh], v, valid [S_p])`` shared by every row.
         """
         b, t, _ = x.shape
         hkv, g, hd = self.n_kv_heads, self.n_heads // self.n_kv_heads, self.head_dim

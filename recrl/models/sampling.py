@@ -64,8 +64,8 @@ class SampleOutput(NamedTuple):
     """Generated continuations.
 
     Attributes:
-      tokens: int32 ``[B, N]``, ``pad_id`` after a row's stop token.
-      logprobs: float32 ``[B, N]``, per-token log-probs (0 after the stop).
+      tokens: int32 ``[B, T]``, ``pad_id`` after a row's stop token.
+      logprobs: float32 ``[B, T]``, per-token log-probs (0 after the stop).
       lengths: int32 ``[B]``, generated tokens per row including the stop token.
     """
 
@@ -75,7 +75,7 @@ class SampleOutput(NamedTuple):
 
     @property
     def mask(self) -> jax.Array:
-        """bool ``[B, N]``: True on generated tokens."""
+        """bool ``[B, T]``: True on generated tokens."""
         return jnp.arange(self.tokens.shape[1])[None, :] < self.lengths[:, None]
 
 
@@ -133,8 +133,8 @@ def decode(model: Llama, step: StepFn, hidden: jax.Array, next_pos: jax.Array, c
 
     Args:
       model: the merged module (for its LM head).
-      step: ``(tokens [B], positions [B], real [B], cache) -> (hidden [B, d], cache)``.
-      hidden: ``[B, d]`` hidden state predicting the first new token.
+      step: ``(tokens [B], positions [B], real [B], cache) -> (hidden [B, D], cache)``.
+      hidden: ``[B, D]`` hidden state predicting the first new token.
       next_pos: int ``[B]`` RoPE position of the first new token.
       cache: cache with room for ``max_new_tokens`` more slots.
       key: PRNG key.
@@ -200,8 +200,8 @@ def sample(
     Args:
       graphdef: model graphdef (static).
       params: model state or sequence of states.
-      prompt: int ``[B, P]`` (left- or right-padded).
-      prompt_mask: bool ``[B, P]``, real tokens (at least one per row).
+      prompt: int ``[B, S]`` (left- or right-padded).
+      prompt_mask: bool ``[B, S]``, real tokens (at least one per row).
       key: PRNG key; same key, same samples.
       config: ``SamplingConfig`` (static).
 
@@ -244,11 +244,11 @@ def sample_group(
     Args:
       graphdef: model graphdef (static).
       params: model state or sequence of states.
-      prompt: int ``[P]``.
+      prompt: int ``[S]``.
       key: PRNG key.
       num_samples: group size ``G`` (static).
       config: ``SamplingConfig`` (static).
-      prompt_mask: optional bool ``[P]``.
+      prompt_mask: optional bool ``[S]``.
 
     Returns:
       ``SampleOutput`` with ``[G, max_new_tokens]`` tokens and log-probs.
@@ -289,13 +289,13 @@ def sample_with_prefixes(
     Args:
       graphdef: model graphdef (static).
       params: model state or sequence of states.
-      prefixes: int ``[U, D]`` (left-padded), e.g. the demonstrations of a batch.
-      prefix_mask: bool ``[U, D]`` (at least one real token per prefix).
-      prefix_index: int ``[B]`` (``-1``: no prefix; the row's attention reads ``D`` masked
+      prefixes: int ``[P, S_p]`` (left-padded), e.g. the demonstrations of a batch.
+      prefix_mask: bool ``[P, S_p]`` (at least one real token per prefix).
+      prefix_index: int ``[B]`` (``-1``: no prefix; the row's attention reads ``S_p`` masked
         slots but no prefix token is computed for it, so bare and prefixed rows can share one
         decoding loop).
-      prompt: int ``[B, L]``, the rest of each prompt (at least one real token per row).
-      prompt_mask: bool ``[B, L]``.
+      prompt: int ``[B, S]``, the rest of each prompt (at least one real token per row).
+      prompt_mask: bool ``[B, S]``.
       key: PRNG key.
       config: ``SamplingConfig`` (static).
 
@@ -343,20 +343,21 @@ def sample_prefix_groups(
     Args:
       graphdef: model graphdef (static).
       params: model state or sequence of states.
-      prefixes: int ``[U, D]`` (left-padded), e.g. the ``K`` demonstrations of a batch.
-      prefix_mask: bool ``[U, D]`` (all False: no prefix).
-      prompt: int ``[U, N, L]``, each row's own prompt (at least one real token per row).
-      prompt_mask: bool ``[U, N, L]``.
+      prefixes: int ``[P, S_p]`` (left-padded), e.g. the demonstrations of a batch.
+      prefix_mask: bool ``[P, S_p]`` (all False: no prefix).
+      prompt: int ``[P, G, S]``, each row's own prompt (at least one real token per row).
+      prompt_mask: bool ``[P, G, S]``.
       key: PRNG key.
       config: ``SamplingConfig`` (static).
 
     Returns:
-      ``SampleOutput`` with ``[U, N, max_new_tokens]`` tokens and log-probs, ``[U, N]`` lengths
-      (its ``mask`` property expects ``[B, C]``: reshape to ``U·N`` rows first).
+      ``SampleOutput`` with ``[P, G, T]`` tokens and log-probs (``T = max_new_tokens``),
+      ``[P, G]`` lengths (its ``mask`` property expects ``[B, T]``: reshape to ``P·G`` rows
+      first).
     """
     if prefixes.ndim != 2 or prefix_mask.shape != prefixes.shape or prompt.ndim != 3 \
             or prompt.shape[0] != prefixes.shape[0] or prompt_mask.shape != prompt.shape:
-        raise ValueError(f"need prefixes [U, D], prompt [U, N, L] and masks of the same shapes, "
+        raise ValueError(f"need prefixes [P, S_p], prompt [P, G, S] and masks of the same shapes, "
                          f"got {prefixes.shape}, {prefix_mask.shape}, {prompt.shape}, "
                          f"{prompt_mask.shape}")
     model = merge(graphdef, params)

@@ -69,17 +69,17 @@ def logprobs(
     Args:
       graphdef: model graphdef (static).
       params: model state or sequence of states.
-      prompt: int ``[B, P]``, left- or right-padded.
-      prompt_mask: bool ``[B, P]``, True on real prompt tokens (at least one per row).
-      completion: int ``[B, C]``, usually right-padded.
-      completion_mask: bool ``[B, C]``, True on real completion tokens.
+      prompt: int ``[B, S]``, left- or right-padded.
+      prompt_mask: bool ``[B, S]``, True on real prompt tokens (at least one per row).
+      completion: int ``[B, T]``, usually right-padded.
+      completion_mask: bool ``[B, T]``, True on real completion tokens.
       temperature: logits are divided by it before the softmax (1.0: the model itself).
       batch_size: if set, rows are processed ``batch_size`` at a time under ``jax.checkpoint``
         (``lax.map``), bounding the ``[rows, C, vocab]`` logits held at once, in the forward
         pass and in its gradient.
 
     Returns:
-      float32 ``[B, C]``, 0 where ``completion_mask`` is False.
+      float32 ``[B, T]``, 0 where ``completion_mask`` is False.
     """
     model = merge(graphdef, params)
 
@@ -166,7 +166,7 @@ def sequence_nll(
 
 
 def prefill_prefix(model: Llama, prompt: jax.Array, prompt_mask: jax.Array | None = None) -> Prefix:
-    """Runs one prompt ``[P]`` and keeps its keys/values as a shared ``Prefix``."""
+    """Runs one prompt ``[S]`` and keeps its keys/values as a shared ``Prefix``."""
     mask = jnp.ones(prompt.shape, bool) if prompt_mask is None else prompt_mask.astype(bool)
     cache = init_cache(model.config, 1, prompt.shape[0])
     hidden, cache = model(prompt[None], positions_from_mask(mask[None]), mask[None], cache)
@@ -184,8 +184,8 @@ def prefix_cache(
     Args:
       graphdef: model graphdef (static).
       params: model state or sequence of states.
-      prompt: int ``[P]``.
-      prompt_mask: optional bool ``[P]`` (padding allowed; at least one real token).
+      prompt: int ``[S]``.
+      prompt_mask: optional bool ``[S]`` (padding allowed; at least one real token).
 
     Returns:
       A ``Prefix`` to pass to ``logprobs_from_prefix`` / ``forward(..., prefix=)``.
@@ -224,14 +224,14 @@ def logprobs_from_prefix(
       graphdef: model graphdef (static).
       params: model state or sequence of states.
       prefix: from ``prefix_cache`` (computed once, read by every completion).
-      completions: int ``[N, C]`` (right-padded).
-      completion_mask: bool ``[N, C]``.
+      completions: int ``[G, T]`` (right-padded).
+      completion_mask: bool ``[G, T]``.
       temperature: logits divisor.
       batch_size: if set, completions are scored ``batch_size`` at a time under
         ``jax.checkpoint`` (``lax.map``), bounding logits memory at ``batch_size · C · vocab``.
 
     Returns:
-      float32 ``[N, C]``, 0 at padding; equal to ``logprobs`` with the prompt repeated ``N``
+      float32 ``[G, T]``, 0 at padding; equal to ``logprobs`` with the prompt repeated ``G``
       times.
     """
     model = merge(graphdef, params)
@@ -257,15 +257,15 @@ def score_completions(
     Args:
       graphdef: model graphdef.
       params: model state or sequence of states.
-      prompt: int ``[P]``.
-      completions: int ``[N, C]`` (right-padded).
-      completion_mask: bool ``[N, C]``.
-      prompt_mask: optional bool ``[P]``.
+      prompt: int ``[S]``.
+      completions: int ``[G, T]`` (right-padded).
+      completion_mask: bool ``[G, T]``.
+      prompt_mask: optional bool ``[S]``.
       temperature: logits divisor.
       batch_size: optional chunk size for the completions.
 
     Returns:
-      float32 ``[N, C]``; sum over ``C`` for sequence log-likelihoods.
+      float32 ``[G, T]``; sum over ``T`` for sequence log-likelihoods.
     """
     if prompt_mask is None:
         prompt_mask = jnp.ones(prompt.shape, bool)
@@ -275,7 +275,7 @@ def score_completions(
 
 
 def prefill_prefixes(model: Llama, prefixes: jax.Array, prefix_mask: jax.Array) -> KVCache:
-    """Runs ``U`` prompt prefixes ``[U, D]`` once; their keys/values as a ``D``-slot cache."""
+    """Runs ``P`` prompt prefixes ``[P, S_p]`` once; their keys/values as an ``S_p``-slot cache."""
     mask = prefix_mask.astype(bool)
     cache = init_cache(model.config, prefixes.shape[0], prefixes.shape[1])
     _, cache = model(prefixes, positions_from_mask(mask), mask, cache)
@@ -301,10 +301,10 @@ def prefix_offsets(prefix_mask: jax.Array, index: jax.Array) -> jax.Array:
 
 def _check_prefix_args(prefixes, prefix_mask, prefix_index, prompt, prompt_mask) -> None:
     if prefixes.ndim != 2 or prefix_mask.shape != prefixes.shape:
-        raise ValueError(f"prefixes must be [U, D] with a mask of the same shape, got "
+        raise ValueError(f"prefixes must be [P, S_p] with a mask of the same shape, got "
                          f"{prefixes.shape} and {prefix_mask.shape}")
     if prefix_index.shape != prompt.shape[:1] or prompt_mask.shape != prompt.shape:
-        raise ValueError(f"prefix_index must be [B] and prompt_mask [B, L] for prompt "
+        raise ValueError(f"prefix_index must be [B] and prompt_mask [B, S] for prompt "
                          f"{prompt.shape}, got {prefix_index.shape} and {prompt_mask.shape}")
 
 
@@ -332,19 +332,19 @@ def logprobs_with_prefixes(
     Args:
       graphdef: model graphdef (static).
       params: model state or sequence of states.
-      prefixes: int ``[U, D]`` (left-padded).
-      prefix_mask: bool ``[U, D]``, real prefix tokens (at least one per prefix).
+      prefixes: int ``[P, S_p]`` (left-padded).
+      prefix_mask: bool ``[P, S_p]``, real prefix tokens (at least one per prefix).
       prefix_index: int ``[B]`` which prefix each row continues (``-1``: none; such a row's
         attention still spans the ``D`` masked slots, so give bare rows their own call when
         ``D`` is large).
-      prompt: int ``[B, L]``, the rest of each prompt (at least one real token per row).
-      prompt_mask: bool ``[B, L]``.
-      completion: int ``[B, C]``.
-      completion_mask: bool ``[B, C]``.
+      prompt: int ``[B, S]``, the rest of each prompt (at least one real token per row).
+      prompt_mask: bool ``[B, S]``.
+      completion: int ``[B, T]``.
+      completion_mask: bool ``[B, T]``.
       temperature: logits divisor.
 
     Returns:
-      float32 ``[B, C]``, 0 where ``completion_mask`` is False.
+      float32 ``[B, T]``, 0 where ``completion_mask`` is False.
     """
     _check_prefix_args(prefixes, prefix_mask, prefix_index, prompt, prompt_mask)
     model = merge(graphdef, params)

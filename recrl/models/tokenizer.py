@@ -19,8 +19,6 @@ except ImportError as e:
 
 Message = Mapping[str, str]
 
-SMOLLM2_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
-
 
 class Tokenizer:
     """A ``tokenizers.Tokenizer`` with its special ids and a ChatML template.

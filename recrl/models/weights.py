@@ -50,16 +50,6 @@ def _variables(model: Llama) -> dict[str, nnx.Variable]:
     return out
 
 
-def weight_names(cfg: LlamaConfig) -> list[str]:
-    """The canonical names a model with ``cfg`` needs."""
-    names = ["embed", "final_norm"] + ([] if cfg.tie_embeddings else ["lm_head"])
-    for i in range(cfg.n_layers):
-        names += [f"layers.{i}.attn_norm", f"layers.{i}.mlp_norm"]
-        names += [f"layers.{i}.attn.{n}" for n in ("q_proj", "k_proj", "v_proj", "o_proj")]
-        names += [f"layers.{i}.mlp.{n}" for n in ("gate_proj", "up_proj", "down_proj")]
-    return names
-
-
 def model_from_weights(cfg: LlamaConfig, weights: Mapping[str, np.ndarray]) -> Llama:
     """A ``Llama`` whose parameters are ``weights`` (cast to ``cfg.param_dtype``).
 

@@ -1,10 +1,12 @@
 """The ProRL path policy: a small decoder-only transformer over item tokens.
 
 Design (decoder-only rather than the reference's encoder-decoder T5): the prompt is the
-fixed-length token sequence ``[h_1 .. h_H, target, SEP]`` and the path follows it, one token
-per item, so an item's log-probability is exact (one action = one token) and a single
-causal forward pass teacher-forces a whole path. The prompt has a fixed length, so sampling
-uses a preallocated KV cache without any padding bookkeeping.
+fixed-length token sequence ``[h_1 .. h_history, target, SEP]`` (``S = history + 2`` tokens)
+and the path follows it, one token per item, so an item's log-probability is exact (one
+action = one token) and a single causal forward pass teacher-forces a whole path. The prompt
+has a fixed length, so sampling uses a preallocated KV cache (:class:`recrl.models.KVCache`,
+slot = position) without any padding bookkeeping. The blocks are
+:class:`recrl.models.attention.CausalBlock`.
 
 Vocabulary: items ``0 .. N-1``, ``EOS = N``, ``SEP = N + 1``, ``PAD = N + 2``. The output
 layer scores the ``N + 1`` actions (items and EOS) with the tied item embeddings.
@@ -13,22 +15,25 @@ layer scores the ``N + 1`` actions (items and EOS) with the tied item embeddings
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from recrl.models.attention import CausalBlock, DropoutFn, position_mask
+from recrl.models.cache import KVCache
+
 
 @dataclasses.dataclass(frozen=True)
 class PolicyConfig:
-    """Policy sizes.
+    """Policy sizes (names as in ``docs/glossary.md``).
 
     Attributes:
-      num_items: ``N``.
-      history: ``H`` history items in the prompt.
+      num_items: ``N`` items in the catalogue (``V = N + 1`` actions: items and EOS).
+      history: history items in the prompt (the prompt has ``S = history + 2`` tokens).
       max_len: ``T`` maximum path length.
-      dim, heads, layers, ffn: transformer sizes.
+      dim, n_layers, n_heads, ffn_dim: transformer width ``D``, blocks, heads ``H`` and
+        feed-forward width.
       dropout: dropout rate during supervised pretraining (RL runs deterministic).
     """
 
@@ -36,16 +41,16 @@ class PolicyConfig:
     history: int = 10
     max_len: int = 10
     dim: int = 64
-    heads: int = 4
-    layers: int = 2
-    ffn: int = 256
+    n_layers: int = 2
+    n_heads: int = 4
+    ffn_dim: int = 256
     dropout: float = 0.1
 
     def __post_init__(self):
         if self.num_items < 2:
             raise ValueError(f"num_items must be >= 2, got {self.num_items}")
-        if self.dim % self.heads:
-            raise ValueError(f"dim {self.dim} must be divisible by heads {self.heads}")
+        if self.dim % self.n_heads:
+            raise ValueError(f"dim {self.dim} must be divisible by n_heads {self.n_heads}")
         if self.history < 1 or self.max_len < 1:
             raise ValueError(f"history and max_len must be >= 1: {self}")
 
@@ -71,49 +76,6 @@ class PolicyConfig:
         return self.prompt_len + self.max_len - 1
 
 
-class KVCache(NamedTuple):
-    """Per-layer keys and values ``[layers, B, S, heads, head_dim]``."""
-
-    k: jax.Array
-    v: jax.Array
-
-
-class _Block(nnx.Module):
-    def __init__(self, cfg: PolicyConfig, rngs: nnx.Rngs):
-        d = cfg.dim
-        self.heads = cfg.heads
-        self.norm1 = nnx.LayerNorm(d, rngs=rngs)
-        # no bias: a key bias cannot change attention (softmax shift) and only adds noise
-        self.qkv = nnx.Linear(d, 3 * d, use_bias=False, rngs=rngs)
-        self.out = nnx.Linear(d, d, rngs=rngs)
-        self.norm2 = nnx.LayerNorm(d, rngs=rngs)
-        self.fc1 = nnx.Linear(d, cfg.ffn, rngs=rngs)
-        self.fc2 = nnx.Linear(cfg.ffn, d, rngs=rngs)
-        self.drop = nnx.Dropout(cfg.dropout)
-
-    def __call__(self, x, k_all, v_all, q_pos, deterministic: bool, rngs=None):
-        """``x`` [B, S, d] at positions ``q_pos`` [S]; attends to cached ``k_all/v_all``
-        [B, S_kv, h, dh] (already holding this chunk) at positions ``<= q_pos``."""
-        b, s, d = x.shape
-        h = self.norm1(x)
-        q = self.qkv(h)[..., :d].reshape(b, s, self.heads, d // self.heads)
-        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k_all) / jnp.sqrt(d / self.heads)
-        allowed = jnp.arange(k_all.shape[1])[None, :] <= q_pos[:, None]
-        scores = jnp.where(allowed[None, None], scores, -1e30)
-        att = jax.nn.softmax(scores, axis=-1)
-        ctx = jnp.einsum("bhqk,bkhd->bqhd", att, v_all).reshape(b, s, d)
-        x = x + self.drop(self.out(ctx), deterministic=deterministic, rngs=rngs)
-        h = self.fc2(jax.nn.gelu(self.fc1(self.norm2(x))))
-        return x + self.drop(h, deterministic=deterministic, rngs=rngs)
-
-    def kv(self, x):
-        b, s, d = x.shape
-        kv = self.qkv(self.norm1(x))[..., d:]
-        k, v = jnp.split(kv, 2, axis=-1)
-        shape = (b, s, self.heads, d // self.heads)
-        return k.reshape(shape), v.reshape(shape)
-
-
 class PathPolicy(nnx.Module):
     """Decoder-only transformer policy over item tokens (see the module docstring)."""
 
@@ -122,7 +84,9 @@ class PathPolicy(nnx.Module):
         self.embed = nnx.Embed(cfg.num_items + 3, cfg.dim, rngs=rngs)
         self.pos = nnx.Embed(cfg.seq_len, cfg.dim, rngs=rngs)
         self.segment = nnx.Embed(3, cfg.dim, rngs=rngs)  # history / target / path
-        self.blocks = nnx.List([_Block(cfg, rngs) for _ in range(cfg.layers)])
+        # no qkv bias: a key bias cannot change attention (softmax shift) and only adds noise
+        self.blocks = nnx.List([CausalBlock(cfg.dim, cfg.n_heads, cfg.ffn_dim, rngs=rngs,
+                                            qkv_bias=False) for _ in range(cfg.n_layers)])
         self.norm = nnx.LayerNorm(cfg.dim, rngs=rngs)
         self.out_bias = nnx.Param(jnp.zeros((cfg.num_items + 1,)))
         self.drop = nnx.Dropout(cfg.dropout)
@@ -140,59 +104,69 @@ class PathPolicy(nnx.Module):
         table = self.embed.embedding[...][: self.cfg.num_items + 1]
         return self.norm(x) @ table.T + self.out_bias[...]
 
+    def _dropout(self, rngs: nnx.Rngs | None) -> DropoutFn | None:
+        """The blocks' dropout: on the two residual branches, active when ``rngs`` is given."""
+        if rngs is None:
+            return None
+
+        def drop(site: str, x: jax.Array) -> jax.Array:
+            if site in ("attn_out", "ffn_out"):
+                return self.drop(x, deterministic=False, rngs=rngs)
+            return x
+
+        return drop
+
     def __call__(self, tokens: jax.Array, rngs: nnx.Rngs | None = None,
                  return_hidden: bool = False, start: int = 0
                  ) -> jax.Array | tuple[jax.Array, jax.Array]:
-        """Causal logits ``[B, S - start, N + 1]`` for tokens ``[B, S]`` (positions from 0).
+        """Causal logits ``[B, S - start, V]`` for tokens ``[B, S]`` (positions from 0).
 
         Dropout is active exactly when ``rngs`` (with a ``dropout`` stream) is given. With
-        ``return_hidden`` also the final hidden states ``[B, S - start, dim]`` (the state
+        ``return_hidden`` also the final hidden states ``[B, S - start, D]`` (the state
         features an actor-critic's value head reads). ``start`` skips the output projection
         for the first positions (the prompt's, whose logits training never reads).
         """
         positions = jnp.arange(tokens.shape[1])
-        det = rngs is None
-        x = self._embed(tokens, positions, det, rngs)
+        x = self._embed(tokens, positions, rngs is None, rngs)
+        mask, dropout = position_mask(tokens.shape[1], positions), self._dropout(rngs)
         for blk in self.blocks:
-            k, v = blk.kv(x)
-            x = blk(x, k, v, positions, det, rngs)
+            x, _ = blk(x, mask, dropout=dropout)
         x = x[:, start:]
         return (self._logits(x), x) if return_hidden else self._logits(x)
 
-    def prefill(self, prompt: jax.Array) -> tuple[jax.Array, KVCache]:
-        """Runs the prompt ``[B, H + 2]``; returns the first action's logits and the cache."""
-        b, p = prompt.shape
-        positions = jnp.arange(p)
-        x = self._embed(prompt, positions, True)
-        shape = (b, self.cfg.seq_len, self.cfg.heads, self.cfg.dim // self.cfg.heads)
+    def _cached(self, x: jax.Array, position: jax.Array, cache: KVCache) -> tuple[jax.Array,
+                                                                                  KVCache]:
+        """The blocks over a chunk ``[B, S, D]`` at positions ``position + 0 .. S - 1``."""
+        positions = position + jnp.arange(x.shape[1])
+        mask = position_mask(cache.length, positions)
         ks, vs = [], []
-        for blk in self.blocks:
-            k, v = blk.kv(x)
-            k_all = jnp.zeros(shape, x.dtype).at[:, :p].set(k)
-            v_all = jnp.zeros(shape, x.dtype).at[:, :p].set(v)
-            x = blk(x, k_all, v_all, positions, True)
-            ks.append(k_all)
-            vs.append(v_all)
-        return self._logits(x[:, -1]), KVCache(jnp.stack(ks), jnp.stack(vs))
+        for blk, k, v in zip(self.blocks, cache.k, cache.v, strict=True):
+            x, (k, v) = blk(x, mask, (k, v), position)
+            ks.append(k)
+            vs.append(v)
+        valid = cache.valid | (jnp.arange(cache.length) <= positions[-1])[None]
+        return x, KVCache(tuple(ks), tuple(vs), valid, positions[-1] + 1)
+
+    def prefill(self, prompt: jax.Array) -> tuple[jax.Array, KVCache]:
+        """Runs the prompt ``[B, S]``; returns the first action's logits ``[B, V]`` and the
+        cache (:class:`recrl.models.KVCache` of ``L = seq_len`` slots)."""
+        cfg = self.cfg
+        cache = KVCache.zeros(cfg.n_layers, prompt.shape[0], cfg.seq_len, cfg.n_heads,
+                              cfg.dim // cfg.n_heads)
+        x = self._embed(prompt, jnp.arange(prompt.shape[1]), True)
+        x, cache = self._cached(x, jnp.zeros((), jnp.int32), cache)
+        return self._logits(x[:, -1]), cache
 
     def decode(self, token: jax.Array, position: jax.Array, cache: KVCache
                ) -> tuple[jax.Array, KVCache]:
-        """Feeds one token ``[B]`` at ``position``; returns next logits ``[B, N+1]``, cache."""
-        positions = position[None]
-        x = self._embed(token[:, None], positions, True)
-        ks, vs = [], []
-        for i, blk in enumerate(self.blocks):
-            k, v = blk.kv(x)
-            k_all = jax.lax.dynamic_update_slice_in_dim(cache.k[i], k, position, axis=1)
-            v_all = jax.lax.dynamic_update_slice_in_dim(cache.v[i], v, position, axis=1)
-            x = blk(x, k_all, v_all, positions, True)
-            ks.append(k_all)
-            vs.append(v_all)
-        return self._logits(x[:, 0]), KVCache(jnp.stack(ks), jnp.stack(vs))
+        """Feeds one token ``[B]`` at ``position``; returns next logits ``[B, V]``, cache."""
+        x = self._embed(token[:, None], position[None], True)
+        x, cache = self._cached(x, position, cache)
+        return self._logits(x[:, 0]), cache
 
 
 def make_prompt(cfg: PolicyConfig, history: jax.Array, target: jax.Array) -> jax.Array:
-    """``[B, H + 2]`` prompt tokens ``[h_1 .. h_H, target, SEP]``."""
+    """``[B, S]`` prompt tokens ``[h_1 .. h_history, target, SEP]`` (``S = history + 2``)."""
     if history.shape[-1] != cfg.history:
         raise ValueError(f"`history` must have {cfg.history} items, got shape {history.shape}")
     sep = jnp.full(target.shape + (1,), cfg.sep, history.dtype)
@@ -200,7 +174,7 @@ def make_prompt(cfg: PolicyConfig, history: jax.Array, target: jax.Array) -> jax
 
 
 def action_tokens(cfg: PolicyConfig, path: jax.Array, lengths: jax.Array) -> jax.Array:
-    """``[B, T]`` actions: the item at ``t < L``, EOS at ``t = L``, PAD after."""
+    """``[B, T]`` actions: the item at ``t < lengths``, EOS at ``t = lengths``, PAD after."""
     t = jnp.arange(path.shape[-1])
     acts = jnp.where(t < lengths[..., None], path, cfg.pad)
     return jnp.where(t == lengths[..., None], cfg.eos, acts)

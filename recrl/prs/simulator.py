@@ -2,7 +2,7 @@ r"""The frozen user simulator / reward model of ProRL: SASRec and GRU4Rec in Fla
 
 One convention for the whole module (and for everything that calls it):
 
-* public item ids are ``0..I-1``; internally token ``i + 1`` is item ``i`` and token ``0`` is
+* public item ids are ``0..N-1``; internally token ``i + 1`` is item ``i`` and token ``0`` is
   padding (the extra row 0 of the embedding table);
 * sequences are **right-padded** with explicit ``lengths``; entries at positions
   ``>= lengths`` are ignored and may hold anything (e.g. ``-1``);
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from typing import Literal, NamedTuple
 
 import jax
@@ -34,8 +33,9 @@ import numpy as np
 from flax import nnx
 from jax.typing import ArrayLike
 
+from recrl.models.attention import CausalBlock, DropoutFn, causal_mask
+
 KINDS = ("sasrec", "gru4rec")
-_NEG = -1e30  # finite "minus infinity" for masked attention scores
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,10 +44,11 @@ class SimConfig:
 
     Attributes:
       kind: ``"sasrec"`` or ``"gru4rec"``.
-      num_items: catalogue size ``I`` (public ids ``0..I-1``).
+      num_items: catalogue size ``N`` (public ids ``0..N-1``).
       max_len: longest sequence the model reads (learned positions for SASRec).
-      hidden: SASRec width; GRU4Rec item-embedding size (also the output representation).
-      heads, blocks, ffn: SASRec attention heads, transformer blocks, feed-forward width.
+      dim: SASRec width ``D``; GRU4Rec item-embedding size (also the output representation).
+      n_layers, n_heads, ffn_dim: SASRec transformer blocks, attention heads, feed-forward
+        width.
       dropout: dropout rate (SASRec: embeddings, attention, residual branches; GRU4Rec:
         input embeddings and the GRU output).
       gru_hidden: GRU4Rec recurrent state size (one layer).
@@ -56,26 +57,44 @@ class SimConfig:
     kind: Literal["sasrec", "gru4rec"]
     num_items: int
     max_len: int = 50
-    hidden: int = 64
-    heads: int = 2
-    blocks: int = 2
-    ffn: int = 256
+    dim: int = 64
+    n_layers: int = 2
+    n_heads: int = 2
+    ffn_dim: int = 256
     dropout: float = 0.5
     gru_hidden: int = 128
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
-        for name in ("num_items", "max_len", "hidden", "heads", "blocks", "ffn", "gru_hidden"):
+        for name in ("num_items", "max_len", "dim", "n_layers", "n_heads", "ffn_dim",
+                     "gru_hidden"):
             value = getattr(self, name)
             if not isinstance(value, int | np.integer) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if self.num_items < 2 or self.max_len < 2:
             raise ValueError(f"need num_items >= 2 and max_len >= 2: {self}")
-        if self.hidden % self.heads:
-            raise ValueError(f"hidden ({self.hidden}) must be divisible by heads ({self.heads})")
+        if self.dim % self.n_heads:
+            raise ValueError(f"dim ({self.dim}) must be divisible by n_heads ({self.n_heads})")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    @classmethod
+    def from_dict(cls, fields: dict, source: str = "the saved config") -> SimConfig:
+        """The config saved by :func:`recrl.prs.train_simulator.save_simulator`.
+
+        Raises:
+          ValueError: ``fields`` uses the size names of simulators saved before the shared
+            causal block (``hidden, heads, blocks, ffn``); such a checkpoint also holds the
+            former parameter names, so it must be retrained.
+        """
+        old = sorted(set(fields) & {"hidden", "heads", "blocks", "ffn"})
+        if old:
+            raise ValueError(
+                f"{source} uses the former size names {old} (now dim, n_heads, n_layers, "
+                "ffn_dim; docs/glossary.md): a simulator saved before the shared transformer "
+                "block cannot be restored; retrain it (delete it or use a new --out_dir)")
+        return cls(**fields)
 
 
 def _dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
@@ -93,37 +112,18 @@ def _keys(key: jax.Array | None, n: int) -> list[jax.Array | None]:
     return [None] * n if key is None else list(jax.random.split(key, n))
 
 
-class _Block(nnx.Module):
-    """Pre-LN causal transformer block: ``x + Drop(MHA(LN x))``, then ``x + Drop(FFN(LN x))``."""
-
-    def __init__(self, cfg: SimConfig, *, rngs: nnx.Rngs):
-        d, init = cfg.hidden, nnx.initializers.normal(0.02)
-        self.heads, self.rate = cfg.heads, cfg.dropout
-        self.ln1 = nnx.LayerNorm(d, epsilon=1e-8, rngs=rngs)
-        self.qkv = nnx.Linear(d, 3 * d, kernel_init=init, rngs=rngs)
-        self.out = nnx.Linear(d, d, kernel_init=init, rngs=rngs)
-        self.ln2 = nnx.LayerNorm(d, epsilon=1e-8, rngs=rngs)
-        self.ff1 = nnx.Linear(d, cfg.ffn, kernel_init=init, rngs=rngs)
-        self.ff2 = nnx.Linear(cfg.ffn, d, kernel_init=init, rngs=rngs)
-
-    def __call__(self, x: jax.Array, key: jax.Array | None) -> jax.Array:
-        b, s, d = x.shape
-        k_att, k_out, k_ff, k_res = _keys(key, 4)
-        q, k, v = jnp.split(self.qkv(self.ln1(x)).reshape(b, s, 3, self.heads, -1), 3, axis=2)
-        q, k, v = q[:, :, 0], k[:, :, 0], v[:, :, 0]  # [B, S, heads, d_head]
-        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(d // self.heads)
-        causal = jnp.tril(jnp.ones((s, s), bool))
-        att = _dropout(jax.nn.softmax(jnp.where(causal, scores, _NEG), axis=-1), self.rate, k_att)
-        y = jnp.einsum("bhqk,bkhd->bqhd", att, v).reshape(b, s, d)
-        x = x + _dropout(self.out(y), self.rate, k_out)
-        h = self.ff2(_dropout(jax.nn.gelu(self.ff1(self.ln2(x))), self.rate, k_ff))
-        return x + _dropout(h, self.rate, k_res)
+def _block_dropout(rate: float, key: jax.Array | None) -> DropoutFn | None:
+    """SASRec's dropout at all four sites of a :class:`CausalBlock`, one key each."""
+    if key is None:
+        return None
+    keys = dict(zip(("attn", "attn_out", "ffn_hidden", "ffn_out"), _keys(key, 4), strict=True))
+    return lambda site, x: _dropout(x, rate, keys[site])
 
 
 class SASRec(nnx.Module):
     """SASRec: item + learned position embeddings, causal pre-LN transformer, final LayerNorm.
 
-    ``model(tokens, key=None) -> [B, S, hidden]`` states; ``tokens`` are internal ids
+    ``model(tokens, key=None) -> [B, S, D]`` states; ``tokens`` are internal ids
     (0 = pad, item ``i`` is ``i + 1``), ``S <= max_len``. ``key`` enables dropout.
     """
 
@@ -132,21 +132,24 @@ class SASRec(nnx.Module):
             raise ValueError(f"SASRec needs kind='sasrec', got {cfg.kind!r}")
         init = nnx.initializers.normal(0.02)
         self.cfg = cfg
-        self.item_embed = nnx.Embed(cfg.num_items + 1, cfg.hidden, embedding_init=init, rngs=rngs)
-        self.pos_embed = nnx.Embed(cfg.max_len, cfg.hidden, embedding_init=init, rngs=rngs)
-        self.blocks = nnx.List([_Block(cfg, rngs=rngs) for _ in range(cfg.blocks)])
-        self.final_norm = nnx.LayerNorm(cfg.hidden, epsilon=1e-8, rngs=rngs)
+        self.item_embed = nnx.Embed(cfg.num_items + 1, cfg.dim, embedding_init=init, rngs=rngs)
+        self.pos_embed = nnx.Embed(cfg.max_len, cfg.dim, embedding_init=init, rngs=rngs)
+        self.blocks = nnx.List([
+            CausalBlock(cfg.dim, cfg.n_heads, cfg.ffn_dim, rngs=rngs, epsilon=1e-8,
+                        kernel_init=init) for _ in range(cfg.n_layers)])
+        self.final_norm = nnx.LayerNorm(cfg.dim, epsilon=1e-8, rngs=rngs)
 
     def item_embeddings(self) -> jax.Array:
-        """``[I, hidden]`` output embeddings ``v_i`` of the public items (pad row dropped)."""
+        """``[N, D]`` output embeddings ``v_i`` of the public items (pad row dropped)."""
         return self.item_embed.embedding[...][1:]
 
     def __call__(self, tokens: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
         keys = _keys(key, len(self.blocks) + 1)
         x = self.item_embed(tokens) + self.pos_embed(jnp.arange(tokens.shape[1]))[None]
         x = _dropout(x, self.cfg.dropout, keys[0]) * (tokens > 0)[..., None]
+        mask = causal_mask(tokens.shape[1])
         for block, k in zip(self.blocks, keys[1:], strict=True):
-            x = block(x, k)
+            x, _ = block(x, mask, dropout=_block_dropout(self.cfg.dropout, k))
         return self.final_norm(x)
 
 
@@ -167,7 +170,7 @@ class GRU4Rec(nnx.Module):
     def __init__(self, cfg: SimConfig, *, rngs: nnx.Rngs):
         if cfg.kind != "gru4rec":
             raise ValueError(f"GRU4Rec needs kind='gru4rec', got {cfg.kind!r}")
-        e, h = cfg.hidden, cfg.gru_hidden
+        e, h = cfg.dim, cfg.gru_hidden
         self.cfg = cfg
         self.item_embed = nnx.Embed(cfg.num_items + 1, e,
                                     embedding_init=nnx.initializers.normal(0.1), rngs=rngs)
@@ -177,13 +180,13 @@ class GRU4Rec(nnx.Module):
         self.proj = nnx.Linear(h, e, kernel_init=glorot, rngs=rngs)
 
     def item_embeddings(self) -> jax.Array:
-        """``[I, hidden]`` output embeddings ``v_i`` of the public items (pad row dropped)."""
+        """``[N, D]`` output embeddings ``v_i`` of the public items (pad row dropped)."""
         return self.item_embed.embedding[...][1:]
 
     def __call__(self, tokens: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
         k_in, k_out = _keys(key, 2)
         x = _dropout(self.item_embed(tokens) * (tokens > 0)[..., None], self.cfg.dropout, k_in)
-        gates_x = self.w_i(x).swapaxes(0, 1)  # [S, B, 3H]: input part of all gates at once
+        gates_x = self.w_i(x).swapaxes(0, 1)  # [S, B, 3 * gru_hidden]: input part of all gates
         w_h, b_h = self.w_h.kernel[...], self.w_h.bias[...]
 
         def cell(h, gx):
@@ -217,7 +220,7 @@ class StepScores(NamedTuple):
 
     Attributes:
       logp_target: ``[B, T + 1]`` float32, ``[:, k] = log P(i_T | S_k)`` for ``k = 0..T``
-        (softmax over all ``I`` items); ``[:, 0]`` is the history alone.
+        (softmax over all ``N`` items); ``[:, 0]`` is the history alone.
       rank: ``[B, T + 1]`` int32, ``[:, k] = Rank(i_T | S_k) = 1 + #{j : P(j|S_k) > P(i_T|S_k)}``.
       click: ``[B, T]`` float32, ``[:, k] = CTR_k = sigmoid(h(S_k) · v_{path[k]})``: the
         click probability of the ``(k+1)``-th path item given everything before it.
@@ -321,7 +324,7 @@ def sequence_representation(sim: SimLike, seq: ArrayLike, lengths: ArrayLike) ->
       lengths: ``[B]`` real lengths in ``[1, S]``; only the last ``max_len`` items are read.
 
     Returns:
-      ``[B, hidden]`` float32.
+      ``[B, D]`` float32.
     """
     graphdef, state = _check_seq(sim, seq, lengths)
     return _representation(graphdef, state, jnp.asarray(seq), jnp.asarray(lengths))[0]
@@ -334,16 +337,16 @@ def next_item_logits(sim: SimLike, seq: ArrayLike, lengths: ArrayLike) -> jax.Ar
 
     Args:
       sim: the simulator (module or ``(graphdef, state)``).
-      seq: ``[B, S]`` int item ids in ``[0, I)``, right-padded (any value after ``lengths``).
+      seq: ``[B, S]`` int item ids in ``[0, N)``, right-padded (any value after ``lengths``).
       lengths: ``[B]`` real lengths in ``[1, S]``; if ``lengths > max_len`` only the most
         recent ``max_len`` items are read.
 
     Returns:
-      ``[B, I]`` float32 logits.
+      ``[B, N]`` float32 logits.
 
     Raises:
       ValueError: wrong shapes or dtypes; in eager mode also lengths out of range or an
-        item id outside ``[0, I)`` before ``lengths`` (under jit such ids are clipped).
+        item id outside ``[0, N)`` before ``lengths`` (under jit such ids are clipped).
     """
     graphdef, state = _check_seq(sim, seq, lengths)
     h, emb = _representation(graphdef, state, jnp.asarray(seq), jnp.asarray(lengths))
@@ -379,14 +382,14 @@ def score_paths(sim: SimLike, history: ArrayLike, path: ArrayLike, lengths: Arra
     :math:`\log P(i_T \mid S_k)`, :math:`\mathrm{Rank}(i_T \mid S_k)` and, for ``k < T``,
     :math:`\mathrm{CTR}_k = \sigma(h(S_k) \cdot v_{\mathrm{path}[k]})` (see :class:`StepScores`).
     The causal model gives all ``h(S_k)`` from one pass over the right-padded
-    ``history ⊕ path`` (state at position ``H + k - 1``); nothing is re-run per step.
+    ``history ⊕ path`` (state at position ``S + k - 1``); nothing is re-run per step.
 
-    If ``H + T > max_len`` the oldest ``H + T - max_len`` history items are dropped for every
+    If ``S + T > max_len`` the oldest ``S + T - max_len`` history items are dropped for every
     prefix, so the model reads the most recent ``max_len`` items of ``history ⊕ path``.
 
     Args:
       sim: the simulator (module or ``(graphdef, state)``).
-      history: ``[B, H]`` int item ids, all real (no padding), oldest first.
+      history: ``[B, S]`` int item ids, all real (no padding), oldest first.
       path: ``[B, T]`` int item ids, right-padded after ``lengths`` (any value, e.g. ``-1``).
       lengths: ``[B]`` path lengths in ``[0, T]``.
       target: ``[B]`` target item ids.
@@ -396,7 +399,7 @@ def score_paths(sim: SimLike, history: ArrayLike, path: ArrayLike, lengths: Arra
 
     Raises:
       ValueError: wrong shapes / dtypes, ``T >= max_len``; in eager mode also lengths
-        outside ``[0, T]`` or an item id outside ``[0, I)`` (history, path before
+        outside ``[0, T]`` or an item id outside ``[0, N)`` (history, path before
         ``lengths``, target).
 
     Example:
@@ -411,7 +414,7 @@ def score_paths(sim: SimLike, history: ArrayLike, path: ArrayLike, lengths: Arra
     _check_1d("target", target, b)
     num_items, max_len, t = cfg.num_items, cfg.max_len, np.shape(path)[1]
     if np.shape(history)[1] < 1 or t >= max_len:
-        raise ValueError(f"need H >= 1 and T < max_len = {max_len}: got history "
+        raise ValueError(f"need S >= 1 and T < max_len = {max_len}: got history "
                          f"{np.shape(history)}, path {np.shape(path)}")
     if _is_concrete(lengths):
         ln = np.asarray(lengths)

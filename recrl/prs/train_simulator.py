@@ -357,7 +357,8 @@ def load_simulator(directory: str | Path) -> Simulator:
         raise FileNotFoundError(
             f"no simulator checkpoint in {path.resolve()} (expected {CONFIG_FILE} and params/);"
             " train one with `python -m experiments.train_simulator --out=DIR`")
-    cfg = SimConfig(**json.loads((path / CONFIG_FILE).read_text())["config"])
+    cfg = SimConfig.from_dict(json.loads((path / CONFIG_FILE).read_text())["config"],
+                              str(path / CONFIG_FILE))
     model = build_simulator(cfg)
     with Checkpointer(path / "params") as ckpt:
         state, _ = ckpt.restore(like=nnx.to_pure_dict(nnx.state(model)))

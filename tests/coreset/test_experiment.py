@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from experiments import goracs
+from experiments import goracs, goracs_report
 from experiments.configs.goracs import get_config
+from recrl.coreset import pipeline
 
 
 @pytest.mark.slow
@@ -37,15 +38,15 @@ def test_tiny_pipeline_writes_results_and_report(tmp_path):
 
 def test_budgets_and_model_kind_checks():
     cfg = get_config("tiny")
-    assert goracs.budgets_of(cfg, 40) == [8, 10]
+    assert pipeline.budgets_of(cfg, 40) == [8, 10]
     cfg.budgets, cfg.budget_fractions = (64,), (0.5, 2.0)
-    assert goracs.budgets_of(cfg, 40) == [20, 40]  # clipped to the pool
+    assert pipeline.budgets_of(cfg, 40) == [20, 40]  # clipped to the pool
     cfg.budgets, cfg.budget_fractions = (), ()
     with pytest.raises(ValueError, match="no budgets"):
-        goracs.budgets_of(cfg, 40)
+        pipeline.budgets_of(cfg, 40)
     cfg.model.kind = "gpt"
     with pytest.raises(ValueError, match="unknown model kind 'gpt'"):
-        goracs.build_model(cfg)
+        pipeline.build_model(cfg)
 
 
 def test_unknown_variant():
@@ -73,7 +74,7 @@ def test_unknown_task_is_a_clear_error():
     cfg = get_config("tiny")
     cfg.task = "clik"
     with pytest.raises(ValueError, match="unknown task 'clik'"):
-        goracs.load_data(cfg)
+        pipeline.load_data(cfg)
 
 
 def test_pretrained_base_is_cached_and_restored(tmp_path, monkeypatch):
@@ -81,16 +82,16 @@ def test_pretrained_base_is_cached_and_restored(tmp_path, monkeypatch):
     cfg = get_config("tiny")
     cfg.pretrain.update(cache=True, steps=2)
     titles = np.array(["Heat (1995)", "Up (2009)", "Alien (1979)"])
-    first, encode = goracs.build_model(cfg)
-    losses = goracs.pretrain_on_titles(cfg, first, encode, titles, cache_key="k")
+    first, encode = pipeline.build_model(cfg)
+    losses = pipeline.pretrain_on_titles(cfg, first, encode, titles, cache_key="k")
     assert len(list((tmp_path / "goracs_base").iterdir())) == 1
-    again, _ = goracs.build_model(cfg)  # same seed-0 init: restoring must change it back
-    assert goracs.pretrain_on_titles(cfg, again, encode, titles, cache_key="k") == losses
+    again, _ = pipeline.build_model(cfg)  # same seed-0 init: restoring must change it back
+    assert pipeline.pretrain_on_titles(cfg, again, encode, titles, cache_key="k") == losses
     for a, b in zip(jax.tree.leaves(nnx.state(first)), jax.tree.leaves(nnx.state(again)),
                     strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    other, _ = goracs.build_model(cfg)  # another key trains (and caches) anew
-    goracs.pretrain_on_titles(cfg, other, encode, titles, cache_key="other")
+    other, _ = pipeline.build_model(cfg)  # another key trains (and caches) anew
+    pipeline.pretrain_on_titles(cfg, other, encode, titles, cache_key="other")
     assert len(list((tmp_path / "goracs_base").iterdir())) == 2
 
 
@@ -101,14 +102,14 @@ def test_versus_random_paired_and_unpaired_verdicts():
         return {"method": method, "budget": 8, "seed": seed, "HR@10": hits / 100,
                 "ranks": ranks}
 
-    lines = goracs.versus_random([run("goracs", 60), run("random", 40)], "HR@10", 100)
+    lines = goracs_report.versus_random([run("goracs", 60), run("random", 40)], "HR@10", 100)
     # paired differences: 20 ones, 80 zeros -> mean 0.2, sd 0.402, half-width 0.0788
     assert "+0.2000 ± 0.0788 (paired): **beats random**" in lines[-1]
-    lines = goracs.versus_random([run("goracs", 40), run("random", 41)], "HR@10", 100)
+    lines = goracs_report.versus_random([run("goracs", 40), run("random", 41)], "HR@10", 100)
     assert "no significant difference" in lines[-1]
     unpaired = [{k: v for k, v in r.items() if k != "ranks"}
                 for r in (run("goracs", 30), run("random", 60))]
-    lines = goracs.versus_random(unpaired, "HR@10", 100)
+    lines = goracs_report.versus_random(unpaired, "HR@10", 100)
     # 1.96 * sqrt(.3 * .7 + .6 * .4) / 10 = 0.1315
     assert "-0.3000 ± 0.1315 (unpaired): **worse than random**" in lines[-1]
 
@@ -146,11 +147,11 @@ def test_decisive_protocol_end_to_end_and_resumable(tmp_path, monkeypatch):
 
 def test_click_task_uses_the_papers_lambda():
     cfg = get_config("ml1m_cpu")
-    assert goracs.lam_of(cfg) == 0.1
+    assert pipeline.lam_of(cfg) == 0.1
     cfg.task = "click"
-    assert goracs.lam_of(cfg) == 0.5
+    assert pipeline.lam_of(cfg) == 0.5
     cfg.select.lam = 0.2
-    assert goracs.lam_of(cfg) == 0.2
+    assert pipeline.lam_of(cfg) == 0.2
 
 
 def _fake_runs(out, cfg, nll_of_poo, users, seed=0):
@@ -177,7 +178,7 @@ def test_decisive_report_applies_the_decision_rules(tmp_path):
     cfg.budgets, cfg.report.bootstrap = (100,), 500
     users = np.repeat(np.arange(200), 2)
     _fake_runs(tmp_path / "a", cfg, lambda p: 3.0 + 10 * p, users)  # NLL rises with POO
-    text = goracs.decisive_report(tmp_path / "a", cfg)
+    text = goracs_report.decisive_report(tmp_path / "a", cfg)
     assert "ρ = +1.000" in text and "**POO predicts test NLL**" in text
     assert "percentile 0 %" in text  # GORACS (lowest POO) beats every random subset
     assert "test NLL: GORACS − random mean" in text and "**GORACS better**" in text
@@ -193,5 +194,5 @@ def test_decisive_report_applies_the_decision_rules(tmp_path):
     rng = np.random.default_rng(7)
     noise = {round(0.1 + 0.01 * i, 6): v for i, v in enumerate(rng.permutation(9))}
     _fake_runs(tmp_path / "b", cfg, lambda p: 3.0 + 0.001 * noise[round(p, 6)], users)
-    text = goracs.decisive_report(tmp_path / "b", cfg)
+    text = goracs_report.decisive_report(tmp_path / "b", cfg)
     assert "**POO does not predict test NLL at n = 100**" in text

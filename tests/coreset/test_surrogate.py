@@ -18,8 +18,8 @@ def _data(n=30, items=8, hist=3, seed=0):
 
 def test_influence_equals_a_dense_gauss_newton_solve():
     h, m, t = _data()
-    params = surrogate.train_surrogate(h, m, t, 8, dim=3, steps=30, batch=16)
-    got = surrogate.surrogate_influence(params, h, m, t, damping=1e-2, batch=7)
+    params = surrogate.train_surrogate(h, m, t, 8, dim=3, steps=30, batch_size=16)
+    got = surrogate.surrogate_influence(params, h, m, t, damping=1e-2, batch_size=7)
     flat, unravel = ravel_pytree(params)
     hj, mj = jnp.asarray(h), jnp.asarray(m)
     jac = np.asarray(jax.jacrev(lambda th: surrogate.surrogate_logits(unravel(th), hj, mj))(
@@ -38,7 +38,7 @@ def test_influence_equals_a_dense_gauss_newton_solve():
 def test_training_lowers_the_loss_and_bad_ids_are_clear_errors():
     h, m, t = _data(n=200, seed=1)
     p0 = surrogate.init_surrogate(8, 4)
-    p1 = surrogate.train_surrogate(h, m, t, 8, dim=4, steps=200, batch=64)
+    p1 = surrogate.train_surrogate(h, m, t, 8, dim=4, steps=200, batch_size=64)
 
     def loss(p):
         return float(np.mean(surrogate._losses(p, jnp.asarray(h), jnp.asarray(m),

@@ -107,7 +107,7 @@ def test_unknown_dataset_name():
 
 
 def test_not_fetched_prints_fetch_command(tmp_path):
-    with pytest.raises(FileNotFoundError, match="python -m recrl.data.fetch ml-1m"):
+    with pytest.raises(FileNotFoundError, match="python -m experiments.fetch ml-1m"):
         load_movielens("ml-1m", root=tmp_path)
 
 

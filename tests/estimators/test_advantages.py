@@ -130,9 +130,11 @@ def test_registry_path_level_estimators_broadcast_to_actions(name):
 
 def test_mismatched_shapes_name_the_argument():
     r = jnp.ones((2, 3, 4))
-    with pytest.raises(ValueError, match="`eos_mask` has shape \\(2, 3, 5\\)"):
+    with pytest.raises(ValueError, match=r"different shapes: \[\(2, 3, 4\), \(2, 3, 4\), "
+                       r"\(2, 3, 5\)\].*`step_rewards`, `item_mask`, `eos_mask` must have one"):
         est.psae_advantages(r, jnp.ones((2, 3, 4)), jnp.ones((2, 3, 5)))
-    with pytest.raises(ValueError, match="`step_rewards` must have rank >= 2"):
+    with pytest.raises(ValueError,
+                       match=r"has shape \(4,\).*`step_rewards` must have shape \[..., G, T\]"):
         est.rtg_advantages(jnp.ones(4), jnp.ones(4), jnp.ones(4))
     with pytest.raises(ValueError, match="`scale` must be"):
         est.grpo_advantages(jnp.ones((2, 3)), scale="mad")

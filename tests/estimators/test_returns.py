@@ -87,7 +87,7 @@ def test_reward_stats_before_data_are_identity():
 
 
 def test_reward_stats_mask_shape_error():
-    with pytest.raises(ValueError, match="`mask` has shape"):
+    with pytest.raises(ValueError, match="has shape \\(3, 2\\).*`mask` must have shape \\(3, 4\\)"):
         est.reward_stats_update(est.reward_stats_init(2), jnp.ones((3, 4, 2)), jnp.ones((3, 2)))
     with pytest.raises(ValueError, match="components"):
         est.reward_stats_update(est.reward_stats_init(2), jnp.ones((3, 4, 3)), jnp.ones((3, 4)))

@@ -34,7 +34,7 @@ def test_every_shipped_variant_is_valid(mod, check):
     (("rl.group_size", 1), r"config.rl.group_size=1: must be an integer >= 2"),
     (("rl.epochs", 2.5), r"config.rl.epochs=2.5: must be an integer >= 1"),
     (("rl.reward_weights", (1.0, 1.0)), "must be 3 finite numbers"),
-    (("policy.heads", 3), r"config.policy.dim=16 must be a multiple of config.policy.heads=3"),
+    (("policy.n_heads", 3), r"config.policy.dim=16 must be a multiple of config.policy.n_heads=3"),
     (("evaluator.kind", "bert4rec"), "allowed: sasrec, gru4rec"),
     (("dataset", "ml-20m"), "allowed: ml-1m, ml-100k, synthetic"),
     (("baselines", ("random",)), "unknown 'random'"),

@@ -69,10 +69,11 @@ def test_icrlvr_training_resumes_to_the_uninterrupted_result(tmp_path, monkeypat
 def test_goracs_rerun_after_a_crash_keeps_finished_runs_and_matches(tmp_path, monkeypatch):
     from experiments import goracs
     from experiments.configs.goracs import get_config
+    from recrl.coreset import lmrec
 
     cfg = get_config("tiny")
     ref = goracs.run(cfg, str(tmp_path / "ref"))
-    finetune, calls, crash_at = goracs.lmrec.finetune, [], [3]
+    finetune, calls, crash_at = lmrec.finetune, [], [3]
 
     def crashes_on_the_third(*a, **k):
         if k.get("lora_only", True):  # a coreset run's fine-tuning (not the pretraining)
@@ -81,7 +82,7 @@ def test_goracs_rerun_after_a_crash_keeps_finished_runs_and_matches(tmp_path, mo
                 raise Killed
         return finetune(*a, **k)
 
-    monkeypatch.setattr(goracs.lmrec, "finetune", crashes_on_the_third)
+    monkeypatch.setattr(lmrec, "finetune", crashes_on_the_third)
     with pytest.raises(Killed):
         goracs.run(cfg, str(tmp_path / "run"))
     assert len(list((tmp_path / "run" / "runs").glob("*.json"))) == 2

@@ -49,7 +49,7 @@ def prorl_part(mesh, out) -> dict:
     data = parallel.writer_first("data", lambda: prorl.load_data(cfg))
     n_items = data.sequences.num_items
     sim = simulator.build_simulator(simulator.SimConfig(kind="sasrec", num_items=n_items,
-                                                        hidden=16, heads=1, blocks=1, ffn=16,
+                                                        dim=16, n_heads=1, n_layers=1, ffn_dim=16,
                                                         max_len=16, dropout=0.0))
     pcfg = PolicyConfig(num_items=n_items, history=cfg.data.history, max_len=cfg.data.max_len,
                         **cfg.policy)
@@ -111,7 +111,7 @@ def goracs_part(mesh) -> dict:
     loss_mask = np.zeros_like(mask)
     loss_mask[:, 8:] = True
     init = _flat("init/goracs", nnx.state(model, models.LoRAParam))
-    lmrec.finetune(model, tokens, mask, loss_mask, steps=3, batch=8, lr=1e-2, seed=0,
+    lmrec.finetune(model, tokens, mask, loss_mask, steps=3, batch_size=8, lr=1e-2, seed=0,
                    progress=False, mesh=mesh)
     return {**init, **_flat("goracs", nnx.state(model, models.LoRAParam))}
 

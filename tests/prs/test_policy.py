@@ -16,7 +16,7 @@ from recrl.prs.policy import (
 )
 from recrl.prs.rollout import generate, sample_categorical
 
-CFG = PolicyConfig(num_items=12, history=4, max_len=5, dim=16, heads=2, layers=2, ffn=32,
+CFG = PolicyConfig(num_items=12, history=4, max_len=5, dim=16, n_heads=2, n_layers=2, ffn_dim=32,
                    dropout=0.1)
 
 
@@ -32,7 +32,7 @@ def _prompts(b=6, seed=1):
 
 def test_config_validation():
     with pytest.raises(ValueError, match="divisible"):
-        PolicyConfig(num_items=5, dim=10, heads=4)
+        PolicyConfig(num_items=5, dim=10, n_heads=4)
     with pytest.raises(ValueError, match="num_items"):
         PolicyConfig(num_items=1)
 
@@ -167,3 +167,44 @@ def test_sample_categorical_handles_wide_vocabularies_and_one_hot_rows():
     assert draws[:, 2].min() >= 0 and draws[:, 2].max() < n_act
     assert len(np.unique(draws[:, 2])) > 400  # uniform over 3417: few repeats in 500
     assert set(np.unique(draws[:, 3])) == {0, 1}
+
+
+def _two_projection_logits(policy, tokens):
+    """The policy as written before its blocks became ``recrl.models.attention.CausalBlock``:
+    per block, ``q`` from one ``qkv(norm1(x))`` call and ``k, v`` from a second one, a
+    position mask, no dropout."""
+    positions = jnp.arange(tokens.shape[1])
+    x = policy._embed(tokens, positions)
+    for blk in policy.blocks:
+        b, s, d = x.shape
+        shape = (b, s, blk.n_heads, d // blk.n_heads)
+        q = blk.qkv(blk.norm1(x))[..., :d].reshape(shape)
+        k, v = (a.reshape(shape) for a in jnp.split(blk.qkv(blk.norm1(x))[..., d:], 2, -1))
+        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(d / blk.n_heads)
+        allowed = jnp.arange(s)[None, :] <= positions[:, None]
+        att = jax.nn.softmax(jnp.where(allowed[None, None], scores, -1e30), axis=-1)
+        x = x + blk.out(jnp.einsum("bhqk,bkhd->bqhd", att, v).reshape(b, s, d))
+        x = x + blk.fc2(jax.nn.gelu(blk.fc1(blk.norm2(x))))
+    return policy._logits(x)
+
+
+def test_shared_block_equals_the_two_projection_policy():
+    """The documented equivalence of the block refactor: same logits bit for bit; gradients
+    equal up to float32 rounding (the q and k/v projections are one matmul now, so their
+    backward is one contraction instead of two summed ones)."""
+    policy = _policy(seed=4)
+    hist, tgt = _prompts(seed=5)
+    tokens = jnp.concatenate([make_prompt(CFG, hist, tgt), jnp.tile(hist, (1, 1))], axis=1)
+    graphdef, params = nnx.split(policy)
+
+    def loss(p, fn):
+        return jnp.sum(jax.nn.log_softmax(fn(nnx.merge(graphdef, p), tokens)) * 0.37)
+
+    new_val, new_grad = jax.jit(jax.value_and_grad(loss), static_argnums=1)(
+        params, lambda m, t: m(t))
+    old_val, old_grad = jax.jit(jax.value_and_grad(loss), static_argnums=1)(
+        params, _two_projection_logits)
+    np.testing.assert_array_equal(policy(tokens), _two_projection_logits(policy, tokens))
+    np.testing.assert_allclose(new_val, old_val, rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(new_grad), jax.tree.leaves(old_grad), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)

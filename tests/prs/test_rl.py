@@ -13,7 +13,7 @@ from recrl.prs.policy import PathPolicy, PolicyConfig
 from tests.prs import fake_sim
 
 N = 10
-CFG = PolicyConfig(num_items=N, history=3, max_len=4, dim=16, heads=2, layers=1, ffn=32,
+CFG = PolicyConfig(num_items=N, history=3, max_len=4, dim=16, n_heads=2, n_layers=1, ffn_dim=32,
                    dropout=0.0)
 
 

@@ -21,7 +21,7 @@ I = 23
 
 
 def tiny(kind: str, seed: int = 0, max_len: int = 16) -> SASRec | GRU4Rec:
-    cfg = SimConfig(kind, num_items=I, max_len=max_len, hidden=8, heads=2, blocks=2, ffn=16,
+    cfg = SimConfig(kind, num_items=I, max_len=max_len, dim=8, n_heads=2, n_layers=2, ffn_dim=16,
                     dropout=0.5, gru_hidden=12)
     model = build_simulator(cfg, seed=seed)
     # Spread the small default init so that scores and ranks are far from ties.
@@ -46,11 +46,11 @@ def np_gelu(x):
 def np_sasrec_states(model: SASRec, items: np.ndarray) -> np.ndarray:
     """Eval-mode SASRec on one unpadded sequence, written from the paper's equations."""
     p, cfg = params(model), model.cfg
-    n, heads = len(items), cfg.heads
+    n, heads = len(items), cfg.n_heads
     x = p["item_embed"]["embedding"][items + 1] + p["pos_embed"]["embedding"][:n]
-    for b in range(cfg.blocks):
+    for b in range(cfg.n_layers):
         blk = p["blocks"][b]
-        qkv = np_layernorm(x, blk["ln1"]) @ blk["qkv"]["kernel"] + blk["qkv"]["bias"]
+        qkv = np_layernorm(x, blk["norm1"]) @ blk["qkv"]["kernel"] + blk["qkv"]["bias"]
         q, k, v = qkv.reshape(n, 3, heads, -1).transpose(1, 2, 0, 3)  # [heads, n, dh] each
         s = q @ k.transpose(0, 2, 1) / np.sqrt(q.shape[-1])
         s = np.where(np.tril(np.ones((n, n), bool)), s, -np.inf)
@@ -58,8 +58,8 @@ def np_sasrec_states(model: SASRec, items: np.ndarray) -> np.ndarray:
         a /= a.sum(-1, keepdims=True)
         y = (a @ v).transpose(1, 0, 2).reshape(n, -1)
         x = x + y @ blk["out"]["kernel"] + blk["out"]["bias"]
-        f = np_gelu(np_layernorm(x, blk["ln2"]) @ blk["ff1"]["kernel"] + blk["ff1"]["bias"])
-        x = x + f @ blk["ff2"]["kernel"] + blk["ff2"]["bias"]
+        f = np_gelu(np_layernorm(x, blk["norm2"]) @ blk["fc1"]["kernel"] + blk["fc1"]["bias"])
+        x = x + f @ blk["fc2"]["kernel"] + blk["fc2"]["bias"]
     return np_layernorm(x, p["final_norm"])
 
 
@@ -98,7 +98,7 @@ def test_config_validation():
     with pytest.raises(ValueError, match="kind"):
         SimConfig("bert4rec", num_items=10)
     with pytest.raises(ValueError, match="divisible"):
-        SimConfig("sasrec", num_items=10, hidden=10, heads=3)
+        SimConfig("sasrec", num_items=10, dim=10, n_heads=3)
     with pytest.raises(ValueError, match="dropout"):
         SimConfig("sasrec", num_items=10, dropout=1.0)
     with pytest.raises(ValueError, match="num_items"):
@@ -279,3 +279,15 @@ def test_bad_inputs_give_clear_errors():
         score_paths(model, hist, path, pl, np.array([I]))
     with pytest.raises(ValueError, match="T < max_len"):
         score_paths(model, hist, np.zeros((1, 8), np.int32), pl, tgt)
+
+
+def test_config_saved_with_the_former_size_names_is_rejected_clearly():
+    saved = dict(kind="sasrec", num_items=10, max_len=12, hidden=8, heads=2, blocks=1, ffn=16,
+                 dropout=0.1, gru_hidden=8)
+    with pytest.raises(ValueError, match=r"x/simulator.json uses the former size names "
+                                         r"\['blocks', 'ffn', 'heads', 'hidden'\].*retrain it"):
+        SimConfig.from_dict(saved, "x/simulator.json")
+    new = dict(saved, dim=8, n_heads=2, n_layers=1, ffn_dim=16)
+    for k in ("hidden", "heads", "blocks", "ffn"):
+        del new[k]
+    assert SimConfig.from_dict(new) == SimConfig(**new)

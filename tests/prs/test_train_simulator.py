@@ -51,7 +51,7 @@ def markov_data(num_users=200, num_items=40, length=24, p_next=0.7, seed=0,
 
 
 def tiny_cfg(kind, num_items, **kw):
-    base = dict(max_len=10, hidden=16, heads=2, blocks=1, ffn=32, dropout=0.1, gru_hidden=16)
+    base = dict(max_len=10, dim=16, n_heads=2, n_layers=1, ffn_dim=32, dropout=0.1, gru_hidden=16)
     return SimConfig(kind, num_items=num_items, **{**base, **kw})
 
 
@@ -211,7 +211,7 @@ def test_errors(tmp_path):
                         patience=1, log_every=1)
     model = build_simulator(tiny_cfg("sasrec", 20))
     with pytest.raises(ValueError, match="does not match"):
-        save_simulator(tmp_path / "x", model, tiny_cfg("sasrec", 20, hidden=8))
+        save_simulator(tmp_path / "x", model, tiny_cfg("sasrec", 20, dim=8))
 
 
 @pytest.mark.slow

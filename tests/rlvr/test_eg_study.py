@@ -51,6 +51,12 @@ def test_tiny_study_runs_resumes_and_reports(tmp_path):
     assert set(a["diff"]) == {"eg-mean_logprob", "log_weight-mean_logprob", "eg-length",
                               "log_weight-eg"}
     assert "ρ(eg) − ρ(mean_logprob)" in (tmp_path / "report.md").read_text()
+    # the decision rule, recomputed from the intervals, for EG and for exact log w
+    for k in ("eg", "log_weight"):
+        lo, lo_d = a["rho_ci95"][k][0], a["diff"][f"{k}-mean_logprob"]["ci95"][0]
+        assert a["decision"][f"{k}_tracks_quality"] == (lo > 0)
+        assert a["decision"][f"{k}_beats_mean_logprob"] == (lo > 0 and lo_d > 0)
+    assert "rests on the parser unchecked" in (tmp_path / "report.md").read_text()
 
     # resume with a larger target: only new chunks are sampled, old lines kept as they were
     cfg.study.target_correct = 100
