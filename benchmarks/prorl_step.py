@@ -6,7 +6,7 @@ jit with NamedSharding). Randomly initialised models: the cost does not depend o
 weights. The reference reports ~1.0 s per step for 512 prompts × 16 paths on 4 GPUs
 (≈ 8,200 paths/s, ≈ 2,050 paths/s per GPU) and 10–17 paths/s for 128 × 16 on a 2-core CPU.
 
-    python -m benchmarks.prorl_step [--prompts 128 --samples 16 --num_items 2670]
+    python -m benchmarks.prorl_step [--prompts 128 --group_size 16 --num_items 2670]
     python -m benchmarks.prorl_step --prompts 512 --micro_batches 16   # paper_epoch1's update
     JAX_NUM_CPU_DEVICES=4 python -m benchmarks.prorl_step   # also time 4 (fake) devices
 """
@@ -20,6 +20,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from experiments.configs.prorl import METHODS
 from recrl import parallel
 from recrl.prs import rl, simulator
 from recrl.prs.policy import PathPolicy, PolicyConfig
@@ -32,7 +33,8 @@ def time_steps(n_dev: int, args: argparse.Namespace) -> tuple[float, float]:
     policy = PathPolicy(pcfg, nnx.Rngs(0))
     sim = simulator.build_simulator(simulator.SimConfig(kind="sasrec", num_items=args.num_items))
     graphdef, sim_state = nnx.split(sim)
-    cfg = rl.RLConfig(method="prorl", samples=args.samples, micro_batches=args.micro_batches)
+    cfg = rl.RLConfig(method=METHODS["prorl"], group_size=args.group_size,
+                      micro_batches=args.micro_batches)
     state, graph = rl.init_state(policy, cfg)
     step = rl.make_train_step(
         graph, lambda s, *a: simulator.score_paths((graphdef, s), *a), cfg)
@@ -57,7 +59,7 @@ def time_steps(n_dev: int, args: argparse.Namespace) -> tuple[float, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--prompts", type=int, default=128)
-    ap.add_argument("--samples", type=int, default=16)
+    ap.add_argument("--group_size", type=int, default=16)
     ap.add_argument("--num_items", type=int, default=2670, help="ML-1M after 20/40-core")
     ap.add_argument("--dim", type=int, default=64)
     ap.add_argument("--layers", type=int, default=2)
@@ -67,9 +69,9 @@ def main() -> None:
     ap.add_argument("--train_prompts", type=int, default=31230,
                     help="prompts in one RL epoch (ML-1M mined train paths, docs/data.md)")
     args = ap.parse_args()
-    paths = args.prompts * args.samples
+    paths = args.prompts * args.group_size
     print(f"device: {jax.devices()[0].device_kind} × {jax.device_count()}, jax {jax.__version__};"
-          f" {args.prompts} prompts × {args.samples} paths × 10 steps, {args.num_items} items")
+          f" {args.prompts} prompts × {args.group_size} paths × 10 steps, {args.num_items} items")
     print(f"{'devices':>8s} {'s/step':>8s} {'paths/s':>9s} {'compile s':>10s}")
     counts = sorted({1, jax.device_count()})
     results = {}

@@ -30,22 +30,24 @@ import numpy as np
 import optax
 from absl import app, flags, logging
 
+from experiments.configs import prorl as prorl_config
 from recrl import estimators as est
+from recrl.prs import rl
 
 FLAGS = flags.FLAGS
 
 
-def parse_run(name: str) -> tuple[str, bool]:
-    """Maps a run name to (registered estimator, use SRC)."""
-    if name == "prorl":
-        return "psae", True
-    if name == "prorl_no_src":
-        return "psae", False
-    base, _, suffix = name.partition("+")
-    if suffix not in ("", "src"):
-        raise ValueError(f"run {name!r}: only the suffix '+src' is understood")
-    est.get_advantage_estimator(base)  # raises with the known names
-    return base, suffix == "src"
+def resolve_runs(names: Sequence[str]) -> dict[str, rl.Method]:
+    """The methods-table entries (``experiments/configs/prorl.py``) of the runs ``names``.
+
+    The tabular policy has no critic: a method with one is a clear error.
+    """
+    runs = {n: prorl_config.method(n) for n in names}
+    for n, m in runs.items():
+        if m.critic:
+            raise ValueError(f"run {n!r}: a method with a critic is not supported by the "
+                             "tabular policy")
+    return runs
 
 
 def item_table(key: jax.Array, num_items: int, max_len: int, decay: float) -> jax.Array:
@@ -109,17 +111,17 @@ def initial_policy_stats(table: jax.Array, theta: jax.Array, key: jax.Array, noi
     return est.reward_stats_mean_std(est.reward_stats_update(est.reward_stats_init(2), comps, item))
 
 
-@partial(jax.jit, static_argnames=("name", "use_src", "cfg"))
-def train(key: jax.Array, table: jax.Array, eval_stats: tuple, name: str, use_src: bool,
+@partial(jax.jit, static_argnames=("method", "cfg"))
+def train(key: jax.Array, table: jax.Array, eval_stats: tuple, method: rl.Method,
           cfg: tuple) -> dict:
     """Trains one policy; returns per-step metrics and the final SRC statistics.
 
     ``eval_stats`` (mean, std) centre the reported ``centred_return`` identically for every
-    run; training itself centres with its own first-epoch statistics when ``use_src``.
+    run; training itself centres with its own first-epoch statistics when ``method.src``.
     """
     steps, src_steps, P, G, noise, lr, init_stop = cfg
     T, V = table.shape[0], table.shape[1]
-    estimator = est.get_advantage_estimator(name)
+    estimator = est.get_advantage_estimator(method.estimator)
     tx = optax.adam(lr)
     theta = initial_theta(T, V, init_stop)
 
@@ -134,14 +136,15 @@ def train(key: jax.Array, table: jax.Array, eval_stats: tuple, name: str, use_sr
         )
         mean, std = est.reward_stats_mean_std(stats)
         centred = est.center_rewards(comps, mean, std) * item
-        r = centred if use_src else jnp.sum(comps, -1)
+        r = centred if method.src else jnp.sum(comps, -1)
         shape = (P, G, T)
         adv = estimator(r.reshape(shape), item.reshape(shape), eos.reshape(shape))
         act = (item + eos).reshape(shape)
 
         def loss_fn(theta):
             lp = log_policy(theta)[jnp.arange(T), acts].reshape(shape)
-            return est.policy_gradient_loss(jnp.where(act > 0, lp, 0.0), adv, act, "seq_sum")
+            return est.policy_gradient_loss(jnp.where(act > 0, lp, 0.0), adv, act,
+                                            method.aggregation)
 
         grads = jax.grad(loss_fn)(theta)
         updates, opt_state = tx.update(grads, opt_state, theta)
@@ -163,23 +166,23 @@ def train(key: jax.Array, table: jax.Array, eval_stats: tuple, name: str, use_sr
             "stats_std": est.reward_stats_mean_std(stats)[1]}
 
 
-def run_all(runs: Sequence[str], *, steps: int, src_steps: int, prompts: int, samples: int,
+def run_all(runs: Sequence[str], *, steps: int, src_steps: int, prompts: int, group_size: int,
             max_len: int, num_items: int, decay: float, noise: float, lr: float,
             init_stop: float, seeds: int, seed: int) -> dict:
     """Trains every run for ``seeds`` seeds; returns metrics ``[seeds, steps]`` per run."""
-    parsed = {r: parse_run(r) for r in runs}
+    methods = resolve_runs(runs)
     key = jax.random.key(seed)
     table = item_table(jax.random.fold_in(key, 10_000), num_items, max_len, decay)
     keys = jax.random.split(key, seeds)
     if not 0.0 < init_stop < 1.0:
         raise ValueError(f"init_stop must be in (0, 1), got {init_stop}")
-    cfg = (steps, src_steps, prompts, samples, noise, lr, init_stop)
+    cfg = (steps, src_steps, prompts, group_size, noise, lr, init_stop)
     eval_stats = initial_policy_stats(table, initial_theta(max_len, num_items, init_stop),
                                       jax.random.fold_in(key, 20_000), noise)
     results = {}
-    for r, (name, use_src) in parsed.items():
+    for r, m in methods.items():
         t0 = time.perf_counter()
-        out = jax.vmap(lambda k, n=name, s=use_src: train(k, table, eval_stats, n, s, cfg))(keys)
+        out = jax.vmap(lambda k, m=m: train(k, table, eval_stats, m, cfg))(keys)
         out = jax.tree.map(np.asarray, out)
         out["own_optimum"] = np.array([
             best_centred_length(table, jnp.asarray(m), jnp.asarray(s))
@@ -251,15 +254,17 @@ def define_flags() -> None:
     """Defines this launcher's flags (only when run as a program: launchers share one
     process-wide flag registry, e.g. under pytest)."""
     flags.DEFINE_list(
-        "estimators", ["reinforce", "grpo", "rtg", "prorl_no_src", "rtg+src", "prorl"],
-        "Runs to compare: a registered advantage estimator name (raw rewards), NAME+src (with "
-        "stepwise reward centring), 'prorl' (= psae+src) or 'prorl_no_src' (= psae).",
+        "methods", ["reinforce_no_src", "grpo_seq_sum_no_src", "rtg_no_src", "prorl_no_src",
+                    "rtg", "prorl"],
+        "Runs to compare: names from the ProRL methods table (experiments/configs/prorl.py: "
+        "estimator, reward centring, aggregation); e.g. 'prorl' = SRC + PSAE, "
+        "'reinforce_no_src' = REINFORCE on raw rewards.",
     )
     flags.DEFINE_integer("steps", 300, "Policy updates per run.")
     flags.DEFINE_integer("src_steps", 20, "Updates in the first epoch, during which SRC statistics "
                          "are gathered; frozen afterwards.")
     flags.DEFINE_integer("prompts", 64, "Groups per update (P).")
-    flags.DEFINE_integer("samples", 16, "Paths per group (G).")
+    flags.DEFINE_integer("group_size", 16, "Paths per group (G).")
     flags.DEFINE_integer("max_len", 10, "Maximum path length (T).")
     flags.DEFINE_integer("num_items", 20, "Number of items.")
     flags.DEFINE_float("decay", 0.7, "Per-position decay of the interest gain.")
@@ -291,8 +296,8 @@ def write_outputs(out_dir: str, runs: Sequence[str], **kwargs) -> str:
 def main(argv: Sequence[str]) -> None:
     del argv
     table = write_outputs(
-        FLAGS.out_dir, FLAGS.estimators, steps=FLAGS.steps, src_steps=FLAGS.src_steps,
-        prompts=FLAGS.prompts, samples=FLAGS.samples, max_len=FLAGS.max_len,
+        FLAGS.out_dir, FLAGS.methods, steps=FLAGS.steps, src_steps=FLAGS.src_steps,
+        prompts=FLAGS.prompts, group_size=FLAGS.group_size, max_len=FLAGS.max_len,
         num_items=FLAGS.num_items, decay=FLAGS.decay, noise=FLAGS.noise, lr=FLAGS.lr,
         init_stop=FLAGS.init_stop, seeds=FLAGS.seeds, seed=FLAGS.seed,
     )

@@ -246,12 +246,24 @@ def claims(results: dict) -> list[str]:
     for r in results["runs"]:
         tests.setdefault(r["method"], []).append(r["test"])
     mean = lambda m, k: float(np.mean([t[k] for t in tests[m]]))
-    out = []
-    rivals = [m for m in ("reinforce", "grpo", "rtg") if m in tests]
+    out = _rival_claims(results, tests, mean)
     base = results.get("baselines", {}).get("pretrained")
+    if "prorl" in tests and base:
+        d = mean("prorl", "sasrec/ctr@1") - base["sasrec/ctr@1"]
+        out.append(f"ProRL's CTR@1 within 0.05 of the pretrained policy's: "
+                   f"{'holds' if abs(d) <= 0.05 else 'does not hold'} ({d:+.3f})")
+    return out + _curve_claims(results)
+
+
+def _rival_claims(results: dict, tests: dict[str, list[dict]], mean: Any) -> list[str]:
+    """ProRL against REINFORCE / GRPO / RTG on IoI@1 and IoR@1 (paired intervals when
+    every comparison has one, else the seed means)."""
+    rivals = [m for m in ("reinforce", "grpo", "rtg") if m in tests]
+    if "prorl" not in tests or not rivals:
+        return []
     paired = (results.get("intervals") or {}).get("vs_prorl") or {}
-    if "prorl" in tests and rivals and all(key in paired.get(m, {}) for m in rivals
-                                           for key in ("sasrec/ioi@1", "sasrec/ior@1")):
+    out = []
+    if all(key in paired.get(m, {}) for m in rivals for key in ("sasrec/ioi@1", "sasrec/ior@1")):
         for key, name in (("sasrec/ioi@1", "IoI@1"), ("sasrec/ior@1", "IoR@1")):
             vs = {m: _sign_verdict(paired[m][key]) for m in rivals}
             both = ("holds" if all(v == "holds" for v in vs.values()) else
@@ -260,17 +272,19 @@ def claims(results: dict) -> list[str]:
                        "95 % interval over users: "
                        + ", ".join(f"{m} {_ci(paired[m][key], 'ior' in key)}" for m in rivals)
                        + ")")
-    elif "prorl" in tests and rivals:
-        for key, name in (("sasrec/ioi@1", "IoI@1"), ("sasrec/ior@1", "IoR@1")):
-            diffs = {m: mean("prorl", key) - mean(m, key) for m in rivals}
-            ok = all(d > 0 for d in diffs.values())
-            out.append(f"ProRL beats {', '.join(rivals)} on {name}: "
-                       f"{'holds' if ok else 'does not hold'} (ProRL − rival: "
-                       + ", ".join(f"{m} {d:+.3g}" for m, d in diffs.items()) + ")")
-    if "prorl" in tests and base:
-        d = mean("prorl", "sasrec/ctr@1") - base["sasrec/ctr@1"]
-        out.append(f"ProRL's CTR@1 within 0.05 of the pretrained policy's: "
-                   f"{'holds' if abs(d) <= 0.05 else 'does not hold'} ({d:+.3f})")
+        return out
+    for key, name in (("sasrec/ioi@1", "IoI@1"), ("sasrec/ior@1", "IoR@1")):
+        diffs = {m: mean("prorl", key) - mean(m, key) for m in rivals}
+        ok = all(d > 0 for d in diffs.values())
+        out.append(f"ProRL beats {', '.join(rivals)} on {name}: "
+                   f"{'holds' if ok else 'does not hold'} (ProRL − rival: "
+                   + ", ".join(f"{m} {d:+.3g}" for m, d in diffs.items()) + ")")
+    return out
+
+
+def _curve_claims(results: dict) -> list[str]:
+    """Claims on the training curves: path lengths and the advantage-variance order."""
+    out = []
     curves = training_curves(results)
     lmax = results.get("config", {}).get("data", {}).get("max_len", 10)
     for m in ("grpo", "prorl_no_src"):

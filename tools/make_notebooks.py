@@ -150,8 +150,9 @@ ESTIMATORS = [
     ),
     new_code_cell(
         "from experiments import length_bias as lb\n"
-        "res = lb.run_all(['reinforce', 'prorl'], steps=steps, src_steps=max(steps // 8, 1),\n"
-        "                 prompts=P, samples=G, max_len=T, num_items=10, decay=0.7, noise=0.2,\n"
+        "res = lb.run_all(['reinforce_no_src', 'prorl'], steps=steps,\n"
+        "                 src_steps=max(steps // 8, 1), prompts=P, group_size=G, max_len=T,\n"
+        "                 num_items=10, decay=0.7, noise=0.2,\n"
         "                 lr=0.05, init_stop=0.3, seeds=2, seed=0)\n"
         "print(lb.summarise(res, T, tail=10))\n"
         "for name, out in res['runs'].items():\n"

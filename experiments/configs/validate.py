@@ -168,12 +168,13 @@ def _llama_dims(c: _Checker, prefix: str) -> None:
 
 def validate_prorl(cfg: Any) -> None:
     """Checks a ProRL config (``experiments/configs/prorl.py``); raises :class:`ConfigError`."""
-    from recrl.prs import rl, simulator
+    from experiments.configs.prorl import METHODS
+    from recrl.prs import simulator
 
     c = _Checker(cfg, "prorl")
     c.choice("dataset", DATASETS)
     c.ints("seeds", 0)
-    c.names("methods", rl.METHODS)
+    c.names("methods", METHODS)
     c.names("baselines", ("pretrained", "mined", "ipg", "greedy_sequential"), nonempty=False)
     c.bool("distributed")
     c.int("num_devices", 0)
@@ -198,7 +199,7 @@ def validate_prorl(cfg: Any) -> None:
     c.num("pretrain.weight_decay", 0)
     c.int("rl.epochs", 1)
     c.int("rl.prompts", 1)
-    c.int("rl.samples", 2)
+    c.int("rl.group_size", 2)
     c.num("rl.lr", 0, strict_lo=True)
     c.num("rl.warmup_frac", 0, 1)
     c.num("rl.kl_weight", 0)

@@ -5,7 +5,7 @@
 * :mod:`recrl.data.movielens`: atomic files -> parquet -> HF datasets (:func:`load_movielens`).
 * :mod:`recrl.data.synthetic`: same-schema synthetic data with genre-drifting tastes.
 * :mod:`recrl.data.sequences`: chronological CSR sequences, k-core, user splits, negatives.
-* :mod:`recrl.data.prorl`: ProRL path mining (``python -m recrl.data.prorl --stats ml-1m``).
+* :mod:`recrl.data.prorl`: ProRL path mining (statistics: ``python -m experiments.prorl_data``).
 * :mod:`recrl.data.lmrec`: LM-recommender (GORACS) next-item / click samples.
 
 See ``docs/data.md``.

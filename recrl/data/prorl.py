@@ -22,20 +22,17 @@ default: one sample per run, closest to the paper's counts, see ``docs/data.md``
 each chunk's history being the ``H`` items right before it, and drops a final chunk of
 fewer than 3 items.
 
-Run ``python -m recrl.data.prorl --stats ml-1m`` for the statistics table and timings.
+Run ``python -m experiments.prorl_data --dataset=ml-1m`` for the statistics table and timings.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import sys
-import time
 from typing import Literal, NamedTuple
 
 import numpy as np
 
-from recrl.data.movielens import MovieLens, load_movielens
+from recrl.data.movielens import MovieLens
 from recrl.data.sequences import Sequences, build_sequences, sample_unseen, split_users
 
 #: Padding value of ``PathSamples.path`` beyond each path's length.
@@ -284,39 +281,3 @@ def format_stats(stats: dict) -> str:
         lines.append(f"{'length ' + str(k):14s}"
                      + "".join(f"{stats['splits'][n]['length_hist'][k]:>10,}" for n in names))
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """CLI: ``python -m recrl.data.prorl --stats ml-1m`` prints the stats and timings."""
-    parser = argparse.ArgumentParser(description="ProRL preprocessing statistics")
-    parser.add_argument("--stats", default="ml-1m",
-                        help="ml-1m, ml-100k or synthetic (default ml-1m)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--min-user", type=int, default=20)
-    parser.add_argument("--min-item", type=int, default=40)
-    parser.add_argument("--long-runs", choices=("truncate", "split"), default="truncate")
-    args = parser.parse_args(argv)
-    t0 = time.perf_counter()
-    if args.stats == "synthetic":
-        from recrl.data.synthetic import synthetic_movielens
-        ml = synthetic_movielens(1000, 2000, min_len=20, max_len=300, seed=args.seed)
-    else:
-        try:
-            ml = load_movielens(args.stats)
-        except (ValueError, FileNotFoundError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 1
-    t1 = time.perf_counter()
-    config = ProRLConfig(min_user=args.min_user, min_item=args.min_item, seed=args.seed,
-                         long_runs=args.long_runs)
-    data = prepare_prorl(ml, config)
-    t2 = time.perf_counter()
-    print(f"{args.stats}: {config}")
-    print(format_stats(prorl_stats(data)))
-    print(f"\ntime: load {t1 - t0:.2f} s, k-core + split + mining {t2 - t1:.2f} s, "
-          f"total {t2 - t0:.2f} s")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

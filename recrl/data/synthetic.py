@@ -68,10 +68,19 @@ def synthetic_movielens(
     if not 1 <= min_len <= max_len < num_items:
         raise ValueError("need 1 <= min_len <= max_len < num_items")
     rng = np.random.default_rng(seed)
-    genres = SYNTHETIC_GENRES[:num_genres]
     popularity = 1.0 / (1.0 + rng.permutation(num_items)) ** 0.7
-    # Item genres: Drama alone (drama_only_rate), else 1-3 other genres plus Drama with
-    # probability drama_rate.
+    has = _item_genres(rng, num_items, num_genres, drama_rate, drama_only_rate)
+    lengths = rng.integers(min_len, max_len + 1, size=num_users)
+    seq, rating, seen = _user_sequences(rng, has, popularity, lengths, max_len, taste_scale,
+                                        drift)
+    return _assemble(rng, name, SYNTHETIC_GENRES[:num_genres], has, seq, rating, seen,
+                     lengths, tie_rate)
+
+
+def _item_genres(rng: np.random.Generator, num_items: int, num_genres: int,
+                 drama_rate: float, drama_only_rate: float) -> np.ndarray:
+    """``[I, num_genres]`` bool: Drama alone (``drama_only_rate``), else 1-3 other genres
+    plus Drama with probability ``drama_rate``."""
     has = np.zeros((num_items, num_genres), bool)
     for i in range(num_items):
         k = 1 + rng.binomial(2, 0.3)
@@ -80,10 +89,38 @@ def synthetic_movielens(
     drama_only = rng.random(num_items) < drama_only_rate
     has[drama_only] = False
     has[drama_only, 0] = True
+    return has
+
+
+def _pick_items(rng: np.random.Generator, act: np.ndarray, g: np.ndarray,
+                by_genre: list[np.ndarray], cum: list[np.ndarray], seen: np.ndarray
+                ) -> np.ndarray:
+    """One unseen item per active user ``act`` from its drawn genre ``g``."""
+    pick = np.full(len(act), -1)
+    for gg in range(len(by_genre)):
+        rows = np.flatnonzero(g == gg)
+        for _ in range(8):  # popularity-weighted draws within the genre, reject seen
+            if len(rows) == 0 or len(by_genre[gg]) == 0:
+                break
+            r = rng.random(len(rows)) * cum[gg][-1]
+            cand = by_genre[gg][np.minimum(np.searchsorted(cum[gg], r), len(cum[gg]) - 1)]
+            ok = ~seen[act[rows], cand]
+            pick[rows[ok]] = cand[ok]
+            rows = rows[~ok]
+    for k in np.flatnonzero(pick < 0):  # genre exhausted: any unseen item
+        pick[k] = rng.choice(np.flatnonzero(~seen[act[k]]))
+    return pick
+
+
+def _user_sequences(rng: np.random.Generator, has: np.ndarray, popularity: np.ndarray,
+                    lengths: np.ndarray, max_len: int, taste_scale: float, drift: float
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Item ``[U, max_len]`` (-1 after the end) and rating sequences under drifting genre
+    tastes, and the ``[U, I]`` seen matrix."""
+    num_items, num_genres = has.shape
+    num_users = len(lengths)
     by_genre = [np.flatnonzero(has[:, g]) for g in range(num_genres)]
     cum = [np.cumsum(popularity[ids]) for ids in by_genre]
-
-    lengths = rng.integers(min_len, max_len + 1, size=num_users)
     seen = np.zeros((num_users, num_items), bool)
     logits = taste_scale * rng.standard_normal((num_users, num_genres))
     seq = np.full((num_users, max_len), -1, np.int64)
@@ -95,25 +132,22 @@ def synthetic_movielens(
         p /= p.sum(axis=1, keepdims=True)
         g = (rng.random(len(act))[:, None] > np.cumsum(p, axis=1)).sum(axis=1)
         g = np.minimum(g, num_genres - 1)
-        pick = np.full(len(act), -1)
-        for gg in range(num_genres):
-            rows = np.flatnonzero(g == gg)
-            for _ in range(8):  # popularity-weighted draws within the genre, reject seen
-                if len(rows) == 0 or len(by_genre[gg]) == 0:
-                    break
-                r = rng.random(len(rows)) * cum[gg][-1]
-                cand = by_genre[gg][np.minimum(np.searchsorted(cum[gg], r), len(cum[gg]) - 1)]
-                ok = ~seen[act[rows], cand]
-                pick[rows[ok]] = cand[ok]
-                rows = rows[~ok]
-        for k in np.flatnonzero(pick < 0):  # genre exhausted: any unseen item
-            pick[k] = rng.choice(np.flatnonzero(~seen[act[k]]))
+        pick = _pick_items(rng, act, g, by_genre, cum, seen)
         seen[act, pick] = True
         seq[act, t] = pick
         liked = p[np.arange(len(act)), g] * num_genres  # > 1: a currently preferred genre
         rating[act, t] = np.clip(np.round(2.5 + liked + rng.normal(0, 1, len(act))), 1, 5)
         logits[act] += drift * rng.standard_normal((len(act), num_genres))
+    return seq, rating, seen
 
+
+def _assemble(rng: np.random.Generator, name: str, genres: tuple[str, ...], has: np.ndarray,
+              seq: np.ndarray, rating: np.ndarray, seen: np.ndarray, lengths: np.ndarray,
+              tie_rate: float) -> MovieLens:
+    """Timestamps, a shuffled interaction order, loader-style user and item numbering."""
+    num_users, max_len = seq.shape
+    num_items = has.shape[0]
+    users = np.arange(num_users)
     mask = np.arange(max_len)[None, :] < lengths[:, None]
     user = np.broadcast_to(users[:, None], mask.shape)[mask]
     item, rating = seq[mask], rating[mask]

@@ -6,12 +6,9 @@ positions) and ``[P, G]`` per path.
 
 from recrl.estimators._checks import checked
 from recrl.estimators.advantages import (
-    advantage_estimator_names,
-    get_advantage_estimator,
     grpo_advantages,
     position_baseline,
     psae_advantages,
-    register_advantage_estimator,
     reinforce_advantages,
     rloo_advantages,
     rtg_advantages,
@@ -29,6 +26,11 @@ from recrl.estimators.losses import (
     full_kl,
     kl_penalty,
     policy_gradient_loss,
+)
+from recrl.estimators.registry import (
+    advantage_estimator_names,
+    get_advantage_estimator,
+    register_advantage_estimator,
 )
 from recrl.estimators.returns import (
     RewardStats,

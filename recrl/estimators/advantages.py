@@ -13,13 +13,13 @@ gradient is then :math:`\hat g = \frac{1}{PG}\sum_{p,g,t} \nabla \log\pi(a_t)\, 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Literal
 
 import jax
 import jax.numpy as jnp
 
 from recrl.estimators._checks import assert_equal_shape, assert_shape, check_finite
+from recrl.estimators.registry import register_advantage_estimator
 from recrl.estimators.returns import _reward_to_go
 
 
@@ -84,6 +84,7 @@ def _position_baseline(g: jax.Array, a: jax.Array, leave_one_out: bool) -> jax.A
     return jnp.where(n_o > 0, s_o / jnp.maximum(n_o, 1.0), 0.0)
 
 
+@register_advantage_estimator("psae")
 def psae_advantages(
     step_rewards: jax.typing.ArrayLike,
     item_mask: jax.typing.ArrayLike,
@@ -136,6 +137,7 @@ def _psae(r: jax.Array, item: jax.Array, eos: jax.Array, discount: float = 1.0,
     return (g - b) * act
 
 
+@register_advantage_estimator("reinforce")
 def reinforce_advantages(
     step_rewards: jax.typing.ArrayLike,
     item_mask: jax.typing.ArrayLike,
@@ -157,6 +159,7 @@ def reinforce_advantages(
     return ret * (item + eos) * valid
 
 
+@register_advantage_estimator("rtg")
 def rtg_advantages(
     step_rewards: jax.typing.ArrayLike,
     item_mask: jax.typing.ArrayLike,
@@ -256,64 +259,36 @@ def _rloo(r: jax.Array, v: jax.Array) -> jax.Array:
     return jnp.where(n >= 2, (r - others) * v, 0.0)
 
 
-# --------------------------------------------------------------------------------------
-# Registry: step-level estimators by name, all with one signature
-#   fn(step_rewards, item_mask, eos_mask) -> [..., G, T]
-# Stepwise reward centering is applied (or not) to `step_rewards` by the caller; e.g. the
-# ProRL pipeline's "prorl" = centred rewards + "psae", "prorl_no_src" = raw rewards + "psae".
-# --------------------------------------------------------------------------------------
-
-StepAdvantageFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
-_REGISTRY: dict[str, StepAdvantageFn] = {}
-
-
-def register_advantage_estimator(name: str) -> Callable[[StepAdvantageFn], StepAdvantageFn]:
-    """Decorator that registers a step-level advantage estimator under ``name``."""
-
-    def deco(fn: StepAdvantageFn) -> StepAdvantageFn:
-        if name in _REGISTRY:
-            raise ValueError(f"advantage estimator {name!r} is already registered")
-        _REGISTRY[name] = fn
-        return fn
-
-    return deco
+def _path_level(path_fn, step_rewards, item_mask, eos_mask) -> jax.Array:
+    """A group estimator ``path_fn(path_returns [..., G], valid [..., G])`` on checked
+    arrays, applied to the path returns and broadcast to every action of the path (0 for
+    paths with no item)."""
+    r, item, eos = _check_steps(step_rewards, item_mask, eos_mask)
+    valid = (jnp.sum(item, axis=-1) > 0).astype(r.dtype)
+    adv = path_fn(jnp.sum(r * item, axis=-1), valid)
+    return adv[..., None] * (item + eos) * valid[..., None]
 
 
-def get_advantage_estimator(name: str) -> StepAdvantageFn:
-    """Looks up a registered estimator; unknown names list the known ones."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        known = ", ".join(sorted(_REGISTRY))
-        raise ValueError(f"unknown advantage estimator {name!r}; known: {known}") from None
+@register_advantage_estimator("psae_loo")
+def psae_loo_advantages(step_rewards, item_mask, eos_mask) -> jax.Array:
+    """:func:`psae_advantages` with the leave-one-out baseline (exactly unbiased)."""
+    return _psae(*_check_steps(step_rewards, item_mask, eos_mask), leave_one_out=True)
 
 
-def advantage_estimator_names() -> list[str]:
-    """Names of the registered advantage estimators."""
-    return sorted(_REGISTRY)
+@register_advantage_estimator("grpo")
+def grpo_step_advantages(step_rewards, item_mask, eos_mask) -> jax.Array:
+    """:func:`grpo_advantages` of the path returns at every action of the path."""
+    return _path_level(_grpo, step_rewards, item_mask, eos_mask)
 
 
-def _path_level(path_fn: Callable[[jax.Array, jax.Array], jax.Array]) -> StepAdvantageFn:
-    """Lifts a group estimator on path returns to every action of the path."""
-
-    def fn(step_rewards, item_mask, eos_mask):
-        r, item, eos = _check_steps(step_rewards, item_mask, eos_mask)
-        valid = (jnp.sum(item, axis=-1) > 0).astype(r.dtype)
-        adv = path_fn(jnp.sum(r * item, axis=-1), valid)
-        return adv[..., None] * (item + eos) * valid[..., None]
-
-    return fn
+@register_advantage_estimator("drgrpo")
+def drgrpo_step_advantages(step_rewards, item_mask, eos_mask) -> jax.Array:
+    """Dr.GRPO (:func:`grpo_advantages` without the std) at every action of the path."""
+    return _path_level(lambda r, v: _grpo(r, v, scale="none"), step_rewards, item_mask,
+                       eos_mask)
 
 
-register_advantage_estimator("psae")(psae_advantages)
-register_advantage_estimator("prorl")(psae_advantages)
-register_advantage_estimator("psae_loo")(
-    lambda r, i, e: _psae(*_check_steps(r, i, e), leave_one_out=True)
-)
-register_advantage_estimator("reinforce")(reinforce_advantages)
-register_advantage_estimator("rtg")(rtg_advantages)
-register_advantage_estimator("grpo")(_path_level(_grpo))
-register_advantage_estimator("drgrpo")(
-    _path_level(lambda r, v: _grpo(r, v, scale="none"))
-)
-register_advantage_estimator("rloo")(_path_level(_rloo))
+@register_advantage_estimator("rloo")
+def rloo_step_advantages(step_rewards, item_mask, eos_mask) -> jax.Array:
+    """:func:`rloo_advantages` of the path returns at every action of the path."""
+    return _path_level(_rloo, step_rewards, item_mask, eos_mask)

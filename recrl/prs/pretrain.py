@@ -23,6 +23,7 @@ from absl import logging
 from flax import nnx
 from tqdm.auto import tqdm
 
+from recrl import optim
 from recrl.prs.policy import PathPolicy, action_log_probs, action_tokens, path_logits
 
 
@@ -34,7 +35,7 @@ class PretrainConfig:
     batch_size: int = 256
     lr: float = 5e-3
     weight_decay: float = 0.05
-    clip: float = 1.0
+    grad_clip: float = 1.0
     seed: int = 0
 
     def __post_init__(self):
@@ -80,10 +81,36 @@ def sequence_nll(policy: PathPolicy, batch: dict, rngs: nnx.Rngs | None = None
     return -jnp.sum(taken * mask) / jnp.maximum(mask.sum(), 1.0), mask.sum()
 
 
-def make_optimizer(cfg: PretrainConfig, total_steps: int) -> optax.GradientTransformation:
-    sched = optax.cosine_decay_schedule(cfg.lr, max(total_steps, 1))
-    return optax.chain(optax.clip_by_global_norm(cfg.clip),
-                       optax.adamw(sched, weight_decay=cfg.weight_decay))
+def _make_steps(policy: PathPolicy, tx: optax.GradientTransformation
+                ) -> tuple[Callable, Callable, Any]:
+    """Jitted ``(train step, validation NLL, initial params)`` over the policy's params."""
+    graphdef, params, rest = nnx.split(policy, nnx.Param, ...)
+
+    @jax.jit
+    def step(params, opt_state, batch, key):
+        def loss_fn(p):
+            return sequence_nll(nnx.merge(graphdef, p, rest), batch, nnx.Rngs(dropout=key))[0]
+
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    @jax.jit
+    def val_nll(params, batch):
+        return sequence_nll(nnx.merge(graphdef, params, rest), batch)
+
+    return step, val_nll, params
+
+
+def _mean_nll(val_nll: Callable, params: Any, val_batch: dict, chunk: int = 4096) -> float:
+    """Token NLL of the validation paths, in chunks of ``chunk`` paths."""
+    total, count = 0.0, 0.0
+    for j in range(0, len(val_batch["lengths"]), chunk):
+        part = {k: v[j:j + chunk] for k, v in val_batch.items()}
+        nll, cnt = val_nll(params, part)
+        total += float(nll) * float(cnt)
+        count += float(cnt)
+    return total / max(count, 1.0)
 
 
 def pretrain(policy: PathPolicy, train_paths: Any, val_paths: Any, cfg: PretrainConfig,
@@ -103,23 +130,11 @@ def pretrain(policy: PathPolicy, train_paths: Any, val_paths: Any, cfg: Pretrain
         raise ValueError("no training paths to pretrain on")
     pad = policy.cfg.pad
     steps_per_epoch = max(n // cfg.batch_size, 1)
-    tx = make_optimizer(cfg, steps_per_epoch * cfg.epochs)
-    graphdef, params, rest = nnx.split(policy, nnx.Param, ...)
+    tx = optim.make_optimizer(
+        optax.cosine_decay_schedule(cfg.lr, max(steps_per_epoch * cfg.epochs, 1)),
+        grad_clip=cfg.grad_clip, weight_decay=cfg.weight_decay)
+    step, val_nll, params = _make_steps(policy, tx)
     opt_state = tx.init(params)
-
-    @jax.jit
-    def step(params, opt_state, batch, key):
-        def loss_fn(p):
-            return sequence_nll(nnx.merge(graphdef, p, rest), batch, nnx.Rngs(dropout=key))[0]
-
-        loss, grads = jax.value_and_grad(loss_fn)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    @jax.jit
-    def val_nll(params, batch):
-        return sequence_nll(nnx.merge(graphdef, params, rest), batch)
-
     rng = np.random.default_rng(cfg.seed)
     key = jax.random.key(cfg.seed)
     history = []
@@ -137,14 +152,8 @@ def pretrain(policy: PathPolicy, train_paths: Any, val_paths: Any, cfg: Pretrain
             losses.append(float(loss))
             if i % 20 == 0:
                 bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-        total, count = 0.0, 0.0
-        for j in range(0, len(val_batch["lengths"]), 4096):
-            part = {k: v[j:j + 4096] for k, v in val_batch.items()}
-            nll, cnt = val_nll(params, part)
-            total += float(nll) * float(cnt)
-            count += float(cnt)
         row = {"epoch": epoch + 1, "train_nll": float(np.mean(losses)),
-               "val_nll": total / max(count, 1.0)}
+               "val_nll": _mean_nll(val_nll, params, val_batch)}
         nnx.update(policy, params)
         if validate is not None:
             row.update(validate(policy))

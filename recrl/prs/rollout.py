@@ -56,13 +56,14 @@ def sample_categorical(key: jax.Array, logits: jax.Array,
     return jnp.minimum(idx, logits.shape[-1] - 1)
 
 
-def path_uniforms(key: jax.Array, batch: int, max_len: int) -> jax.Array:
-    """``[batch, max_len]`` uniforms in ``(0, 1)``: the sampling noise of :func:`generate`.
+def path_uniforms(key: jax.Array, batch_size: int, max_len: int) -> jax.Array:
+    """``[B, T]`` uniforms in ``(0, 1)`` (``B = batch_size`` paths, ``T = max_len``): the
+    sampling noise of :func:`generate`.
 
     Drawing them for a whole batch up front makes a path depend only on its row, so a batch
     split into micro-batches samples exactly the paths the whole batch would.
     """
-    return jax.random.uniform(key, (batch, max_len), minval=jnp.finfo(jnp.float32).tiny)
+    return jax.random.uniform(key, (batch_size, max_len), minval=jnp.finfo(jnp.float32).tiny)
 
 
 def generate(policy: PathPolicy, history: jax.Array, target: jax.Array, key: jax.Array | None,

@@ -20,18 +20,16 @@ The main protocol excludes nothing (the reward model's ``P(i | S)`` is over all 
 from the ranking. Early stopping on validation NDCG@10 (exclude nothing); the best
 parameters are kept.
 
-CLI: ``python -m recrl.prs.train_simulator --dataset ml-1m --kind sasrec --epochs 20 --out DIR``.
+Launcher: ``python -m experiments.train_simulator --dataset=ml-1m --kind=sasrec --out=DIR``.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
-import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -190,7 +188,7 @@ def train_simulator(
     patience: int = 3,
     log_every: int = 50,
     checkpoint_dir: str | Path | None = None,
-    learning_rate: float = 1e-3,
+    lr: float = 1e-3,
     max_seconds: float | None = None,
     mesh: Any = None,
 ) -> tuple[Simulator, dict]:
@@ -205,7 +203,7 @@ def train_simulator(
       patience: stop after this many epochs without a better val NDCG@10.
       log_every: log the running loss every this many steps.
       checkpoint_dir: if set, the best model is saved there (:func:`save_simulator`).
-      learning_rate: Adam step size.
+      lr: Adam step size.
       max_seconds: optional wall-clock budget, checked after each epoch.
       mesh: optional data mesh: the step runs data-parallel (parameters replicated, each
         batch split over the mesh, each process building its rows; ``batch_size`` must
@@ -223,42 +221,42 @@ def train_simulator(
         raise ValueError("epochs, batch_size, patience and log_every must be >= 1")
     model = build_simulator(cfg, seed=seed)
     graphdef, params = nnx.split(model)
-    tx = optax.adam(learning_rate)
+    tx = optax.adam(lr)
     opt_state = tx.init(params)
     if mesh is not None:
         parallel.check_divisible({"batch_size": batch_size}, mesh)
         params, opt_state = parallel.replicate((params, opt_state), mesh)
-    step_fn = _make_step(graphdef, tx, cfg.num_items)
-    inputs, labels, lengths = training_windows(seqs, data.splits["train"], cfg.max_len)
-    # rbg keys: dropout masks compile several times faster on CPU than threefry.
-    rng, key = np.random.default_rng(seed), jax.random.key(seed, impl="rbg")
+    windows = training_windows(seqs, data.splits["train"], cfg.max_len)
+    loop = _EpochLoop(_make_step(graphdef, tx, cfg.num_items), windows, batch_size, log_every,
+                      # rbg keys: dropout masks compile several times faster on CPU
+                      jax.random.key(seed, impl="rbg"), mesh)
     num_params = sum(x.size for x in jax.tree.leaves(params))
     logging.info("simulator %s: %d params, %d training windows", cfg.kind, num_params,
-                 len(lengths))
+                 len(windows[2]))
+    best, best_epoch, history, train_seconds = _fit(
+        loop, graphdef, params, opt_state, data, np.random.default_rng(seed),
+        epochs=epochs, patience=patience, max_seconds=max_seconds)
+    model = nnx.merge(graphdef, best if mesh is None else
+                      jax.tree.map(jnp.asarray, parallel.to_host(best)))
+    metrics = {**_final_metrics(model, data), "best_epoch": best_epoch,
+               "epochs_run": len(history), "train_seconds": train_seconds, "history": history,
+               "num_params": int(num_params), "num_windows": len(windows[2])}
+    if checkpoint_dir is not None:
+        save_simulator(checkpoint_dir, model, cfg, metrics=metrics)
+    return model, metrics
+
+
+def _fit(loop: _EpochLoop, graphdef: nnx.GraphDef, params: Any, opt_state: Any,
+         data: ProRLData, rng: np.random.Generator, *, epochs: int, patience: int,
+         max_seconds: float | None) -> tuple[Any, int, list[dict], float]:
+    """Epochs until ``patience`` epochs bring no better val NDCG@10 (or the time cap);
+    returns ``(best params, best epoch, history, training seconds)``."""
     best, best_ndcg, best_epoch, bad, history, step = params, -1.0, 0, 0, [], 0
     t0 = time.perf_counter()
     for epoch in range(1, epochs + 1):
-        order = rng.permutation(len(lengths))
-        order = np.pad(order, (0, -len(order) % batch_size), constant_values=-1)
-        losses = []
-        bar = tqdm(order.reshape(-1, batch_size), desc=f"epoch {epoch}", leave=False)
-        for idx in bar:
-            def rows(r, idx=idx):
-                real = idx[r] >= 0
-                b = [np.where(real[:, None], a[idx[r]], -1) for a in (inputs, labels)]
-                return (*b, np.where(real, lengths[idx[r]], 0))
-
-            batch = rows(slice(None)) if mesh is None else parallel.global_rows(
-                rows, batch_size, mesh)
-            params, opt_state, loss = step_fn(params, opt_state, *batch,
-                                              jax.random.fold_in(key, step))
-            losses.append(loss)
-            step += 1
-            if step % log_every == 0:
-                bar.set_postfix(loss=f"{float(np.mean(losses[-log_every:])):.4f}")
-        epoch_loss = float(np.mean(jax.device_get(losses)))
-        model = nnx.merge(graphdef, params if mesh is None else parallel.to_host(params))
-        val = evaluate(model, seqs, data.splits["val"])
+        params, opt_state, step, epoch_loss = loop.run(params, opt_state, rng, step, epoch)
+        model = nnx.merge(graphdef, params if loop.mesh is None else parallel.to_host(params))
+        val = evaluate(model, data.sequences, data.splits["val"])
         history.append({"epoch": epoch, "loss": epoch_loss, "val_ndcg@10": val["ndcg@10"],
                         "seconds": time.perf_counter() - t0})
         logging.info("epoch %d: loss %.4f, val HR@10 %.4f NDCG@10 %.4f (%.0f s)", epoch,
@@ -270,20 +268,58 @@ def train_simulator(
             bad += 1
         if bad >= patience or (max_seconds is not None and time.perf_counter() - t0 > max_seconds):
             break
-    train_seconds = time.perf_counter() - t0
-    model = nnx.merge(graphdef, best if mesh is None else
-                      jax.tree.map(jnp.asarray, parallel.to_host(best)))
-    metrics = {
-        "val": evaluate(model, seqs, data.splits["val"]),
-        "test": evaluate(model, seqs, data.splits["test"]),
-        "val_exclude_history": evaluate(model, seqs, data.splits["val"], exclude_history=True),
-        "test_exclude_history": evaluate(model, seqs, data.splits["test"], exclude_history=True),
-        "best_epoch": best_epoch, "epochs_run": len(history), "train_seconds": train_seconds,
-        "history": history, "num_params": int(num_params), "num_windows": len(lengths),
+    return best, best_epoch, history, time.perf_counter() - t0
+
+
+class _EpochLoop(NamedTuple):
+    """One epoch of simulator training steps over shuffled, padded batches of windows."""
+
+    step_fn: Any
+    windows: tuple[np.ndarray, np.ndarray, np.ndarray]  # inputs, labels, lengths
+    batch_size: int
+    log_every: int
+    key: jax.Array
+    mesh: Any
+
+    def batch(self, idx: np.ndarray) -> tuple:
+        """The batch of window rows ``idx`` (-1: a padding row, masked out); under a mesh
+        each process builds only its rows."""
+        inputs, labels, lengths = self.windows
+
+        def rows(r, idx=idx):
+            real = idx[r] >= 0
+            b = [np.where(real[:, None], a[idx[r]], -1) for a in (inputs, labels)]
+            return (*b, np.where(real, lengths[idx[r]], 0))
+
+        return rows(slice(None)) if self.mesh is None else parallel.global_rows(
+            rows, self.batch_size, self.mesh)
+
+    def run(self, params: Any, opt_state: Any, rng: np.random.Generator, step: int,
+            epoch: int) -> tuple[Any, Any, int, float]:
+        """Returns ``(params, opt_state, step, mean loss)`` after the epoch."""
+        order = rng.permutation(len(self.windows[2]))
+        order = np.pad(order, (0, -len(order) % self.batch_size), constant_values=-1)
+        losses = []
+        bar = tqdm(order.reshape(-1, self.batch_size), desc=f"epoch {epoch}", leave=False)
+        for idx in bar:
+            params, opt_state, loss = self.step_fn(params, opt_state, *self.batch(idx),
+                                                   jax.random.fold_in(self.key, step))
+            losses.append(loss)
+            step += 1
+            if step % self.log_every == 0:
+                bar.set_postfix(loss=f"{float(np.mean(losses[-self.log_every:])):.4f}")
+        return params, opt_state, step, float(np.mean(jax.device_get(losses)))
+
+
+def _final_metrics(model: Simulator, data: ProRLData) -> dict:
+    """Val / test ranking metrics, excluding nothing and excluding the user's history."""
+    seqs, splits = data.sequences, data.splits
+    return {
+        "val": evaluate(model, seqs, splits["val"]),
+        "test": evaluate(model, seqs, splits["test"]),
+        "val_exclude_history": evaluate(model, seqs, splits["val"], exclude_history=True),
+        "test_exclude_history": evaluate(model, seqs, splits["test"], exclude_history=True),
     }
-    if checkpoint_dir is not None:
-        save_simulator(checkpoint_dir, model, cfg, metrics=metrics)
-    return model, metrics
 
 
 def save_simulator(directory: str | Path, model: Simulator, cfg: SimConfig, *,
@@ -320,7 +356,7 @@ def load_simulator(directory: str | Path) -> Simulator:
     if not (path / CONFIG_FILE).is_file() or not (path / "params").is_dir():
         raise FileNotFoundError(
             f"no simulator checkpoint in {path.resolve()} (expected {CONFIG_FILE} and params/);"
-            " train one with `python -m recrl.prs.train_simulator --out DIR`")
+            " train one with `python -m experiments.train_simulator --out=DIR`")
     cfg = SimConfig.from_dict(json.loads((path / CONFIG_FILE).read_text())["config"],
                               str(path / CONFIG_FILE))
     model = build_simulator(cfg)
@@ -343,49 +379,3 @@ def format_metrics(metrics: dict) -> str:
                  f"{metrics['train_seconds']:.0f} s, {metrics['num_params']:,} params, "
                  f"{metrics['num_windows']:,} windows")
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """CLI: train a simulator, print its metrics, save it to ``--out``."""
-    p = argparse.ArgumentParser(description="Train the ProRL user simulator")
-    p.add_argument("--dataset", default="ml-1m", help="ml-1m, ml-100k or synthetic")
-    p.add_argument("--kind", choices=("sasrec", "gru4rec"), default="sasrec")
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--patience", type=int, default=3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-len", type=int, default=50)
-    p.add_argument("--max-minutes", type=float, default=None, help="wall-clock budget")
-    p.add_argument("--log-every", type=int, default=50)
-    p.add_argument("--out", default=None, help="checkpoint directory")
-    args = p.parse_args(argv)
-    logging.set_verbosity(logging.INFO)
-    from recrl.data import ProRLConfig, load_movielens, prepare_prorl, synthetic_movielens
-    if args.dataset == "synthetic":
-        ml = synthetic_movielens(1000, 2000, min_len=20, max_len=300, seed=args.seed)
-    else:
-        try:
-            ml = load_movielens(args.dataset)
-        except (ValueError, FileNotFoundError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 1
-    data = prepare_prorl(ml, ProRLConfig())
-    cfg = SimConfig(args.kind, num_items=data.sequences.num_items, max_len=args.max_len)
-    model, metrics = train_simulator(
-        data, cfg, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
-        patience=args.patience, log_every=args.log_every,
-        max_seconds=None if args.max_minutes is None else 60 * args.max_minutes)
-    logging.set_verbosity(logging.WARNING)  # Orbax logs every save step at INFO
-    if args.out:
-        save_simulator(args.out, model, cfg, metrics=metrics)
-    print(f"{args.dataset} {cfg}")
-    print("protocol: leave-one-out (last item) on held-out users, full ranking over "
-          f"{cfg.num_items} items, max_len {cfg.max_len}")
-    print(format_metrics(metrics))
-    if args.out:
-        print(f"saved to {Path(args.out).resolve()}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -27,7 +27,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from recrl import parallel
+from recrl import optim, parallel
 from recrl.rlvr import evidence, tasks
 from recrl.rlvr.config import LearnerConfig
 from recrl.rlvr.loss import loss_terms, rollout_logprobs
@@ -46,8 +46,7 @@ from recrl.rlvr.rollouts import (
 def make_optimizer(cfg: LearnerConfig) -> optax.GradientTransformation:
     """AdamW (linear warm-up to ``lr``, weight decay) after global-norm clipping."""
     sched = optax.linear_schedule(0.0, cfg.lr, max(cfg.warmup_steps, 1))
-    return optax.chain(optax.clip_by_global_norm(cfg.grad_clip),
-                       optax.adamw(sched, weight_decay=cfg.weight_decay))
+    return optim.make_optimizer(sched, grad_clip=cfg.grad_clip, weight_decay=cfg.weight_decay)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 4, 5), donate_argnums=(2,))

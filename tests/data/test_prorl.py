@@ -150,9 +150,11 @@ def test_stats_and_cli(synthetic, capsys):
         assert st["splits"][k]["paths"] == len(data.paths[k].lengths)
     table = prorl.format_stats(st)
     assert "paths" in table and "length 10" in table
-    assert prorl.main(["--stats", "synthetic", "--min-user", "5", "--min-item", "5"]) == 0
+    from experiments import prorl_data
+
+    assert prorl_data.stats("synthetic", min_user=5, min_item=5) == 0
     assert "k-core + split + mining" in capsys.readouterr().out
-    assert prorl.main(["--stats", "ml-20m"]) == 1
+    assert prorl_data.stats("ml-20m") == 1
 
 
 def test_config_validation():

@@ -101,10 +101,16 @@ def test_rloo_matches_loop():
 
 def test_registry_names_and_unknown_name():
     names = est.advantage_estimator_names()
-    for n in ["prorl", "psae", "psae_loo", "reinforce", "rtg", "grpo", "drgrpo", "rloo"]:
-        assert n in names
-    with pytest.raises(ValueError, match="unknown advantage estimator 'ppo'.*known: .*prorl"):
+    assert names == ["drgrpo", "grpo", "psae", "psae_loo", "reinforce", "rloo", "rtg"]
+    # estimators only: pipeline method names (SRC, aggregation) live in the methods tables
+    with pytest.raises(ValueError, match="unknown advantage estimator 'prorl'.*known: drgrpo"):
+        est.get_advantage_estimator("prorl")
+    with pytest.raises(ValueError, match="unknown advantage estimator 'ppo'.*known: .*psae"):
         est.get_advantage_estimator("ppo")
+    # registered on the function itself
+    assert est.get_advantage_estimator("psae") is est.psae_advantages
+    with pytest.raises(ValueError, match="'rtg' is already registered"):
+        est.register_advantage_estimator("rtg")(est.rtg_advantages)
 
 
 @pytest.mark.parametrize("name", ["grpo", "drgrpo", "rloo"])
@@ -141,4 +147,4 @@ def test_nan_step_rewards_rejected():
     with pytest.raises(ValueError, match="`step_rewards` contains 1 NaN/inf"):
         est.psae_advantages(r, item, eos)
     with pytest.raises(ValueError, match="`step_rewards` contains NaN or inf"):
-        est.checked(est.get_advantage_estimator("prorl"))(r, item, eos)
+        est.checked(est.get_advantage_estimator("psae"))(r, item, eos)

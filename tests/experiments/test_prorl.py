@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 from experiments import prorl
-from experiments.configs.prorl import get_config
+from experiments.configs.prorl import get_config, method
+from recrl.prs import pipeline
+from recrl.prs import train as rl_train
 
 
 class Interrupt(Exception):
@@ -41,7 +43,7 @@ def test_tiny_pipeline_writes_results_report_and_metrics(full_run):
     ci = iv["systems"]["prorl"]["sasrec/ioi@1"]
     assert ci["lo"] <= ci["mean"] <= ci["hi"]
     assert set(iv["vs_prorl"]) == {"pretrained", "mined", "ipg"}
-    users, per = prorl.load_per_prompt(out / "rl" / "prorl_s0" / "test_prompts.npz")
+    users, per = pipeline.load_per_prompt(out / "rl" / "prorl_s0" / "test_prompts.npz")
     assert 0 < len(users) <= cfg.eval.max_prompts and ci["clusters"] == len(set(users.tolist()))
     np.testing.assert_allclose(per["sasrec/ioi@1"].mean(), test["sasrec/ioi@1"], rtol=1e-5)
     # diagnostics: blocks of updates and the gradient cosine / SNR at start and end
@@ -78,7 +80,7 @@ def test_killed_run_resumes_to_the_same_result(full_run, tmp_path, monkeypatch):
     with pytest.raises(Interrupt):
         prorl.run(cfg, str(tmp_path), on_epoch_end=kill)
     assert not (tmp_path / "rl" / "prorl_s0" / "result.json").exists()
-    slow_down(monkeypatch, 0.2, modules=(prorl,))
+    slow_down(monkeypatch, 0.2, modules=(rl_train,))
     resumed = prorl.run(cfg, str(tmp_path))
     a, b = res["runs"][0], resumed["runs"][0]
     assert a["best_epoch"] == b["best_epoch"]
@@ -95,10 +97,8 @@ def test_killed_run_resumes_to_the_same_result(full_run, tmp_path, monkeypatch):
 def test_unknown_method_and_variant_are_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="unknown prorl config variant 'huge'"):
         get_config("huge")
-    from recrl.prs.rl import RLConfig
-
     with pytest.raises(ValueError, match="unknown RL method 'ppo'"):
-        RLConfig(method="ppo")
+        method("ppo")
 
 
 def test_report_only_rebuilds_the_report_from_finished_runs(full_run, tmp_path):

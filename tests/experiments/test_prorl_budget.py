@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from experiments import prorl
 from experiments.configs.prorl import get_config
 from recrl.prs import pretrain, train_simulator
+from recrl.prs import train as rl_train
 
 
 class SlowBar:
@@ -33,7 +34,7 @@ class SlowBar:
         self.bar.set_postfix(*a, **kw)
 
 
-def slow_down(monkeypatch, delay, modules=(prorl, pretrain, train_simulator)):
+def slow_down(monkeypatch, delay, modules=(rl_train, pretrain, train_simulator)):
     for mod in modules:
         monkeypatch.setattr(mod, "tqdm", lambda it, **kw: SlowBar(it, delay, **kw))
 

@@ -31,7 +31,7 @@ def test_every_shipped_variant_is_valid(mod, check):
     (("methods", "prorl"), "must be a tuple of names"),
     (("rl.prompts", -4), r"config.rl.prompts=-4: must be an integer >= 1"),
     (("rl.lr", -0.5), r"config.rl.lr=-0.5: must be a number > 0"),
-    (("rl.samples", 1), r"config.rl.samples=1: must be an integer >= 2"),
+    (("rl.group_size", 1), r"config.rl.group_size=1: must be an integer >= 2"),
     (("rl.epochs", 2.5), r"config.rl.epochs=2.5: must be an integer >= 1"),
     (("rl.reward_weights", (1.0, 1.0)), "must be 3 finite numbers"),
     (("policy.n_heads", 3), r"config.policy.dim=16 must be a multiple of config.policy.n_heads=3"),
@@ -128,6 +128,11 @@ def test_unknown_config_key_on_the_command_line_is_one_clear_line(tmp_path):
     assert "Traceback" not in r.stderr
     assert V.unknown_override_keys(["x", "--config=experiments/configs/goracs.py:tiny",
                                     "--config.select.epsilon=0.1"], "config", "unused") == []
+    # renamed ProRL keys (issue 14) fail like any unknown key, naming the new one
+    old = V.unknown_override_keys(["x", "--config=experiments/configs/prorl.py:tiny",
+                                   "--config.rl.samples=4"], "config", "unused")
+    assert len(old) == 1 and "unknown config key 'rl.samples'" in old[0]
+    assert "group_size" in old[0]
 
 
 # ------------------------------------------------------------------ stage fingerprints

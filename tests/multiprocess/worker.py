@@ -44,7 +44,7 @@ def prorl_part(mesh, out) -> dict:
     from recrl.prs.policy import PathPolicy, PolicyConfig
 
     cfg = get_config("tiny")
-    cfg.rl.update(epochs=1, steps_per_epoch=3, prompts=8, samples=4)
+    cfg.rl.update(epochs=1, steps_per_epoch=3, prompts=8, group_size=4)
     cfg.eval.update(k=0, max_prompts=8, val_prompts=8)
     data = parallel.writer_first("data", lambda: prorl.load_data(cfg))
     n_items = data.sequences.num_items

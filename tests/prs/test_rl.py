@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from experiments.configs.prorl import METHODS, method
 from recrl import parallel
 from recrl.prs import rl
 from recrl.prs.policy import PathPolicy, PolicyConfig
@@ -16,9 +17,9 @@ CFG = PolicyConfig(num_items=N, history=3, max_len=4, dim=16, n_heads=2, n_layer
                    dropout=0.0)
 
 
-def _setup(method="prorl", samples=4, lr=1e-2, **kw):
+def _setup(name="prorl", group_size=4, lr=1e-2, **kw):
     policy = PathPolicy(CFG, nnx.Rngs(0))
-    cfg = rl.RLConfig(method=method, samples=samples, lr=lr, warmup_steps=1, **kw)
+    cfg = rl.RLConfig(method=METHODS[name], group_size=group_size, lr=lr, warmup_steps=1, **kw)
     state, graph = rl.init_state(policy, cfg)
     step = rl.make_train_step(graph, fake_sim.score, cfg)
     rng = np.random.default_rng(0)
@@ -27,9 +28,28 @@ def _setup(method="prorl", samples=4, lr=1e-2, **kw):
     return state, step, hist, tgt
 
 
+def _copy(tree):
+    """A copy of a state that a (donating) step call would otherwise invalidate."""
+    return jax.tree.map(jnp.copy, tree)
+
+
 def test_unknown_method_lists_known_ones():
     with pytest.raises(ValueError, match="unknown RL method 'ppo'; known: prorl"):
-        rl.RLConfig(method="ppo")
+        method("ppo")
+    with pytest.raises(TypeError, match="must be a recrl.prs.rl.Method"):
+        rl.RLConfig(method="prorl")
+    with pytest.raises(ValueError, match="unknown advantage estimator 'ppo'"):
+        rl.RLConfig(method=rl.Method("ppo", src=True))
+    with pytest.raises(ValueError, match="aggregation 'token_mean' is not supported"):
+        rl.RLConfig(method=rl.Method("psae", src=True, aggregation="token_mean"))
+
+
+def test_only_a2c_carries_a_critic():
+    policy = PathPolicy(CFG, nnx.Rngs(0))
+    for name in ("prorl", "grpo", "a2c"):
+        state, _ = rl.init_state(policy, rl.RLConfig(method=METHODS[name]))
+        assert isinstance(state, rl.A2CState if name == "a2c" else rl.RLState), name
+        assert hasattr(state, "critic") == (name == "a2c")
 
 
 def test_step_runs_collects_then_freezes_stats():
@@ -51,7 +71,7 @@ def test_nan_rewards_skip_the_update_and_count_it():
     state, step, hist, tgt = _setup()
     bad_table = fake_sim.make_table(N).at[0, 0].set(jnp.nan)
     hist = hist.at[:, 0].set(0)  # every prompt touches the NaN embedding
-    new, m = step(state, bad_table, hist, tgt, jax.random.key(1))
+    new, m = step(_copy(state), bad_table, hist, tgt, jax.random.key(1))
     assert not bool(m["finite"]) and int(new.skipped) == 1
     for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(state.params), strict=True):
         np.testing.assert_array_equal(a, b)
@@ -60,7 +80,7 @@ def test_nan_rewards_skip_the_update_and_count_it():
 
 def test_rl_raises_the_click_reward():
     # CTR only: the policy must learn to pick items the user model likes
-    state, step, hist, tgt = _setup(samples=8, lr=3e-2, reward_weights=(0.0, 0.0, 1.0),
+    state, step, hist, tgt = _setup(group_size=8, lr=3e-2, reward_weights=(0.0, 0.0, 1.0),
                                     kl_weight=0.0)
     table = fake_sim.make_table(N)
     key = jax.random.key(0)
@@ -75,9 +95,9 @@ def test_rl_raises_the_click_reward():
 
 
 def test_sharded_step_equals_single_device():
-    state, step, hist, tgt = _setup(samples=4)
+    state, step, hist, tgt = _setup(group_size=4)
     table = fake_sim.make_table(N)
-    s1, m1 = jax.block_until_ready(step(state, table, hist, tgt, jax.random.key(3)))
+    s1, m1 = jax.block_until_ready(step(_copy(state), table, hist, tgt, jax.random.key(3)))
     mesh = parallel.data_mesh(4)
     s4, m4 = jax.block_until_ready(step(
         parallel.replicate(state, mesh), parallel.replicate(table, mesh),
@@ -87,13 +107,13 @@ def test_sharded_step_equals_single_device():
 
 
 def test_a2c_trains_its_critic_and_uses_it():
-    state, step, hist, tgt = _setup(method="a2c", samples=4)
+    state, step, hist, tgt = _setup("a2c", group_size=4)
     table = fake_sim.make_table(N)
     losses = []
     key = jax.random.key(0)
     for _ in range(6):
         key, sub = jax.random.split(key)
-        new, m = step(state, table, hist, tgt, sub)
+        new, m = step(_copy(state), table, hist, tgt, sub)
         losses.append(float(m["critic_loss"]))
         assert not np.allclose(np.asarray(new.critic["w2"]), np.asarray(state.critic["w2"]))
         state = new
@@ -103,27 +123,27 @@ def test_a2c_trains_its_critic_and_uses_it():
 def test_grpo_averages_within_each_path_and_the_others_sum():
     """GRPO's 1/|o| per-path mean (its length bias) vs ProRL's per-path sum: with the same
     sampled paths, GRPO's policy-gradient loss is the seq_sum one reweighted per path."""
-    assert rl.RLConfig(method="grpo").aggregation == "seq_mean_token_mean"
+    assert METHODS["grpo"].aggregation == "seq_mean_token_mean"
     for m in ("prorl", "reinforce", "rtg", "prorl_no_psae", "a2c"):
-        assert rl.RLConfig(method=m).aggregation == "seq_sum"
+        assert METHODS[m].aggregation == "seq_sum"
     table = fake_sim.make_table(N)
-    state, step, hist, tgt = _setup("grpo", samples=4)
+    state, step, hist, tgt = _setup("grpo", group_size=4)
     _, m = step(state, table, hist, tgt, jax.random.key(3))
-    # the same step with GRPO's advantages summed over actions instead (drgrpo = no std)
+    # the same step with GRPO's advantages summed over actions instead
     # must give a different loss: the aggregation is applied, not just declared
-    rl.AGGREGATION.pop("grpo")
-    try:
-        state2, step2, _, _ = _setup("grpo", samples=4)
-        _, m2 = step2(state2, table, hist, tgt, jax.random.key(3))
-    finally:
-        rl.AGGREGATION["grpo"] = "seq_mean_token_mean"
+    policy = PathPolicy(CFG, nnx.Rngs(0))
+    cfg = rl.RLConfig(method=METHODS["grpo"]._replace(aggregation="seq_sum"), group_size=4,
+                      lr=1e-2, warmup_steps=1)
+    state2, graph = rl.init_state(policy, cfg)
+    step2 = rl.make_train_step(graph, fake_sim.score, cfg)
+    _, m2 = step2(state2, table, hist, tgt, jax.random.key(3))
     assert float(m["length"]) == float(m2["length"])  # same sampled paths
     assert abs(float(m["pg_loss"]) - float(m2["pg_loss"])) > 1e-6
 
 
-@pytest.mark.parametrize("method", ["prorl", "grpo",
+@pytest.mark.parametrize("name", ["prorl", "grpo",
                                     pytest.param("a2c", marks=pytest.mark.slow)])
-def test_gradient_accumulation_equals_one_big_batch(method):
+def test_gradient_accumulation_equals_one_big_batch(name):
     """4 micro-batches of 2 prompts give the update of one batch of 8 prompts: same sampled
     paths, same SRC statistics, same parameters and optimiser state, same metrics."""
     policy = PathPolicy(CFG, nnx.Rngs(0))
@@ -133,7 +153,7 @@ def test_gradient_accumulation_equals_one_big_batch(method):
     tgt = jnp.asarray(rng.integers(0, N, 8), jnp.int32)
     out = []
     for micro in (1, 4):
-        cfg = rl.RLConfig(method=method, samples=4, lr=1e-2, warmup_steps=1,
+        cfg = rl.RLConfig(method=METHODS[name], group_size=4, lr=1e-2, warmup_steps=1,
                           micro_batches=micro)
         state, graph = rl.init_state(policy, cfg)
         step = rl.make_train_step(graph, fake_sim.score, cfg)
@@ -175,7 +195,7 @@ def test_src_statistics_count_real_items_with_the_sample_std(real_only):
     from recrl.prs.rewards import step_rewards
     from recrl.prs.rollout import generate, path_uniforms
 
-    cfg = rl.RLConfig(samples=4, stats_real_items=real_only)
+    cfg = rl.RLConfig(group_size=4, stats_real_items=real_only)
     state, graph = rl.init_state(policy, cfg)
     step = rl.make_train_step(graph, fake_sim.score, cfg)
     key = jax.random.key(5)
@@ -219,7 +239,7 @@ def test_step_reports_the_diagnostics():
 def test_without_the_mask_the_target_share_shows_target_emissions():
     state, step, hist, tgt = _setup(mask_target=False)
     tgt = hist[:, 0] * 0 + 1  # any target: without the mask some path emits it eventually
-    shares = [float(step(state, fake_sim.make_table(N), hist, tgt, jax.random.key(i))[1]
+    shares = [float(step(_copy(state), fake_sim.make_table(N), hist, tgt, jax.random.key(i))[1]
                     ["target_share"]) for i in range(3)]
     assert max(shares) > 0
 
@@ -234,7 +254,7 @@ def test_gradient_diagnostics_by_hand_and_on_the_step():
     with pytest.raises(ValueError, match="grads must be"):
         rl.gradient_diagnostics(g[:1], np.zeros(2))
     policy = PathPolicy(CFG, nnx.Rngs(0))
-    cfg = rl.RLConfig(samples=4)
+    cfg = rl.RLConfig(group_size=4)
     state, graph = rl.init_state(policy, cfg)
     grad = rl.make_gradient_fn(graph, fake_sim.score, cfg)
     _, _, hist, tgt = _setup()

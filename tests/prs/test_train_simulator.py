@@ -22,6 +22,8 @@ from recrl.prs.train_simulator import (
     training_windows,
 )
 
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 
 def markov_data(num_users=200, num_items=40, length=24, p_next=0.7, seed=0,
                 lengths=None) -> ProRLData:
@@ -122,7 +124,7 @@ def trained(tmp_path_factory):
     ckpt = tmp_path_factory.mktemp("sim")
     cfg = tiny_cfg("sasrec", data.sequences.num_items)
     model, metrics = train_simulator(data, cfg, epochs=5, batch_size=64, seed=0, patience=5,
-                                     log_every=2, checkpoint_dir=ckpt, learning_rate=1e-2)
+                                     log_every=2, checkpoint_dir=ckpt, lr=1e-2)
     return data, model, metrics, ckpt
 
 
@@ -187,7 +189,7 @@ def test_early_stopping_with_patience(tmp_path):
     data = markov_data(num_users=30, num_items=20, length=12, seed=4)
     cfg = tiny_cfg("gru4rec", 20)
     _, metrics = train_simulator(data, cfg, epochs=6, batch_size=32, seed=0, patience=1,
-                                 log_every=1, learning_rate=0.0)  # no learning: flat val NDCG
+                                 log_every=1, lr=0.0)  # no learning: flat val NDCG
     assert metrics["epochs_run"] == 2 and metrics["best_epoch"] == 1
 
 
@@ -216,9 +218,11 @@ def test_errors(tmp_path):
 @pytest.mark.parametrize("kind", ["sasrec", "gru4rec"])
 def test_cli_on_ml1m(kind, tmp_path):
     out = subprocess.run(
-        [sys.executable, "-m", "recrl.prs.train_simulator", "--dataset", "ml-1m", "--kind",
-         kind, "--epochs", "1", "--out", str(tmp_path)],
-        capture_output=True, text=True, check=True, env={**os.environ, "TQDM_DISABLE": "1"})
+        [sys.executable, "-m", "experiments.train_simulator", "--dataset=ml-1m",
+         f"--kind={kind}", "--epochs=1", f"--out={tmp_path}"], cwd=REPO,
+        capture_output=True, text=True, check=True,
+        env={**os.environ, "TQDM_DISABLE": "1",
+             "PYTHONPATH": os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")])})
     assert "NDCG@10" in out.stdout
     model = load_simulator(tmp_path)
     assert model.cfg.kind == kind
@@ -232,7 +236,7 @@ def test_data_parallel_training_equals_one_device():
 
     data = markov_data(num_users=40, num_items=20, length=12, seed=5)
     cfg = tiny_cfg("sasrec", 20, dropout=0.0)
-    kw = dict(epochs=2, batch_size=32, seed=0, patience=5, learning_rate=1e-2)
+    kw = dict(epochs=2, batch_size=32, seed=0, patience=5, lr=1e-2)
     m1, r1 = train_simulator(data, cfg, **kw)
     m4, r4 = train_simulator(data, cfg, mesh=parallel.data_mesh(4), **kw)
     np.testing.assert_allclose([h["loss"] for h in r4["history"]],
