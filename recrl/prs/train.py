@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from recrl import parallel, rundir
 from recrl.checkpoint import Checkpointer
-from recrl.prs import evaluate, rl
+from recrl.prs import diagnostics, evaluate, rl
 from recrl.prs import simulator as simlib
 from recrl.prs.policy import PathPolicy
 
@@ -123,8 +123,8 @@ def _build(run: RLRun, graph: Any, meta: dict) -> _Loop:
     grad_fns = None
     if run.loop.grad_diag_batches:
         ref = dataclasses.replace(run.rl_cfg, method=run.loop.diag_reference)
-        grad_fns = (rl.make_gradient_fn(graph, score, run.rl_cfg),
-                    rl.make_gradient_fn(graph, score, ref))
+        grad_fns = (diagnostics.make_gradient_fn(graph, score, run.rl_cfg),
+                    diagnostics.make_gradient_fn(graph, score, ref))
     tb = (rundir.summary_writer(run.tb_dir, purge_step=meta["epoch"] * steps)
           if parallel.is_writer() and run.tb_dir is not None else None)
     return _Loop(rl.make_train_step(graph, score, run.rl_cfg), grad_fns,
@@ -218,10 +218,10 @@ def gradient_diagnostics(run: RLRun, grad_fns: tuple[Callable, Callable], state:
     """Cosine and SNR of a method's gradient over ``grad_diag_batches`` training batches
     against a reference: the unbiased estimator of ``diag_reference`` (same centred
     rewards) averaged over twice as many other batches
-    (:func:`recrl.prs.rl.gradient_diagnostics`).
+    (:func:`recrl.prs.diagnostics.gradient_diagnostics`).
 
     Args:
-      grad_fns: ``(method, reference)`` from :func:`recrl.prs.rl.make_gradient_fn`.
+      grad_fns: ``(method, reference)`` from :func:`recrl.prs.diagnostics.make_gradient_fn`.
     """
     train, batches, seed = run.train, run.loop.grad_diag_batches, run.seed
     rng = np.random.default_rng([seed, 7919])
@@ -237,7 +237,7 @@ def gradient_diagnostics(run: RLRun, grad_fns: tuple[Callable, Callable], state:
         return np.stack(out)
 
     ref = estimates(grad_fns[1], 2 * batches, 0).mean(0)
-    return rl.gradient_diagnostics(estimates(grad_fns[0], batches, 10_000), ref)
+    return diagnostics.gradient_diagnostics(estimates(grad_fns[0], batches, 10_000), ref)
 
 
 def _end_epoch(run: RLRun, loop: _Loop, policy: PathPolicy, state: Any, best: Any,

@@ -8,7 +8,7 @@ from flax import nnx
 
 from experiments.configs.prorl import METHODS, method
 from recrl import parallel
-from recrl.prs import rl
+from recrl.prs import diagnostics, rl
 from recrl.prs.policy import PathPolicy, PolicyConfig
 from tests.prs import fake_sim
 
@@ -246,17 +246,17 @@ def test_without_the_mask_the_target_share_shows_target_emissions():
 
 def test_gradient_diagnostics_by_hand_and_on_the_step():
     g = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
-    d = rl.gradient_diagnostics(g, np.array([1.0, 0.0]))
+    d = diagnostics.gradient_diagnostics(g, np.array([1.0, 0.0]))
     np.testing.assert_allclose(d["cosine"], (1 + 0 + 1 / np.sqrt(2)) / 3)
     np.testing.assert_allclose(d["mean_cosine"], 1 / np.sqrt(2))
     # mean (2/3, 2/3); squared deviations 5/9, 5/9, 2/9 -> noise 4/9; signal 8/9
     np.testing.assert_allclose(d["snr"], 2.0)
     with pytest.raises(ValueError, match="grads must be"):
-        rl.gradient_diagnostics(g[:1], np.zeros(2))
+        diagnostics.gradient_diagnostics(g[:1], np.zeros(2))
     policy = PathPolicy(CFG, nnx.Rngs(0))
     cfg = rl.RLConfig(group_size=4)
     state, graph = rl.init_state(policy, cfg)
-    grad = rl.make_gradient_fn(graph, fake_sim.score, cfg)
+    grad = diagnostics.make_gradient_fn(graph, fake_sim.score, cfg)
     _, _, hist, tgt = _setup()
     table = fake_sim.make_table(N)
     a = np.asarray(grad(state, table, hist, tgt, jax.random.key(0)))
