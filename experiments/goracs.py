@@ -88,9 +88,9 @@ def run(cfg, out_dir: str) -> dict:
     that affects them stops the rerun, see ``recrl.rundir``)."""
     mesh = parallel.startup(cfg)  # jax.distributed first, then the global mesh
     out = config_check.preflight(cfg, out_dir, config_check.validate_goracs)
-    if parallel.is_writer():
-        rundir.guard_stages(out, cfg, config_check.GORACS_STAGES, config_check.GORACS_FREE,
-                            retrain=cfg.get("retrain_changed", False))
+    parallel.writer_checks("cached-stage guard", lambda: rundir.guard_stages(
+        out, cfg, config_check.GORACS_STAGES, config_check.GORACS_FREE,
+        retrain=cfg.get("retrain_changed", False)))
     data, texts, cand, full = parallel.writer_first("data", lambda: pipeline.load_data(cfg))
     st = pipeline.setup(cfg, data, texts, mesh=mesh)
     t0 = time.perf_counter()

@@ -119,9 +119,9 @@ def _start(cfg, out_dir: str):
     """Distributed start-up, config and output checks, cached-stage guard; the mesh."""
     mesh = parallel.startup(cfg)  # jax.distributed first, then the global mesh
     config_check.preflight(cfg, out_dir, config_check.validate_icrlvr)
-    if parallel.is_writer():
-        rundir.guard_stages(out_dir, cfg, config_check.ICRLVR_STAGES, config_check.ICRLVR_FREE,
-                            retrain=cfg.get("retrain_changed", False))
+    parallel.writer_checks("cached-stage guard", lambda: rundir.guard_stages(
+        out_dir, cfg, config_check.ICRLVR_STAGES, config_check.ICRLVR_FREE,
+        retrain=cfg.get("retrain_changed", False)))
     if "training" in cfg.parts:
         parallel.check_divisible({"rl.prompts_per_step": cfg.rl.prompts_per_step}, mesh)
         parallel.log_batch("RL update (groups)", (cfg.rl.prompts_per_step, cfg.rl.group_size),

@@ -95,10 +95,12 @@ def _start(cfg: Any, out_dir: str) -> tuple[Path, Any]:
     parallel.check_divisible({"rl.prompts": cfg.rl.prompts,
                               "sim.batch_size": cfg.sim.get("batch_size", 128)}, mesh)
     out = config_check.preflight(cfg, out_dir, config_check.validate_prorl)
-    if parallel.is_writer():
+    def guard_and_record():  # process 0; every process stops if it fails
         rundir.guard_stages(out, cfg, config_check.prorl_stages(cfg), config_check.PRORL_FREE,
                             retrain=cfg.get("retrain_changed", False))
         (out / "config.json").write_text(cfg.to_json(indent=1))
+
+    parallel.writer_checks("cached-stage guard", guard_and_record)
     return out, mesh
 
 

@@ -240,6 +240,35 @@ def global_rows(make: Callable[[slice], Any], n: int, mesh: Mesh,
     return jax.tree.map(put, local)
 
 
+class WriterCheckFailed(RuntimeError):
+    """Raised on processes other than 0 when process 0's :func:`writer_checks` failed."""
+
+
+def writer_checks(name: str, fn: Callable[[], Any]) -> Any:
+    """Runs ``fn`` (checks and writes of a run directory) on process 0 only and tells every
+    process whether it succeeded: if ``fn`` raises there, process 0 re-raises it and the
+    other processes raise :class:`WriterCheckFailed` instead of waiting at the next
+    collective for a process that has stopped. Returns ``fn()`` on process 0, None elsewhere.
+    """
+    if jax.process_count() == 1:
+        return fn()
+    from jax.experimental import multihost_utils
+
+    out, err = None, None
+    if is_writer():
+        try:
+            out = fn()
+        except Exception as e:  # re-raised below, after the others have been told
+            err = e
+    ok = multihost_utils.broadcast_one_to_all(np.int32(err is None))
+    if err is not None:
+        raise err
+    if not int(ok):
+        raise WriterCheckFailed(f"process 0 stopped at {name!r} (its log says why); "
+                                f"process {jax.process_index()} stops too")
+    return out
+
+
 def writer_first(name: str, fn: Callable[[], Any]) -> Any:
     """Runs ``fn`` on process 0 first, then (after a barrier) on the other processes: data
     fetches and cache writes happen once, and the others read the finished cache (fetches
