@@ -153,7 +153,8 @@ def _plot_nll_vs_poo(out: Path, recs: dict, cfg) -> None:
             ax.scatter(r["exact_poo"], r["test_nll"], s=12 if rnd else 30,
                        c="0.6" if rnd else "C3" if r["method"] == "goracs" else "C0")
             if not rnd:
-                ax.annotate(r["method"], (r["exact_poo"], r["test_nll"]), fontsize=6)
+                ax.annotate(r["method"], (r["exact_poo"], r["test_nll"]), fontsize=7,
+                            xytext=(4, 3), textcoords="offset points")
         ax.set_title(f"n = {n} (grey: random subsets)", fontsize=8)
         ax.set_xlabel("exact POO"), ax.set_ylabel("test NLL")
     fig.tight_layout(), fig.savefig(out / "nll_vs_poo.png", dpi=100), plt.close(fig)
