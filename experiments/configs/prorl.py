@@ -113,11 +113,12 @@ def _paper_epoch1(c: ml_collections.ConfigDict) -> None:
     # epoch). 110 updates of 512 prompts x 16 paths = 8,192 paths (the paper's epoch:
     # ~56k prompts / 512; our 31,230 mined train paths are reshuffled after each pass),
     # lr 1e-4 with the warm-up of the 50-epoch schedule (275 updates: epoch 1 ends at
-    # 40 % of the peak lr), 16 micro-batches of 32 prompts. psae_loo (the unbiased
+    # 40 % of the peak lr), 32 micro-batches of 16 prompts (the fastest split on a 2-core
+    # CPU, benchmarks/prorl_step.py; the update is the same for any split). psae_loo (the unbiased
     # leave-one-out PSAE) is the side run. Gradient cosine / SNR at start and end.
     c.methods = ("prorl", "reinforce", "grpo", "psae_loo")
     c.seeds = (0,)
-    c.rl.update(epochs=1, schedule_epochs=50, steps_per_epoch=110, micro_batches=16,
+    c.rl.update(epochs=1, schedule_epochs=50, steps_per_epoch=110, micro_batches=32,
                 grad_diag_batches=4)
     c.eval.update(k=4)
 

@@ -76,8 +76,8 @@ def evaluate_policy(policy: PathPolicy, sims: dict[str, Any], history: np.ndarra
 
     @jax.jit
     def sample(state, h, t, key):
-        return generate(nnx.merge(graphdef, state), jnp.repeat(h, k, 0), jnp.repeat(t, k, 0),
-                        key, mask_target=mask_target)
+        return generate(nnx.merge(graphdef, state), h, t, key, mask_target=mask_target,
+                        group_size=k)
 
     acc: dict[str, list] = {}
     key = jax.random.key(seed)

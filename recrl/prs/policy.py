@@ -157,6 +157,47 @@ class PathPolicy(nnx.Module):
         x, cache = self._cached(x, jnp.zeros((), jnp.int32), cache)
         return self._logits(x[:, -1]), cache
 
+    def prefill_grouped(self, prompt: jax.Array, group_size: int
+                        ) -> tuple[jax.Array, jax.Array, KVCache]:
+        """:meth:`prefill` of ``P`` prompts, shared by ``group_size`` continuations each.
+
+        The prompt ``[P, S]`` goes through the blocks once; the cache is then repeated to
+        ``P * group_size`` rows (the ``G`` rows of a prompt consecutive). Returns the last
+        prompt position's hidden state and logits, repeated (``[P * G, D]``, ``[P * G, V]``),
+        and the repeated cache. Differentiable (the gradient of a repeated row sums back
+        into its prompt)."""
+        cfg = self.cfg
+        cache = KVCache.zeros(cfg.n_layers, prompt.shape[0], cfg.seq_len, cfg.n_heads,
+                              cfg.dim // cfg.n_heads)
+        x = self._embed(prompt, jnp.arange(prompt.shape[1]), True)
+        x, cache = self._cached(x, jnp.zeros((), jnp.int32), cache)
+        rep = lambda a: jnp.repeat(a, group_size, axis=0)
+        last = rep(x[:, -1])
+        cache = KVCache(tuple(map(rep, cache.k)), tuple(map(rep, cache.v)), rep(cache.valid),
+                        cache.index)
+        return last, self._logits(last), cache
+
+    def continuations(self, prompt: jax.Array, inputs: jax.Array, return_hidden: bool = False
+                      ) -> jax.Array | tuple[jax.Array, jax.Array]:
+        """Causal logits of ``G`` continuations per prompt, each prompt run once.
+
+        ``prompt`` ``[P, S]``; ``inputs`` ``[P * G, U]`` tokens at positions ``S .. S + U - 1``
+        (rows ``p * G .. p * G + G - 1`` continue prompt ``p``). Returns ``[P * G, 1 + U, V]``
+        logits (the last prompt position's, then one per input), the same values as
+        ``self(concat(repeated prompt, inputs), start=S - 1)`` at a fraction of the cost
+        (the blocks see ``P`` prompts instead of ``P * G``); with ``return_hidden`` also the
+        hidden states. Evaluation mode (no dropout).
+        """
+        n_prompts, s = prompt.shape
+        if inputs.shape[0] % n_prompts:
+            raise ValueError(f"{inputs.shape[0]} continuations do not split over "
+                             f"{n_prompts} prompts")
+        last, _, cache = self.prefill_grouped(prompt, inputs.shape[0] // n_prompts)
+        y = self._embed(inputs, s + jnp.arange(inputs.shape[1]), True)
+        y, _ = self._cached(y, jnp.asarray(s, jnp.int32), cache)
+        h = jnp.concatenate([last[:, None], y], axis=1)
+        return (self._logits(h), h) if return_hidden else self._logits(h)
+
     def decode(self, token: jax.Array, position: jax.Array, cache: KVCache
                ) -> tuple[jax.Array, KVCache]:
         """Feeds one token ``[B]`` at ``position``; returns next logits ``[B, V]``, cache."""
@@ -187,14 +228,26 @@ def path_logits(policy: PathPolicy, history: jax.Array, target: jax.Array, path:
 
     Position ``t`` holds the distribution of action ``t`` given the prompt and
     ``path[:t]``; positions past the path's EOS are meaningless (mask them).
+
+    Grouped paths: with ``history`` ``[P, H]`` and ``target`` ``[P]`` for ``path``
+    ``[P * G, T]`` (``G > 1``; rows ``p * G .. p * G + G - 1`` belong to prompt ``p``), each
+    prompt goes through the blocks once (:meth:`PathPolicy.continuations`); the values are
+    those of the repeated prompts. Not with dropout (``rngs``).
     """
     cfg = policy.cfg
     T = path.shape[-1]
     if T != cfg.max_len:
         raise ValueError(f"`path` must have {cfg.max_len} positions, got shape {path.shape}")
+    if path.shape[0] % history.shape[0]:
+        raise ValueError(f"{path.shape[0]} paths do not split over {history.shape[0]} prompts")
+    grouped = path.shape[0] != history.shape[0]
+    if grouped and rngs is not None:
+        raise ValueError("grouped paths (fewer prompts than paths) run without dropout")
     prompt = make_prompt(cfg, history, target)
     inputs = action_tokens(cfg, path, lengths)[:, : T - 1]
     inputs = jnp.where(inputs == cfg.eos, cfg.pad, inputs)
+    if grouped:
+        return policy.continuations(prompt, inputs, return_hidden)
     return policy(jnp.concatenate([prompt, inputs], axis=1), rngs, return_hidden,
                   start=cfg.prompt_len - 1)
 

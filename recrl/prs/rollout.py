@@ -68,7 +68,7 @@ def path_uniforms(key: jax.Array, batch_size: int, max_len: int) -> jax.Array:
 
 def generate(policy: PathPolicy, history: jax.Array, target: jax.Array, key: jax.Array | None,
              temperature: float = 1.0, greedy: bool = False, *, mask_target: bool = True,
-             uniforms: jax.Array | None = None) -> Paths:
+             uniforms: jax.Array | None = None, group_size: int = 1) -> Paths:
     """Samples (or greedily decodes) one path per prompt.
 
     Args:
@@ -82,6 +82,10 @@ def generate(policy: PathPolicy, history: jax.Array, target: jax.Array, key: jax
         docstring).
       uniforms: ``[B, T]`` sampling noise (:func:`path_uniforms`); drawn from ``key`` when
         ``None``.
+      group_size: ``G`` paths per prompt: ``history`` ``[P, H]`` and ``target`` ``[P]`` give
+        ``B = P * G`` paths (rows ``p * G .. p * G + G - 1`` from prompt ``p``), the prompt
+        run through the policy once (:meth:`PathPolicy.prefill_grouped`); the same paths as
+        ``G`` repeated prompts.
 
     Returns:
       :class:`Paths`.
@@ -90,8 +94,15 @@ def generate(policy: PathPolicy, history: jax.Array, target: jax.Array, key: jax
     if not greedy and key is None and uniforms is None:
         raise ValueError("sampling needs a PRNG `key` (or pass greedy=True)")
     key = jax.random.key(0) if key is None else key
-    b = history.shape[0]
-    logits0, cache = policy.prefill(make_prompt(cfg, history, target))
+    if group_size < 1:
+        raise ValueError(f"group_size must be >= 1, got {group_size}")
+    prompt = make_prompt(cfg, history, target)
+    if group_size == 1:
+        logits0, cache = policy.prefill(prompt)
+    else:
+        _, logits0, cache = policy.prefill_grouped(prompt, group_size)
+        target = jnp.repeat(target, group_size, axis=0)
+    b = target.shape[0]
     cols = jnp.arange(cfg.num_items + 1)
     eos_col = cols == cfg.eos
     banned = (cols[None, :] == target[:, None]) if mask_target else jnp.zeros((1, cols.size), bool)

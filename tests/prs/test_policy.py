@@ -208,3 +208,36 @@ def test_shared_block_equals_the_two_projection_policy():
     np.testing.assert_allclose(new_val, old_val, rtol=1e-6)
     for a, b in zip(jax.tree.leaves(new_grad), jax.tree.leaves(old_grad), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_grouped_prompts_equal_repeated_prompts():
+    """``G`` paths per prompt with the prompt run once (grouped path_logits / generate)
+    give the values, the gradients and the paths of the prompts repeated ``G`` times."""
+    policy = _policy(11)
+    hist, tgt = _prompts(b=3, seed=5)
+    G = 4
+    rep_h, rep_t = jnp.repeat(hist, G, 0), jnp.repeat(tgt, G, 0)
+    u = jax.random.uniform(jax.random.key(2), (3 * G, CFG.max_len), minval=1e-6)
+    grouped = generate(policy, hist, tgt, None, uniforms=u, group_size=G)
+    repeated = generate(policy, rep_h, rep_t, None, uniforms=u)
+    np.testing.assert_array_equal(grouped.path, repeated.path)
+    np.testing.assert_allclose(grouped.logp, repeated.logp, rtol=1e-5, atol=1e-6)
+    path, lengths = repeated.path, repeated.lengths
+    a, ha = path_logits(policy, hist, tgt, path, lengths, return_hidden=True)
+    b, hb = path_logits(policy, rep_h, rep_t, path, lengths, return_hidden=True)
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ha, hb, rtol=1e-5, atol=1e-5)
+    graphdef, params, rest = nnx.split(policy, nnx.Param, ...)
+    w = jax.random.normal(jax.random.key(4), a.shape)
+
+    def grad_of(h, t):
+        return jax.grad(lambda p: jnp.sum(w * path_logits(nnx.merge(graphdef, p, rest), h, t,
+                                                          path, lengths)))(params)
+
+    for x, y in zip(jax.tree.leaves(grad_of(hist, tgt)), jax.tree.leaves(grad_of(rep_h, rep_t)),
+                    strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="11 paths do not split over 3 prompts"):
+        path_logits(policy, hist, tgt, path[:11], lengths[:11])
+    with pytest.raises(ValueError, match="without dropout"):
+        path_logits(policy, hist, tgt, path, lengths, rngs=nnx.Rngs(dropout=0))
