@@ -282,3 +282,34 @@ def masked_log_softmax(logits: jax.Array, eos_first_allowed: bool = False,
         allowed = allowed & (cols != target[:, None])[:, None, :]
     z = jnp.where(allowed, logits, -1e9)
     return jnp.where(allowed, jax.nn.log_softmax(z, -1), -jnp.inf)
+
+
+BANNED_LOGIT = -1e9  #: logit of an action outside the action space (probability exactly 0)
+
+
+def action_mask(T: int, num_actions: int, target: jax.Array | None) -> jax.Array:
+    """``[B or 1, T, V]`` bool, the action space: EOS (the last action) is not allowed at
+    ``t = 0`` and, with ``target`` ``[B]``, each row's target never (as
+    :func:`masked_log_softmax`)."""
+    cols = jnp.arange(num_actions)
+    allowed = ~((jnp.arange(T)[:, None] == 0) & (cols[None, :] == num_actions - 1))[None]
+    if target is not None:
+        allowed = allowed & (cols[None, None, :] != target[:, None, None])
+    return allowed
+
+
+def log_probs_and_kl(logits: jax.Array, ref_logp: jax.Array, actions: jax.Array,
+                     allowed: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(log π(a_t) [B, T], KL(π_t ‖ π_ref,t) [B, T])`` from one masked log-softmax.
+
+    ``ref_logp`` is the reference's log-softmax over the same ``allowed`` actions (banned
+    actions at logit ``-1e9``, so their probability under both is exactly 0 and their KL
+    term vanishes without a second mask); PAD actions (``>= V``) get log-prob 0. Equals
+    :func:`action_log_probs` and :func:`recrl.estimators.full_kl` with
+    ``where=allowed`` (tested).
+    """
+    lp = jax.nn.log_softmax(jnp.where(allowed, logits, BANNED_LOGIT), -1)
+    n_act = logits.shape[-1]
+    taken = jnp.take_along_axis(lp, jnp.minimum(actions, n_act - 1)[..., None], -1)[..., 0]
+    kl = jnp.sum(jnp.exp(lp) * (lp - ref_logp), -1)
+    return jnp.where(actions < n_act, taken, 0.0), kl

@@ -33,8 +33,11 @@ from flax import nnx
 from recrl import estimators as est
 from recrl import optim
 from recrl.prs.policy import (
+    BANNED_LOGIT,
     PathPolicy,
+    action_mask,
     action_tokens,
+    log_probs_and_kl,
     path_logits,
 )
 from recrl.prs.rewards import COMPONENTS, contains_target, duplicates, step_rewards
@@ -312,37 +315,6 @@ def advantages(estimator: str, rewards: jax.Array, ro: Rollouts, shape: tuple[in
 
 
 _SUMS = ("loss", "pg_loss", "kl", "critic_loss", "adv_sum", "adv_sq")
-_BANNED = -1e9  # logit of an action outside the action space (probability exactly 0)
-
-
-def action_mask(T: int, num_actions: int, target: jax.Array | None) -> jax.Array:
-    """``[B or 1, T, V]`` bool, the action space: EOS (the last action) is not allowed at
-    ``t = 0`` and, with ``target`` ``[B]``, each row's target never (as
-    :func:`recrl.prs.policy.masked_log_softmax`)."""
-    cols = jnp.arange(num_actions)
-    allowed = ~((jnp.arange(T)[:, None] == 0) & (cols[None, :] == num_actions - 1))[None]
-    if target is not None:
-        allowed = allowed & (cols[None, None, :] != target[:, None, None])
-    return allowed
-
-
-def log_probs_and_kl(logits: jax.Array, ref_logp: jax.Array, actions: jax.Array,
-                     allowed: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """``(log π(a_t) [B, T], KL(π_t ‖ π_ref,t) [B, T])`` from one masked log-softmax.
-
-    ``ref_logp`` is the reference's log-softmax over the same ``allowed`` actions (banned
-    actions at logit ``-1e9``, so their probability under both is exactly 0 and their KL
-    term vanishes without a second mask); PAD actions (``>= V``) get log-prob 0. Equals
-    :func:`recrl.prs.policy.action_log_probs` and :func:`recrl.estimators.full_kl` with
-    ``where=allowed`` (tested).
-    """
-    lp = jax.nn.log_softmax(jnp.where(allowed, logits, _BANNED), -1)
-    n_act = logits.shape[-1]
-    taken = jnp.take_along_axis(lp, jnp.minimum(actions, n_act - 1)[..., None], -1)[..., 0]
-    kl = jnp.sum(jnp.exp(lp) * (lp - ref_logp), -1)
-    return jnp.where(actions < n_act, taken, 0.0), kl
-
-
 def _critic_step(parts: _Parts, params: Any, critic: Any, xs: tuple, n_act: jax.Array
                  ) -> tuple[jax.Array, jax.Array, Any]:
     """A2C on one micro-batch: ``(advantage − V(s_t), critic loss, critic gradients)`` (the
@@ -360,17 +332,14 @@ def _critic_step(parts: _Parts, params: Any, critic: Any, xs: tuple, n_act: jax.
 
 def _policy_loss(parts: _Parts, state: Any, xs: tuple, a: jax.Array, pg_den: jax.Array,
                  n_act: jax.Array) -> tuple[jax.Array, tuple, Any]:
-    """Policy gradient + exact KL of one micro-batch; ``(loss, (pg, kl), grads)``.
-
-    The prompts (``h``, ``t``: ``[P/M, ...]``) go through the policy once per ``G`` paths
-    (grouped :func:`path_logits`). One masked log-softmax per forward serves both the taken
-    actions' log-probs and the exact KL (:func:`log_probs_and_kl`)."""
+    """Policy gradient + exact KL of one micro-batch; ``(loss, (pg, kl), grads)``. The
+    prompts ``h``, ``t`` (``[P/M, ...]``) run once per ``G`` paths (grouped path_logits)."""
     cfg = parts.cfg
     h, t, p, ln, _, m, ac, mt = xs
     mt = mt if cfg.mask_target else None
     allowed = action_mask(p.shape[-1], parts.policy(state.params).cfg.num_items + 1, mt)
     ref_lp = jax.lax.stop_gradient(jax.nn.log_softmax(jnp.where(
-        allowed, path_logits(parts.policy(state.ref_params), h, t, p, ln), _BANNED), -1))
+        allowed, path_logits(parts.policy(state.ref_params), h, t, p, ln), BANNED_LOGIT), -1))
 
     def loss_fn(params):
         logits = path_logits(parts.policy(params), h, t, p, ln)

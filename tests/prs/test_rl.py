@@ -269,7 +269,7 @@ def test_fused_log_probs_and_kl_equal_the_separate_functions():
     """The step's one-log-softmax loss terms equal ``action_log_probs`` and ``full_kl`` over
     the masked action space (EOS banned first, the target banned), PAD actions included."""
     from recrl import estimators as est
-    from recrl.prs.policy import action_log_probs, masked_log_softmax
+    from recrl.prs.policy import action_log_probs, action_mask, log_probs_and_kl, masked_log_softmax
 
     B, T, V = 6, 4, N + 1
     k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
@@ -278,10 +278,10 @@ def test_fused_log_probs_and_kl_equal_the_separate_functions():
     tgt = jnp.arange(B) % N
     acts = jax.random.randint(k3, (B, T), 0, V + 2).at[:, 0].set(1)  # PAD ids >= V too
     acts = jnp.where(acts == tgt[:, None], (tgt[:, None] + 1) % N, acts)
-    allowed = rl.action_mask(T, V, tgt)
+    allowed = action_mask(T, V, tgt)
     np.testing.assert_array_equal(allowed, jnp.isfinite(masked_log_softmax(logits, target=tgt)))
     ref_lp = jax.nn.log_softmax(jnp.where(allowed, ref, -1e9), -1)
-    taken, kl = rl.log_probs_and_kl(logits, ref_lp, acts, allowed)
+    taken, kl = log_probs_and_kl(logits, ref_lp, acts, allowed)
     _, want_taken = action_log_probs(logits, acts, target=tgt)
     np.testing.assert_allclose(taken, want_taken, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(kl, est.full_kl(logits, ref, where=allowed), rtol=1e-4,
