@@ -22,6 +22,7 @@ difference between two systems on the same prompts) by resampling users, not pro
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from recrl import parallel
 from recrl.prs import simulator as simlib
 from recrl.prs.policy import PathPolicy
 from recrl.prs.rewards import diversity, path_metrics
@@ -43,64 +45,118 @@ def _batches(n: int, size: int):
         yield slice(i, min(i + size, n))
 
 
-def score_generated(sim: Any, history: jax.Array, target: jax.Array, path: jax.Array,
-                    lengths: jax.Array, genres: jax.Array, num_items: int) -> dict:
-    """Per-path metrics (arrays ``[B]``) of generated paths under ``sim``."""
+def _metric_arrays(sim: Any, history: jax.Array, target: jax.Array, path: jax.Array,
+                   lengths: jax.Array, genres: jax.Array, num_items: int) -> dict:
+    """Per-path metrics (jax arrays ``[B]``) of generated paths under ``sim``."""
     safe = jnp.where(path < num_items, path, 0)
     scores = simlib.score_paths(sim, history, safe, lengths, target)
     m = path_metrics(scores, safe, lengths, target, genres)
-    return {k: np.asarray(getattr(m, k)) for k in METRICS}
+    return {k: getattr(m, k) for k in METRICS}
+
+
+def score_generated(sim: Any, history: jax.Array, target: jax.Array, path: jax.Array,
+                    lengths: jax.Array, genres: jax.Array, num_items: int) -> dict:
+    """Per-path metrics (arrays ``[B]``) of generated paths under ``sim``."""
+    return {k: np.asarray(v) for k, v in
+            _metric_arrays(sim, history, target, path, lengths, genres, num_items).items()}
+
+
+@functools.partial(jax.jit, static_argnums=(0, 7))
+def _metrics_jit(graphdef: nnx.GraphDef, state: Any, history: jax.Array, target: jax.Array,
+                 path: jax.Array, lengths: jax.Array, genres: jax.Array, num_items: int) -> dict:
+    """:func:`_metric_arrays` in one jitted step (batches split over a mesh)."""
+    return _metric_arrays((graphdef, state), history, target, path, lengths, genres, num_items)
+
+
+class _Evaluator:
+    """Decodes and scores one batch of prompts: on one device, or split over ``mesh`` (the
+    batch padded with copies of its first prompt to a multiple of the devices, each process
+    building only its rows, the padding dropped from the results)."""
+
+    def __init__(self, policy: PathPolicy, sims: dict[str, Any], genres: np.ndarray, k: int,
+                 mask_target: bool, mesh: Any):
+        graphdef, state = nnx.split(policy)
+        self.k, self.mesh, self.n_items = k, mesh, policy.cfg.num_items
+        if mesh is None:
+            self.sims, self.state, self.genres = sims, state, jnp.asarray(genres)
+        else:
+            self.state, self.genres = parallel.replicate((state, np.asarray(genres)), mesh)
+            split = {n: s if isinstance(s, tuple) else nnx.split(s) for n, s in sims.items()}
+            self.sims = {n: (g, parallel.replicate(s, mesh)) for n, (g, s) in split.items()}
+        self.greedy = jax.jit(lambda state, h, t: generate(
+            nnx.merge(graphdef, state), h, t, None, greedy=True, mask_target=mask_target))
+        # each prompt runs once per group of k sampled paths (rows p*k .. p*k+k-1)
+        self.sample = jax.jit(lambda state, h, t, key: generate(
+            nnx.merge(graphdef, state), h, t, key, mask_target=mask_target, group_size=k))
+
+    def _put(self, history: np.ndarray, target: np.ndarray) -> tuple[jax.Array, jax.Array]:
+        if self.mesh is None:
+            return jnp.asarray(history), jnp.asarray(target)
+        n = len(target)
+        idx = np.pad(np.arange(n), (0, -n % self.mesh.shape[parallel.DATA_AXIS]))
+        return parallel.global_rows(lambda r: (history[idx[r]], target[idx[r]]), len(idx),
+                                    self.mesh)
+
+    def _host(self, x: Any) -> Any:
+        return np.asarray(x) if self.mesh is None else parallel.to_host(x)
+
+    def _score(self, h: jax.Array, t: jax.Array, path: jax.Array, lengths: jax.Array
+               ) -> dict[str, dict[str, np.ndarray]]:
+        """``{sim: {metric: [rows] host array}}`` (padding rows included)."""
+        if self.mesh is None:
+            return {n: score_generated(s, h, t, path, lengths, self.genres, self.n_items)
+                    for n, s in self.sims.items()}
+        return {n: parallel.to_host(_metrics_jit(g, s, h, t, path, lengths, self.genres,
+                                                 self.n_items))
+                for n, (g, s) in self.sims.items()}
+
+    def batch(self, history: np.ndarray, target: np.ndarray, key: jax.Array
+              ) -> dict[str, np.ndarray]:
+        """Per-prompt values ``{"<sim>/<metric>@1" [, "@K", "diversity@K"]: [B]}``."""
+        b, k = len(target), self.k
+        h, t = self._put(history, target)
+        out = self.greedy(self.state, h, t)
+        res = {f"{n}/{m}@1": v[:b] for n, per in self._score(h, t, out.path, out.lengths).items()
+               for m, v in per.items()}
+        if k:
+            s = self.sample(self.state, h, t, key)
+            rows = h.shape[0]
+            res["diversity@K"] = self._host(diversity(
+                s.path.reshape(rows, k, -1), s.lengths.reshape(rows, k), self.n_items))[:b]
+            per_sim = self._score(jnp.repeat(h, k, 0), jnp.repeat(t, k, 0), s.path, s.lengths)
+            for n, per in per_sim.items():
+                for m, v in per.items():
+                    v = v.reshape(rows, k)[:b]
+                    res[f"{n}/{m}@K"] = v.mean(1) if m in ("length", "has_target") else v.max(1)
+        return res
 
 
 def evaluate_policy(policy: PathPolicy, sims: dict[str, Any], history: np.ndarray,
                     target: np.ndarray, genres: np.ndarray, *, k: int = 0, seed: int = 0,
                     batch_size: int = 512, mask_target: bool = True,
-                    per_prompt: bool = False) -> dict[str, float] | tuple[dict, dict]:
+                    per_prompt: bool = False, mesh: Any = None
+                    ) -> dict[str, float] | tuple[dict, dict]:
     """Mean metrics @1 (greedy) and, with ``k > 0``, @K and diversity, for each simulator.
 
     Args:
       mask_target: keep the target out of the policy's action space (as in training).
       per_prompt: also return every prompt's values (for :func:`cluster_bootstrap`).
+      mesh: optional data mesh: decoding and scoring run data-parallel, every batch split
+        over the mesh (the last one padded with masked prompts); the paths are those of one
+        device (greedy, and sampled with the same keys: the sampling noise of a prompt does
+        not depend on the batch it is in), the metrics up to float rounding.
 
     Returns:
       ``{"<sim>/<metric>@1": value, "<sim>/<metric>@K": value, "diversity@K": value}``;
       with ``per_prompt``, ``(means, {name: [N] array})``.
     """
-    graphdef, state = nnx.split(policy)
-    n_items = policy.cfg.num_items
-
-    @jax.jit
-    def greedy(state, h, t):
-        return generate(nnx.merge(graphdef, state), h, t, None, greedy=True,
-                        mask_target=mask_target)
-
-    @jax.jit
-    def sample(state, h, t, key):
-        return generate(nnx.merge(graphdef, state), h, t, key, mask_target=mask_target,
-                        group_size=k)
-
+    ev = _Evaluator(policy, sims, genres, k, mask_target, mesh)
     acc: dict[str, list] = {}
     key = jax.random.key(seed)
-    g = jnp.asarray(genres)
     for sl in _batches(len(target), batch_size):
-        h, t = jnp.asarray(history[sl]), jnp.asarray(target[sl])
-        out = greedy(state, h, t)
-        for name, sim in sims.items():
-            for m, v in score_generated(sim, h, t, out.path, out.lengths, g, n_items).items():
-                acc.setdefault(f"{name}/{m}@1", []).append(v)
-        if k:
-            key, sub = jax.random.split(key)
-            s = sample(state, h, t, sub)
-            b = h.shape[0]
-            acc.setdefault("diversity@K", []).append(np.asarray(
-                diversity(s.path.reshape(b, k, -1), s.lengths.reshape(b, k), n_items)))
-            hk, tk = jnp.repeat(h, k, 0), jnp.repeat(t, k, 0)
-            for name, sim in sims.items():
-                per = score_generated(sim, hk, tk, s.path, s.lengths, g, n_items)
-                for m, v in per.items():
-                    mean_of = ("length", "has_target")
-                    best = v.reshape(b, k).mean(1) if m in mean_of else v.reshape(b, k).max(1)
-                    acc.setdefault(f"{name}/{m}@K", []).append(best)
+        key, sub = jax.random.split(key)
+        for name, v in ev.batch(np.asarray(history[sl]), np.asarray(target[sl]), sub).items():
+            acc.setdefault(name, []).append(v)
     values = {name: np.concatenate(v) for name, v in acc.items()}
     means = {name: float(np.mean(v)) for name, v in values.items()}
     return (means, values) if per_prompt else means

@@ -126,12 +126,13 @@ def pretrained_policy(ctx: Context) -> PathPolicy:
 
     def validate(p: PathPolicy) -> dict:
         m = evaluate.evaluate_policy(p, {"sasrec": ctx.sims["sasrec"]}, val_h, val_t,
-                                     ctx.genres, mask_target=c.rl.get("mask_target", True))
+                                     ctx.genres, mask_target=c.rl.get("mask_target", True),
+                                     mesh=ctx.mesh)
         return {"val_ioi@1": m["sasrec/ioi@1"], "val_ctr@1": m["sasrec/ctr@1"],
                 "val_length@1": m["sasrec/length@1"]}
 
     policy, history = pretrain(policy, ctx.data.paths["train"], ctx.data.paths["val"],
-                               PretrainConfig(seed=0, **c.pretrain), validate)
+                               PretrainConfig(seed=0, **c.pretrain), validate, mesh=ctx.mesh)
     ckpt.save(1, jax.device_get(nnx.state(policy, nnx.Param)), meta={"history": history})
     ckpt.close()
     return policy
@@ -146,12 +147,13 @@ def test_metrics(ctx: Context, policy: PathPolicy, seed: int, per_prompt_file: P
     mask = c.rl.get("mask_target", True)
     th, tt, tu = prompts_of(ctx.data.paths["test"], c.eval.max_prompts)
     out, per = evaluate.evaluate_policy(policy, ctx.sims, th, tt, ctx.genres, k=c.eval.k,
-                                        seed=seed, mask_target=mask, per_prompt=True)
+                                        seed=seed, mask_target=mask, per_prompt=True,
+                                        mesh=ctx.mesh)
     unseen = random_unseen_targets(ctx.data, "test", seed=seed)
     uh, ut, _ = prompts_of(unseen, c.eval.max_prompts)
     out.update({f"unseen/{k}": v for k, v in
                 evaluate.evaluate_policy(policy, ctx.sims, uh, ut, ctx.genres,
-                                         mask_target=mask).items()})
+                                         mask_target=mask, mesh=ctx.mesh).items()})
     if per_prompt_file is not None:
         save_per_prompt(per_prompt_file, tu, per)
     return out
