@@ -292,3 +292,53 @@ def to_host(tree: Any) -> Any:
         return np.asarray(x)
 
     return jax.tree.map(get, tree)
+
+
+def map_rows(fn: Callable[..., Any], consts: Any, rows: tuple[np.ndarray, ...],
+             batch_size: int, mesh: Mesh | None = None, axis_name: str = DATA_AXIS,
+             wrap: Callable[[Any], Any] = iter) -> Any:
+    """``fn(consts, *batch)`` over consecutive batches of ``batch_size`` rows of ``rows``,
+    concatenated on the host: per-row scores, features, per-sample gradients.
+
+    ``fn`` must treat rows independently (row ``i`` of its result depends on row ``i`` of
+    each input only). Without a mesh each batch runs on the default device. With ``mesh``
+    each device computes only its own rows (``jax.shard_map``, no communication):
+    ``consts`` (parameters) are replicated once and enter ``fn`` device-varying (so a
+    per-sample gradient inside ``fn`` is not summed over the devices), each batch is padded
+    with copies of its first row to a multiple of the devices, each process builds only its
+    rows, and the results are gathered to every process with the padding dropped. ``wrap``
+    wraps the iterator of batch starts (a progress bar).
+
+    Returns:
+      The pytree of ``fn``'s outputs, each leaf a numpy array with ``len(rows[0])`` rows.
+    """
+    n = len(rows[0])
+    if n < 1 or batch_size < 1 or any(len(r) != n for r in rows):
+        raise ValueError(f"map_rows needs rows of one positive length and batch_size >= 1; "
+                         f"got lengths {[len(r) for r in rows]}, batch_size {batch_size}")
+    if mesh is None:
+        step = fn
+    else:
+        consts = replicate(consts, mesh)
+
+        def local(c, *batch):
+            # device-varying copies: a gradient w.r.t. them stays this device's own (w.r.t.
+            # the replicated value, shard_map would sum it over the devices)
+            return fn(jax.lax.pcast(c, axis_name, to="varying"), *batch)
+
+        step = jax.jit(jax.shard_map(local, mesh=mesh,
+                                     in_specs=(P(), *[P(axis_name)] * len(rows)),
+                                     out_specs=P(axis_name)))
+    out = []
+    for lo in wrap(range(0, n, batch_size)):
+        idx = np.arange(lo, min(lo + batch_size, n))
+        if mesh is None:
+            out.append(jax.tree.map(np.asarray, step(consts, *[jax.numpy.asarray(r[idx])
+                                                                for r in rows])))
+            continue
+        idx = np.pad(idx, (0, -len(idx) % mesh.shape[axis_name]), constant_values=lo)
+        batch = global_rows(lambda s, idx=idx: tuple(np.asarray(r[idx[s]]) for r in rows),
+                            len(idx), mesh, axis_name)
+        real = min(batch_size, n - lo)
+        out.append(jax.tree.map(lambda x, real=real: x[:real], to_host(step(consts, *batch))))
+    return jax.tree.map(lambda *xs: np.concatenate(xs), *out)

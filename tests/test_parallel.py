@@ -169,3 +169,68 @@ def test_prorl_refuses_a_batch_that_does_not_split(tmp_path):
     with pytest.raises(ValueError, match=r"rl\.prompts=6 is not a multiple of the 4 devices"):
         prorl.run(cfg, str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()  # refused before writing anything
+
+
+def test_map_rows_on_the_mesh_equals_one_device():
+    """10 rows in batches of 4: 4, 4 and a last batch of 2 padded to 4 on the mesh; each
+    device computes only its rows (shard_map), the padding is dropped."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(10, 3)).astype(np.float32)
+    ids = np.arange(10, dtype=np.int32)
+    w = rng.normal(size=(3, 2)).astype(np.float32)
+
+    def fn(w, x, ids):  # values and per-row gradients w.r.t. the replicated parameters
+        grad = jax.vmap(jax.grad(lambda w, xi: jnp.tanh(xi @ w).sum()), in_axes=(None, 0))
+        return {"y": jnp.tanh(x @ w), "id": ids * 2, "g": grad(w, x)}
+
+    want = parallel.map_rows(fn, w, (x, ids), 4)
+    got = parallel.map_rows(fn, w, (x, ids), 4, parallel.data_mesh(N_DEV))
+    y = np.tanh(x @ w)
+    g = x[:, :, None] * (1 - y**2)[:, None, :]  # d/dw of sum(tanh(x_i w)), row by row
+    for out in (want, got):
+        np.testing.assert_array_equal(out["id"], ids * 2)
+        np.testing.assert_allclose(out["y"], y, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(out["g"], g, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="rows of one positive length"):
+        parallel.map_rows(fn, w, (x, ids[:9]), 4)
+
+
+def test_goracs_per_sample_features_on_the_mesh_equal_one_device():
+    """Per-sample LoRA gradient norms and vectors, embeddings and answer log-likelihoods
+    of 10 examples in batches of 8 (the last of 2 padded on the mesh); ``lora_grad_norms``
+    is ``grad_norms`` over another parameter subset."""
+    from flax import nnx
+
+    from recrl import models
+    from recrl.coreset import lmrec
+
+    model = models.create_model(models.tiny_config(
+        vocab_size=64, dim=16, n_layers=1, n_heads=2, n_kv_heads=1, head_dim=8, ffn_dim=32,
+        max_seq_len=32), seed=0)
+    models.add_lora(model, rank=2, alpha=4, targets=("q_proj", "v_proj"), rngs=nnx.Rngs(1))
+    # non-zero lora_b, so the per-sample gradients of lora_a are not all zero
+    for _, v in nnx.iter_graph(model):
+        if isinstance(v, models.LoRAParam):
+            v.value = v.value + 0.05
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(3, 64, (10, 12)).astype(np.int32)
+    mask = np.ones_like(tokens, bool)
+    mask[3, 9:] = False
+    loss_mask = np.zeros_like(mask)
+    loss_mask[:, 8:] = mask[:, 8:]
+    data = (tokens, mask, loss_mask)
+    mesh = parallel.data_mesh(N_DEV)
+    kw = dict(batch_size=8, progress=False)
+    for name, fn in (("grad_norms", lambda m: lmrec.grad_norms(model, *data, mesh=m, **kw)),
+                     ("grad_vectors", lambda m: lmrec.grad_vectors(model, *data, mesh=m, **kw)),
+                     ("embeddings",
+                      lambda m: lmrec.embeddings(model, tokens, mask, mesh=m, **kw)),
+                     ("answer_loglik",
+                      lambda m: lmrec.answer_loglik(model, *data, batch_size=8, mesh=m))):
+        want, got = fn(None), fn(mesh)
+        assert got.shape == want.shape and want.shape[0] == 10, name
+        assert np.abs(want).max() > 1e-3, f"{name}: all zero"
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=name)
+    # the norms are those of the vectors, computed separately
+    np.testing.assert_allclose(np.linalg.norm(lmrec.grad_vectors(model, *data, **kw), axis=1),
+                               lmrec.grad_norms(model, *data, **kw), rtol=1e-5)

@@ -27,7 +27,7 @@ from flax import nnx
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from recrl import models
+from recrl import models, parallel
 from recrl.checkpoint import Checkpointer
 from recrl.models.finetune import adamw, sft_loop
 
@@ -56,8 +56,7 @@ def encode_pairs(encode: Callable[[str], list[int]], prompts: Sequence[str],
     return tokens, mask, loss
 
 
-def _batches(n: int, batch: int, desc: str, progress: bool):
-    it = range(0, n, batch)
+def _wrap(it, desc: str, progress: bool):
     return tqdm(it, desc=desc, leave=False) if progress else it
 
 
@@ -73,34 +72,39 @@ def _grad_split(model: models.Llama, layer: int, target: str):
 
 def grad_norms(model: models.Llama, tokens: np.ndarray, mask: np.ndarray,
                loss_mask: np.ndarray, *, layer: int = -1, target: str = "v_proj",
-               batch_size: int = 256, chunk: int = 16, progress: bool = True) -> np.ndarray:
+               batch_size: int = 256, chunk: int = 16, progress: bool = True,
+               mesh: Mesh | None = None) -> np.ndarray:
     r"""Per-sample :math:`\|\nabla_{B}\,\mathrm{NLL}(z_i)\|` w.r.t. one LoRA ``lora_b``
-    (block ``layer``, projection ``target``); ``[N]`` float32. Needs LoRA on that block."""
+    (block ``layer``, projection ``target``); ``[N]`` float32. Needs LoRA on that block.
+    With ``mesh`` each batch is split over the devices (:func:`recrl.parallel.map_rows`)."""
     graphdef, wrt, rest = _grad_split(model, layer, target)
-    out = []
-    for lo in _batches(tokens.shape[0], batch_size, "grad norms", progress):
-        sl = slice(lo, lo + batch_size)
-        out.append(np.asarray(models.nll_per_sample_grads(
-            graphdef, wrt, rest, jnp.asarray(tokens[sl]), jnp.asarray(mask[sl]),
-            jnp.asarray(loss_mask[sl]), chunk_size=chunk, norms_only=True)))
-    return np.concatenate(out).astype(np.float32)
+
+    def fn(params, t, m, lm):
+        return models.nll_per_sample_grads(graphdef, params[0], params[1], t, m, lm,
+                                           chunk_size=chunk, norms_only=True)
+
+    return parallel.map_rows(fn, (wrt, rest), (tokens, mask, loss_mask), batch_size, mesh,
+                             wrap=lambda it: _wrap(it, "grad norms", progress)
+                             ).astype(np.float32)
 
 
 def grad_vectors(model: models.Llama, tokens: np.ndarray, mask: np.ndarray,
                  loss_mask: np.ndarray, *, layer: int = -1, target: str = "v_proj",
-                 batch_size: int = 256, chunk: int = 16, progress: bool = True) -> np.ndarray:
+                 batch_size: int = 256, chunk: int = 16, progress: bool = True,
+                 mesh: Mesh | None = None) -> np.ndarray:
     r"""Per-sample gradients :math:`\nabla_{B}\,\mathrm{NLL}(z_i)` w.r.t. the same ``lora_b``
     as :func:`grad_norms`, flattened: ``[N, num_params]`` float32 (their row norms are
-    :func:`grad_norms`). Used by the influence term of the DEALRec baseline."""
+    :func:`grad_norms`). Used by the influence term of the DEALRec baseline. With ``mesh``
+    each batch is split over the devices."""
     graphdef, wrt, rest = _grad_split(model, layer, target)
-    out = []
-    for lo in _batches(tokens.shape[0], batch_size, "grad vectors", progress):
-        sl = slice(lo, lo + batch_size)
-        g = models.nll_per_sample_grads(
-            graphdef, wrt, rest, jnp.asarray(tokens[sl]), jnp.asarray(mask[sl]),
-            jnp.asarray(loss_mask[sl]), chunk_size=chunk)
-        out.append(np.asarray(models.flatten_grads(g)))
-    return np.concatenate(out).astype(np.float32)
+
+    def fn(params, t, m, lm):
+        return models.flatten_grads(models.nll_per_sample_grads(
+            graphdef, params[0], params[1], t, m, lm, chunk_size=chunk))
+
+    return parallel.map_rows(fn, (wrt, rest), (tokens, mask, loss_mask), batch_size, mesh,
+                             wrap=lambda it: _wrap(it, "grad vectors", progress)
+                             ).astype(np.float32)
 
 
 @jax.jit
@@ -112,14 +116,14 @@ def _mean_hidden(graphdef, state, tokens, mask):
 
 
 def embeddings(model: models.Llama, tokens: np.ndarray, mask: np.ndarray, *,
-               batch_size: int = 256, progress: bool = True) -> np.ndarray:
+               batch_size: int = 256, progress: bool = True,
+               mesh: Mesh | None = None) -> np.ndarray:
     r""":math:`h_i = \frac1{|x_i|}\sum_{t} H_t(x_i)` (final-block hidden states, mean over
-    real tokens); ``[N, D]`` float32."""
+    real tokens); ``[N, D]`` float32. With ``mesh`` each batch is split over the devices."""
     graphdef, state = nnx.split(model)
-    out = [np.asarray(_mean_hidden(graphdef, state, jnp.asarray(tokens[lo:lo + batch_size]),
-                                   jnp.asarray(mask[lo:lo + batch_size])))
-           for lo in _batches(tokens.shape[0], batch_size, "embeddings", progress)]
-    return np.concatenate(out)
+    return parallel.map_rows(lambda st, t, m: _mean_hidden(graphdef, st, t, m), state,
+                             (tokens, mask), batch_size, mesh,
+                             wrap=lambda it: _wrap(it, "embeddings", progress))
 
 
 def _nll_loss(graphdef, targets: int):
@@ -165,14 +169,15 @@ def _answer_loglik(graphdef, state, tokens, mask, loss_mask, max_targets):
 
 
 def answer_loglik(model: models.Llama, tokens: np.ndarray, mask: np.ndarray,
-                  loss_mask: np.ndarray, *, batch_size: int = 256) -> np.ndarray:
-    r""":math:`\sum_{t\in\text{answer}}\log\pi(y_t\mid\cdot)` per row, ``[N]``."""
+                  loss_mask: np.ndarray, *, batch_size: int = 256,
+                  mesh: Mesh | None = None) -> np.ndarray:
+    r""":math:`\sum_{t\in\text{answer}}\log\pi(y_t\mid\cdot)` per row, ``[N]``. With
+    ``mesh`` each batch is split over the devices."""
     graphdef, state = nnx.split(model)
     targets = _max_targets(loss_mask)
-    rows = [slice(lo, lo + batch_size) for lo in range(0, tokens.shape[0], batch_size)]
-    return np.concatenate([np.asarray(_answer_loglik(
-        graphdef, state, jnp.asarray(tokens[r]), jnp.asarray(mask[r]),
-        jnp.asarray(loss_mask[r]), targets)) for r in rows])
+    return parallel.map_rows(
+        lambda st, t, m, lm: _answer_loglik(graphdef, st, t, m, lm, targets), state,
+        (tokens, mask, loss_mask), batch_size, mesh)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -297,20 +302,22 @@ def el2n_scores(model: models.Llama, tokens: np.ndarray, mask: np.ndarray,
 
 def lora_grad_norms(model: models.Llama, tokens: np.ndarray, mask: np.ndarray,
                     loss_mask: np.ndarray, *, batch_size: int = 256, chunk: int = 16,
-                    progress: bool = True) -> np.ndarray:
+                    progress: bool = True, mesh: Mesh | None = None) -> np.ndarray:
     r"""Per-sample :math:`\|\nabla_{\phi}\,\mathrm{NLL}(z_i)\|` over *every* LoRA parameter
     (all blocks and targets, A and B), ``[N]`` float32 (GraNd's score for a LoRA model;
-    GORACS's ĝ uses one ``lora_b`` only)."""
+    GORACS's ĝ uses one ``lora_b`` only). With ``mesh`` each batch is split over the
+    devices."""
     graphdef, wrt, rest = nnx.split(model, models.LoRAParam, ...)
     if not jax.tree.leaves(wrt):
         raise ValueError("the model has no LoRA parameters: call add_lora first")
-    out = []
-    for lo in _batches(tokens.shape[0], batch_size, "LoRA grad norms", progress):
-        sl = slice(lo, lo + batch_size)
-        out.append(np.asarray(models.nll_per_sample_grads(
-            graphdef, wrt, rest, jnp.asarray(tokens[sl]), jnp.asarray(mask[sl]),
-            jnp.asarray(loss_mask[sl]), chunk_size=chunk, norms_only=True)))
-    return np.concatenate(out).astype(np.float32)
+
+    def fn(params, t, m, lm):
+        return models.nll_per_sample_grads(graphdef, params[0], params[1], t, m, lm,
+                                           chunk_size=chunk, norms_only=True)
+
+    return parallel.map_rows(fn, (wrt, rest), (tokens, mask, loss_mask), batch_size, mesh,
+                             wrap=lambda it: _wrap(it, "LoRA grad norms", progress)
+                             ).astype(np.float32)
 
 
 def mean_answer_nll(model: models.Llama, tokens: np.ndarray, mask: np.ndarray,

@@ -75,11 +75,13 @@ def test_masked_rows_count_for_nothing():
     token count; an unweighted batch is the plain mean."""
     policy = PathPolicy(CFG, nnx.Rngs(0))
     batch = demo_batch(_paths(6, 4), CFG.pad)
-    nll, count = sequence_nll(policy, batch)
+    graphdef, state = nnx.split(policy)
+    nll_fn = jax.jit(lambda state, b: sequence_nll(nnx.merge(graphdef, state), b))
+    nll, count = nll_fn(state, batch)
     junk = demo_batch(_paths(2, 5), CFG.pad)
     padded = {k: np.concatenate([batch[k], junk[k]]) for k in batch}
     padded["weight"] = np.r_[np.ones(6), np.zeros(2)].astype(np.float32)
-    nll_p, count_p = sequence_nll(policy, padded)
+    nll_p, count_p = nll_fn(state, padded)
     np.testing.assert_allclose(nll_p, nll, rtol=1e-6)
     assert float(count_p) == float(count) == float(np.sum(batch["lengths"] + 1))
 
