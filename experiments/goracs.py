@@ -94,7 +94,7 @@ def run(cfg, out_dir: str) -> dict:
     data, texts, cand, full = parallel.writer_first("data", lambda: pipeline.load_data(cfg))
     st = pipeline.setup(cfg, data, texts, mesh=mesh)
     t0 = time.perf_counter()
-    feats = pipeline.default_features(cfg, st)
+    feats = pipeline.default_features(cfg, st, mesh)
     timing = {"feature_seconds": time.perf_counter() - t0}
     cost = np.asarray(coreset.cost_matrix(feats["pool_emb"], feats["val_emb"], feats["grad"],
                                           pipeline.lam_of(cfg)))

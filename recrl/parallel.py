@@ -301,13 +301,14 @@ def map_rows(fn: Callable[..., Any], consts: Any, rows: tuple[np.ndarray, ...],
     concatenated on the host: per-row scores, features, per-sample gradients.
 
     ``fn`` must treat rows independently (row ``i`` of its result depends on row ``i`` of
-    each input only). Without a mesh each batch runs on the default device. With ``mesh``
-    each device computes only its own rows (``jax.shard_map``, no communication):
-    ``consts`` (parameters) are replicated once and enter ``fn`` device-varying (so a
-    per-sample gradient inside ``fn`` is not summed over the devices), each batch is padded
-    with copies of its first row to a multiple of the devices, each process builds only its
-    rows, and the results are gathered to every process with the padding dropped. ``wrap``
-    wraps the iterator of batch starts (a progress bar).
+    each input only). Without a mesh (or with a one-device mesh) each batch runs on the
+    default device. With a mesh of several devices each device computes only its own rows
+    (``jax.shard_map``, no communication): ``consts`` (parameters) are replicated once and
+    enter ``fn`` device-varying (so a per-sample gradient inside ``fn`` is not summed over
+    the devices), each batch is padded with copies of its first row to a multiple of the
+    devices, each process builds only its rows, and the results are gathered to every
+    process with the padding dropped. ``wrap`` wraps the iterator of batch starts (a
+    progress bar).
 
     Returns:
       The pytree of ``fn``'s outputs, each leaf a numpy array with ``len(rows[0])`` rows.
@@ -316,6 +317,8 @@ def map_rows(fn: Callable[..., Any], consts: Any, rows: tuple[np.ndarray, ...],
     if n < 1 or batch_size < 1 or any(len(r) != n for r in rows):
         raise ValueError(f"map_rows needs rows of one positive length and batch_size >= 1; "
                          f"got lengths {[len(r) for r in rows]}, batch_size {batch_size}")
+    if mesh is not None and mesh.size == 1:
+        mesh = None  # one device: the plain path, bit for bit
     if mesh is None:
         step = fn
     else:

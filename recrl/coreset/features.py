@@ -17,14 +17,16 @@ from recrl import models
 from recrl.coreset import baselines, lmrec, surrogate
 
 
-def _embeddings(model, enc, batch_size: int) -> dict[str, np.ndarray]:
-    return {"pool_emb": lmrec.embeddings(model, *enc["train"][:2], batch_size=batch_size),
-            "val_emb": lmrec.embeddings(model, *enc["val"][:2], batch_size=batch_size)}
+def _embeddings(model, enc, batch_size: int, mesh=None) -> dict[str, np.ndarray]:
+    return {"pool_emb": lmrec.embeddings(model, *enc["train"][:2], batch_size=batch_size,
+                                         mesh=mesh),
+            "val_emb": lmrec.embeddings(model, *enc["val"][:2], batch_size=batch_size,
+                                        mesh=mesh)}
 
 
 def selection_features(model, enc, *, batch_size: int, chunk: int,
                        influence_damping: float | None = None,
-                       labels: tuple[np.ndarray, np.ndarray] | None = None
+                       labels: tuple[np.ndarray, np.ndarray] | None = None, mesh=None
                        ) -> dict[str, np.ndarray]:
     """The default protocol's features, from the model as it is (one pass each).
 
@@ -32,20 +34,22 @@ def selection_features(model, enc, *, batch_size: int, chunk: int,
     score ``grand``), ``el2n [N]`` (the proxy ``1 − exp(−mean answer NLL)``),
     ``pool_emb [N, D]``, ``val_emb [M, D]``; with ``influence_damping`` DEALRec's
     ``influence [N]`` from the same per-sample gradients; with ``labels = (pool, val)``
-    the click task's ``pool_labels`` / ``val_labels``.
+    the click task's ``pool_labels`` / ``val_labels``. With ``mesh`` the per-sample
+    gradients, log-likelihoods and embeddings run data-parallel
+    (:func:`recrl.parallel.map_rows`).
     """
     tr = enc["train"]
     feats: dict[str, np.ndarray] = {}
     if influence_damping is not None:
-        vec = lmrec.grad_vectors(model, *tr, batch_size=batch_size, chunk=chunk)
+        vec = lmrec.grad_vectors(model, *tr, batch_size=batch_size, chunk=chunk, mesh=mesh)
         grad = np.linalg.norm(vec, axis=1).astype(np.float32)
         feats["influence"] = baselines.influence_scores(vec, damping=influence_damping)
         del vec
     else:
-        grad = lmrec.grad_norms(model, *tr, batch_size=batch_size, chunk=chunk)
-    nll = -lmrec.answer_loglik(model, *tr) / np.maximum(tr[2][:, 1:].sum(1), 1)
+        grad = lmrec.grad_norms(model, *tr, batch_size=batch_size, chunk=chunk, mesh=mesh)
+    nll = -lmrec.answer_loglik(model, *tr, mesh=mesh) / np.maximum(tr[2][:, 1:].sum(1), 1)
     feats.update({"grad": grad, "grand": grad, "el2n": 1.0 - np.exp(-nll),
-                  **_embeddings(model, enc, batch_size)})
+                  **_embeddings(model, enc, batch_size, mesh)})
     if labels is not None:  # click task: GORACS's label-enhanced variant
         feats["pool_labels"], feats["val_labels"] = (np.asarray(x) for x in labels)
     return feats

@@ -298,9 +298,10 @@ def finetune_steps(finetune_cfg, n: int) -> int:
                max(1, finetune_cfg.epochs * n // finetune_cfg.batch_size))
 
 
-def default_features(cfg, st: Setup) -> dict[str, np.ndarray]:
+def default_features(cfg, st: Setup, mesh=None) -> dict[str, np.ndarray]:
     """The default protocol's selection features of ``st.model`` (with DEALRec's influence
-    when ``dealrec`` runs with ``dealrec.influence``; with labels for the click task)."""
+    when ``dealrec`` runs with ``dealrec.influence``; with labels for the click task),
+    data-parallel over ``mesh`` when given."""
     from recrl.coreset import features
 
     dealrec_cfg = cfg.get("dealrec", {})
@@ -310,7 +311,7 @@ def default_features(cfg, st: Setup) -> dict[str, np.ndarray]:
     return features.selection_features(
         st.model, st.enc, batch_size=cfg.features.batch_size, chunk=cfg.features.chunk,
         influence_damping=dealrec_cfg.get("damping", 0.01) if influence else None,
-        labels=labels)
+        labels=labels, mesh=mesh)
 
 
 def run_plan(cfg, budgets: list[int]):

@@ -10,7 +10,8 @@ launchers' start-up), then runs a few training steps of each pipeline on the glo
   metrics.jsonl / TensorBoard / result.json written by process 0 only) on the tiny
   synthetic config, with an untrained SASRec as the reward model;
 - In-Context RLVR: ``Learner.step`` (data-parallel sampling and update) of a tiny Llama;
-- GORACS: ``lmrec.finetune`` (data-parallel LoRA fine-tune) of a tiny Llama.
+- GORACS: ``lmrec.finetune`` (data-parallel LoRA fine-tune) of a tiny Llama, then the
+  per-sample gradient norms of its pool (``lmrec.grad_norms``, rows split over the mesh).
 
 With one process and one device (``1 1``) the In-Context RLVR and GORACS parts use the plain
 single-device code path (no mesh). Each process saves the resulting parameters to
@@ -113,7 +114,11 @@ def goracs_part(mesh) -> dict:
     init = _flat("init/goracs", nnx.state(model, models.LoRAParam))
     lmrec.finetune(model, tokens, mask, loss_mask, steps=3, batch_size=8, lr=1e-2, seed=0,
                    progress=False, mesh=mesh)
-    return {**init, **_flat("goracs", nnx.state(model, models.LoRAParam))}
+    # per-sample gradient norms of the fine-tuned model, 10 rows in batches of 8 (map_rows)
+    norms = lmrec.grad_norms(model, tokens[:10], mask[:10], loss_mask[:10], batch_size=8,
+                             progress=False, mesh=mesh)
+    return {**init, **_flat("goracs", nnx.state(model, models.LoRAParam)),
+            "goracs_grad_norms": norms}
 
 
 def main(argv: list[str]) -> None:
