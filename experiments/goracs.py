@@ -100,7 +100,8 @@ def run(cfg, out_dir: str) -> dict:
                                           pipeline.lam_of(cfg)))
     t0 = time.perf_counter()
     runs = [{"method": "base", "budget": 0, "seed": 0,
-             **pipeline.evaluate(st.model, st.encode, cfg, texts, cand, data.titles, full)}]
+             **pipeline.evaluate(st.model, st.encode, cfg, texts, cand, data.titles, full,
+                                 mesh)}]
     timing["eval_seconds"] = time.perf_counter() - t0
     budgets = pipeline.budgets_of(cfg, cost.shape[0])
     # the data-parallel fine-tune splits each minibatch over the mesh: refuse up front

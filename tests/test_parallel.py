@@ -195,10 +195,10 @@ def test_map_rows_on_the_mesh_equals_one_device():
         parallel.map_rows(fn, w, (x, ids[:9]), 4)
 
 
-def test_goracs_per_sample_features_on_the_mesh_equal_one_device():
+def test_goracs_features_and_scores_on_the_mesh_equal_one_device():
     """Per-sample LoRA gradient norms and vectors, embeddings and answer log-likelihoods
-    of 10 examples in batches of 8 (the last of 2 padded on the mesh); ``lora_grad_norms``
-    is ``grad_norms`` over another parameter subset."""
+    of 10 examples in batches of 8 (the last of 2 padded on the mesh; ``lora_grad_norms``
+    is ``grad_norms`` over another parameter subset), and catalogue / candidate scores."""
     from flax import nnx
 
     from recrl import models
@@ -231,6 +231,22 @@ def test_goracs_per_sample_features_on_the_mesh_equal_one_device():
         assert got.shape == want.shape and want.shape[0] == 10, name
         assert np.abs(want).max() > 1e-3, f"{name}: all zero"
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=name)
+    # catalogue and candidate scoring: 5 prompts, one per device per step (the second
+    # step padded from 1 to 4 prompts)
+    encode = lambda text: [3 + ord(ch) % 60 for ch in text]
+    prompts = ["watched: a; bc. Next:", "x", "qq rr", "Heat, Up:", "z" * 20]
+    titles = ["Up (2009)", "Heat", "Alien (1979)", "Z"]
+    cand = np.array([[2, 0, 1], [1, 1, 3], [0, 3, 2], [3, 2, 1], [1, 0, 0]])
+    for c in (None, cand):
+        want = lmrec.catalogue_scores(model, encode, prompts, titles, c, max_prompt=12,
+                                      max_answer=8, progress=False)
+        got = lmrec.catalogue_scores(model, encode, prompts, titles, c, max_prompt=12,
+                                     max_answer=8, progress=False, mesh=mesh)
+        assert want.shape == (5, 4 if c is None else 3)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got, lmrec.catalogue_scores(
+        model, encode, prompts, titles, max_prompt=12, max_answer=8,
+        progress=False)[np.arange(5)[:, None], cand], rtol=1e-6)
     # the norms are those of the vectors, computed separately
     np.testing.assert_allclose(np.linalg.norm(lmrec.grad_vectors(model, *data, **kw), axis=1),
                                lmrec.grad_norms(model, *data, **kw), rtol=1e-5)

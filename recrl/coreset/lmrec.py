@@ -189,13 +189,16 @@ def _catalogue_scores(graphdef, state, prompt, prompt_mask, titles, title_mask):
 def catalogue_scores(model: models.Llama, encode: Callable[[str], list[int]],
                      prompts: Sequence[str], titles: Sequence[str],
                      candidates: np.ndarray | None = None, *, max_prompt: int = 256,
-                     max_answer: int = 32, progress: bool = True) -> np.ndarray:
+                     max_answer: int = 32, progress: bool = True,
+                     mesh: Mesh | None = None) -> np.ndarray:
     r"""Answer log-likelihood of titles after each prompt: ``[N, num_titles]`` (every title),
     or ``[N, C]`` for the title ids ``candidates [N, C]`` of each prompt.
 
     Each prompt (its last ``max_prompt`` tokens) is run once and its keys/values are shared
     by its titles (first ``max_answer`` tokens each), which are scored in one batch; the
-    values equal :func:`answer_loglik` of the (prompt, title) pairs.
+    values equal :func:`answer_loglik` of the (prompt, title) pairs. With ``mesh`` the
+    prompts are split over the devices, one prompt per device at a time
+    (:func:`recrl.parallel.map_rows`).
     """
     ids = [encode(t)[:max_answer] for t in titles]
     if not ids or min(map(len, ids)) == 0:
@@ -208,6 +211,9 @@ def catalogue_scores(model: models.Llama, encode: Callable[[str], list[int]],
         if candidates.ndim != 2 or candidates.shape[0] != len(ps):
             raise ValueError(f"candidates must be [{len(ps)}, C]; got {candidates.shape}")
     graphdef, state = nnx.split(model)
+    if mesh is not None and mesh.size > 1:
+        return _catalogue_scores_on_mesh(graphdef, state, (pt, pm), (tt, tm), candidates,
+                                         mesh, progress)
     out = np.zeros((len(ps), len(ids) if candidates is None else candidates.shape[1]),
                    np.float32)
     it = tqdm(range(len(ps)), desc="catalogue", leave=False) if progress else range(len(ps))
@@ -217,6 +223,28 @@ def catalogue_scores(model: models.Llama, encode: Callable[[str], list[int]],
                                               jnp.asarray(pm[i]), jnp.asarray(tt[rows]),
                                               jnp.asarray(tm[rows])))
     return out
+
+
+def _catalogue_scores_on_mesh(graphdef, state, prompts: tuple, titles: tuple,
+                              candidates: np.ndarray | None, mesh: Mesh,
+                              progress: bool) -> np.ndarray:
+    """:func:`catalogue_scores` with the prompts split over ``mesh``, one per device per
+    step (each device holds one prompt's title batch, as on one device)."""
+    tt, tm = titles
+    cand = (np.zeros((len(prompts[0]), 0), np.int32) if candidates is None
+            else np.asarray(candidates, np.int32))
+
+    def one(st, t_tok, t_mask, p, m, c):
+        rows = slice(None) if candidates is None else c
+        return _catalogue_scores(graphdef, st, p, m, t_tok[rows], t_mask[rows])
+
+    def fn(consts, p, m, c):
+        return jax.vmap(one, in_axes=(None, None, None, 0, 0, 0))(*consts, p, m, c)
+
+    return parallel.map_rows(fn, (state, tt, tm), (*prompts, cand),
+                             mesh.shape[parallel.DATA_AXIS], mesh,
+                             wrap=lambda it: _wrap(it, "catalogue", progress)
+                             ).astype(np.float32)
 
 
 def catalogue_metrics(scores: np.ndarray, target: np.ndarray, exclude: np.ndarray | None = None,

@@ -244,19 +244,20 @@ def method_options(cfg, method: selectors.Method) -> dict[str, Any]:
     return opts
 
 
-def evaluate(model, encode, cfg, texts, cand, titles, full=None) -> dict[str, Any]:
+def evaluate(model, encode, cfg, texts, cand, titles, full=None, mesh=None) -> dict[str, Any]:
     """HR/NDCG of the target (column 0) by answer log-likelihood among the candidates (and,
     with ``full = (targets, exclude)``, over the whole catalogue for the first
     ``len(targets)`` test prompts: keys ``full/HR@10`` …); for the click task AUC /
-    log-loss of ``log p("Yes") − log p("No")``."""
+    log-loss of ``log p("Yes") − log p("No")``. The scoring runs data-parallel over
+    ``mesh`` when given."""
     prompts = texts["test"]["prompt"]
     mp, ma = cfg.model.max_prompt, cfg.model.max_answer
     if task_of(cfg) == "click":
         t = lmrec.encode_pairs(encode, [p for p in prompts for _ in (0, 1)],
                                ["Yes", "No"] * len(prompts), max_prompt=mp, max_answer=ma)
-        ll = lmrec.answer_loglik(model, *t, batch_size=256).reshape(-1, 2)
+        ll = lmrec.answer_loglik(model, *t, batch_size=256, mesh=mesh).reshape(-1, 2)
         return lmrec.click_metrics(ll[:, 0] - ll[:, 1], np.asarray(texts["test"]["label"]))
-    kw = dict(max_prompt=mp, max_answer=ma, progress=False)
+    kw = dict(max_prompt=mp, max_answer=ma, progress=False, mesh=mesh)
     ranks = lmrec.target_ranks(lmrec.catalogue_scores(model, encode, prompts, titles, cand,
                                                       **kw))
     out: dict[str, Any] = lmrec.rank_metrics(ranks)
@@ -344,14 +345,15 @@ def select_with_quality(cfg, table: dict[str, selectors.Method], method: str, n:
 def finetune_and_evaluate(cfg, st: Setup, idx: np.ndarray, seed: int, cand, full=None,
                           mesh=None) -> dict[str, Any]:
     """The default protocol's run on the coreset ``idx``: LoRA fine-tuning of a copy of the
-    model for :func:`finetune_steps` steps, then :func:`evaluate` (plus ``steps``)."""
+    model for :func:`finetune_steps` steps, then :func:`evaluate` (plus ``steps``), both
+    data-parallel over ``mesh`` when given."""
     model = nnx.clone(st.model)  # merge(split) would share (and mutate) Variables
     steps = finetune_steps(cfg.finetune, len(idx))
     lmrec.finetune(model, *(x[idx] for x in st.enc["train"]), steps=steps,
                    batch_size=cfg.finetune.batch_size, lr=cfg.finetune.lr, seed=seed,
                    progress=False, mesh=mesh)
     return {"steps": steps, **evaluate(model, st.encode, cfg, st.texts, cand,
-                                       st.data.titles, full)}
+                                       st.data.titles, full, mesh)}
 
 
 def decisive_selection(cfg, table: dict[str, selectors.Method], method: str, n: int,
