@@ -2,8 +2,10 @@
 
 A checkpoint holds a pytree of arrays (``state``) and a JSON-able dict (``meta``: step,
 config, frozen reward statistics, ...). Saves are atomic (Orbax writes to a temporary
-directory and renames), so a run killed mid-save keeps its previous checkpoint. Saving a
-step that already exists replaces it (idempotent re-save). Restoring the latest step falls
+directory and renames), so a run killed mid-save keeps its previous checkpoint; the
+unfinished temporary folder such a kill leaves is reported (``RuntimeWarning``) and removed
+when the directory is opened again. Saving a step that already exists replaces it
+(idempotent re-save). Restoring the latest step falls
 back, with a warning, to the newest checkpoint that can be read (a truncated ``_METADATA``
 or a missing ``state`` folder in the newest one); see ``docs/reliability.md``.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -36,6 +39,19 @@ class CheckpointError(RuntimeError):
     """No readable checkpoint: the message names the directory and why each step failed."""
 
 
+# Orbax writes step N into "N.orbax-checkpoint-tmp" and renames it to "N" once complete
+_UNFINISHED = re.compile(r"^(\d+)\.orbax-checkpoint-tmp")
+
+
+def unfinished_saves(directory: str | os.PathLike) -> list[str]:
+    """Names of the temporary folders of saves that never completed (a kill mid-save)."""
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    return sorted(n for n in names if _UNFINISHED.match(n))
+
+
 class Checkpointer:
     """Save / restore / resume for one run directory.
 
@@ -48,7 +64,16 @@ class Checkpointer:
     def __init__(self, directory: str | os.PathLike, max_to_keep: int | None = 3):
         self.directory = os.path.abspath(os.fspath(directory))
         self.restored_step: int | None = None
-        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
+        unfinished = unfinished_saves(self.directory)
+        if unfinished and jax.process_index() == 0:
+            steps = ", ".join(_UNFINISHED.match(n).group(1) for n in unfinished)
+            warnings.warn(f"{self.directory}: the save of step {steps} did not finish (the "
+                          f"run was stopped while saving; {', '.join(unfinished)}); it is "
+                          "ignored and removed, the newest complete checkpoint is used",
+                          RuntimeWarning, stacklevel=2)
+        # cleanup_tmp_directories: Orbax removes them (process 0) before the next save
+        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                               cleanup_tmp_directories=True)
         with _quiet():
             self._manager = ocp.CheckpointManager(self.directory, options=options)
 
