@@ -76,9 +76,9 @@ def _coreset_run(ctx: _Run, method: str, n: int, seed: int) -> dict:
     if "pool_labels" in ctx.feats:
         rec["selected_pos_rate"] = float(np.mean(ctx.feats["pool_labels"][idx]))
         rec["val_pos_rate"] = float(np.mean(ctx.feats["val_labels"]))
-    rec_path.parent.mkdir(exist_ok=True)
-    goracs_report.atomic_write(rec_path, json.dumps(rec, default=float))
-    if parallel.is_writer():
+    if parallel.is_writer():  # only process 0 writes files
+        rec_path.parent.mkdir(exist_ok=True)
+        goracs_report.atomic_write(rec_path, json.dumps(rec, default=float))
         shutil.rmtree(ckpt, ignore_errors=True)  # the finished run is kept instead
     key = pipeline.PRIMARY[pipeline.task_of(ctx.cfg)]
     print(f"{method:8s} n={rec['budget']:5d} seed={seed} {key}={rec[key]:.3f}"
