@@ -98,5 +98,7 @@ def test_an_unfinished_save_is_reported_and_removed_by_the_next_save(tmp_path):
         ckpt = Checkpointer(tmp_path / "c")
     assert ckpt.all_steps() == [4]
     assert ckpt.restore(like=_state(0.0))[1] == {"epoch": 4}
+    # opening (to read) leaves it alone: it could be a save in progress in another process
+    assert unfinished_saves(tmp_path / "c") == ["5.orbax-checkpoint-tmp"]
     ckpt.save(6, _state(6.0), meta={"epoch": 6})  # a later step, not the unfinished one
     assert unfinished_saves(tmp_path / "c") == [] and ckpt.all_steps() == [4, 6]
