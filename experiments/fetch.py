@@ -39,9 +39,7 @@ def verify_assets(names: list[str]) -> int:
         except ValueError as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
-        legacy = fetch_lib.is_legacy(n)
-        note = " (older marker without a file list: fetch --force to make it verifiable)"
-        print(f"{n}: " + ("; ".join(problems) if problems else "ok" + (note if legacy else "")))
+        print(f"{n}: " + ("; ".join(problems) if problems else "ok"))
         bad += bool(problems)
     return 1 if bad else 0
 

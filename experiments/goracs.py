@@ -57,10 +57,14 @@ class _Run:
 
 
 def _coreset_run(ctx: _Run, method: str, n: int, seed: int) -> dict:
-    """Select, fine-tune a copy of the LoRA model, evaluate; the record (kept on disk)."""
+    """Select, fine-tune a copy of the LoRA model, evaluate; the record (kept on disk).
+
+    The fine-tune is checkpointed in ``runs/<run>.ckpt`` (removed once the record is
+    written): a killed run continues from its last save, with the same result."""
     rec_path = ctx.out / "runs" / f"{method}_n{n}_s{seed}.json"
     if rec_path.exists():  # finished by an earlier (interrupted) invocation
         return json.loads(rec_path.read_text())
+    ckpt = rec_path.with_suffix(".ckpt")
     sel, quality = pipeline.select_with_quality(ctx.cfg, METHOD_TABLE, method, n, seed,
                                                 ctx.feats, ctx.cost, ctx.reused)
     idx = sel["indices"]
@@ -68,12 +72,14 @@ def _coreset_run(ctx: _Run, method: str, n: int, seed: int) -> dict:
            "seed": int(seed), "select_seconds": sel["seconds"], **quality,
            "trace": sel["trace"],
            **pipeline.finetune_and_evaluate(ctx.cfg, ctx.st, idx, seed, ctx.cand, ctx.full,
-                                            ctx.mesh)}
+                                            ctx.mesh, checkpoint_dir=ckpt)}
     if "pool_labels" in ctx.feats:
         rec["selected_pos_rate"] = float(np.mean(ctx.feats["pool_labels"][idx]))
         rec["val_pos_rate"] = float(np.mean(ctx.feats["val_labels"]))
-    rec_path.parent.mkdir(exist_ok=True)
-    goracs_report.atomic_write(rec_path, json.dumps(rec, default=float))
+    if parallel.is_writer():  # only process 0 writes files
+        rec_path.parent.mkdir(exist_ok=True)
+        goracs_report.atomic_write(rec_path, json.dumps(rec, default=float))
+        shutil.rmtree(ckpt, ignore_errors=True)  # the finished run is kept instead
     key = pipeline.PRIMARY[pipeline.task_of(ctx.cfg)]
     print(f"{method:8s} n={rec['budget']:5d} seed={seed} {key}={rec[key]:.3f}"
           f" POO={rec['poo']:.4f} ({sel['seconds']:.1f} s)", flush=True)

@@ -2,16 +2,22 @@
 
 A checkpoint holds a pytree of arrays (``state``) and a JSON-able dict (``meta``: step,
 config, frozen reward statistics, ...). Saves are atomic (Orbax writes to a temporary
-directory and renames), so a run killed mid-save keeps its previous checkpoint. Saving a
-step that already exists replaces it (idempotent re-save). Restoring the latest step falls
-back, with a warning, to the newest checkpoint that can be read (a truncated ``_METADATA``
-or a missing ``state`` folder in the newest one); see ``docs/reliability.md``.
+directory and renames; it writes in a background thread, async checkpointing, and ``save``
+waits for it), so a run killed mid-save keeps its previous checkpoint; the unfinished
+temporary folder such a kill leaves is reported (``RuntimeWarning``) when the directory is
+opened again and removed by the next save (not by opening: a reader must not remove the
+folder of a save in progress). Saving a step that already exists
+replaces it (idempotent re-save). Restoring the latest step falls back, with a warning, to
+the newest checkpoint that can be read (a truncated ``_METADATA`` or a missing ``state``
+folder in the newest one); see ``docs/reliability.md``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
+import shutil
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -36,6 +42,19 @@ class CheckpointError(RuntimeError):
     """No readable checkpoint: the message names the directory and why each step failed."""
 
 
+# Orbax writes step N into "N.orbax-checkpoint-tmp" and renames it to "N" once complete
+_UNFINISHED = re.compile(r"^(\d+)\.orbax-checkpoint-tmp")
+
+
+def unfinished_saves(directory: str | os.PathLike) -> list[str]:
+    """Names of the temporary folders of saves that never completed (a kill mid-save)."""
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    return sorted(n for n in names if _UNFINISHED.match(n))
+
+
 class Checkpointer:
     """Save / restore / resume for one run directory.
 
@@ -48,6 +67,14 @@ class Checkpointer:
     def __init__(self, directory: str | os.PathLike, max_to_keep: int | None = 3):
         self.directory = os.path.abspath(os.fspath(directory))
         self.restored_step: int | None = None
+        self._unfinished = unfinished_saves(self.directory)
+        if self._unfinished and jax.process_index() == 0:
+            steps = ", ".join(_UNFINISHED.match(n).group(1) for n in self._unfinished)
+            warnings.warn(f"{self.directory}: the save of step {steps} did not finish (the "
+                          "run was stopped while saving, or another process is saving it now; "
+                          f"{', '.join(self._unfinished)}); "
+                          "it is ignored (the newest complete checkpoint is used) and "
+                          "removed by the next save", RuntimeWarning, stacklevel=2)
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
         with _quiet():
             self._manager = ocp.CheckpointManager(self.directory, options=options)
@@ -65,11 +92,18 @@ class Checkpointer:
         """Saves ``state`` (pytree of arrays) and ``meta`` (JSON) at ``step``; waits for it.
 
         A step that already exists is replaced (a re-save after a crash between the save and
-        whatever followed it must not fail).
+        whatever followed it must not fail). The first save removes the temporary folders of
+        saves that never finished (found when the directory was opened).
         """
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(dict(meta or {}))
         )
+        if self._unfinished and jax.process_index() == 0:
+            # the process that saves owns the directory: a reader opening it must not
+            # remove the temporary folder of a save in progress elsewhere
+            for name in self._unfinished:
+                shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+        self._unfinished = []
         with _quiet():
             if step in self._manager.all_steps():
                 self._manager.delete(step)

@@ -84,3 +84,21 @@ def test_no_readable_checkpoint_is_a_clear_error(tmp_path):
     shutil.rmtree(tmp_path / "c" / "1" / "state")
     with pytest.warns(RuntimeWarning), pytest.raises(CheckpointError, match="no 'state' folder"):
         Checkpointer(tmp_path / "c").restore(like=_state(0.0))
+
+
+def test_an_unfinished_save_is_reported_and_removed_by_the_next_save(tmp_path):
+    import shutil
+
+    from recrl.checkpoint import unfinished_saves
+
+    Checkpointer(tmp_path / "c").save(4, _state(4.0), meta={"epoch": 4})
+    # what a kill inside Orbax's save of step 5 leaves: its temporary folder, not renamed
+    shutil.copytree(tmp_path / "c" / "4", tmp_path / "c" / "5.orbax-checkpoint-tmp")
+    with pytest.warns(RuntimeWarning, match="save of step 5 did not finish"):
+        ckpt = Checkpointer(tmp_path / "c")
+    assert ckpt.all_steps() == [4]
+    assert ckpt.restore(like=_state(0.0))[1] == {"epoch": 4}
+    # opening (to read) leaves it alone: it could be a save in progress in another process
+    assert unfinished_saves(tmp_path / "c") == ["5.orbax-checkpoint-tmp"]
+    ckpt.save(6, _state(6.0), meta={"epoch": 6})  # a later step, not the unfinished one
+    assert unfinished_saves(tmp_path / "c") == [] and ckpt.all_steps() == [4, 6]

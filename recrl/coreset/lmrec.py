@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from recrl import models, parallel
 from recrl.checkpoint import Checkpointer
-from recrl.models.finetune import adamw, sft_loop
+from recrl.models.finetune import restore_point, sft_loop
 
 
 def encode_pairs(encode: Callable[[str], list[int]], prompts: Sequence[str],
@@ -136,7 +136,9 @@ def _nll_loss(graphdef, targets: int):
 def finetune(model: models.Llama, tokens: np.ndarray, mask: np.ndarray,
              loss_mask: np.ndarray, *, steps: int, batch_size: int = 16, lr: float = 1e-3,
              seed: int = 0, lora_only: bool = True, progress: bool = True,
-             desc: str = "fine-tune", mesh: Mesh | None = None) -> list[float]:
+             desc: str = "fine-tune", mesh: Mesh | None = None,
+             checkpoint_dir: str | os.PathLike | None = None,
+             checkpoint_every: int | None = None) -> list[float]:
     """AdamW on the mean answer NLL of minibatches drawn from the given samples (in place;
     the loop is :func:`recrl.models.finetune.sft_loop`).
 
@@ -144,13 +146,32 @@ def finetune(model: models.Llama, tokens: np.ndarray, mask: np.ndarray,
     the per-step losses. With ``mesh`` the step is data-parallel: parameters replicated,
     each minibatch (a function of ``seed`` and the step) split over the mesh, each process
     building only its rows; the minibatch must divide over the devices.
+
+    With ``checkpoint_dir`` the trained parameters, optimiser state and losses are saved
+    there (``recrl.checkpoint``) every ``checkpoint_every`` steps (default: a tenth of
+    ``steps``); a rerun with the same arguments continues from the last save and ends as
+    an uninterrupted run (same parameters and losses).
     """
     wrt = models.LoRAParam if lora_only else nnx.Param
     graphdef, train, rest = nnx.split(model, wrt, ...)
+    ckpt = None if checkpoint_dir is None else Checkpointer(checkpoint_dir, max_to_keep=1)
+    opt_state, losses = None, []
+    if (point := restore_point(ckpt, train, lr)) is not None:
+        train, opt_state, losses = point[0]["params"], point[0]["opt_state"], point[1]["losses"]
+    every = checkpoint_every or max(1, -(-steps // 10))
+
+    def on_step(done: int, params, opt) -> bool:
+        if ckpt is not None and done % every == 0 and done < steps:
+            ckpt.save(done, {"params": params, "opt_state": opt}, meta={"losses": losses})
+        return False
+
     train, losses = sft_loop(
         _nll_loss(graphdef, _max_targets(loss_mask)), train, rest, (tokens, mask, loss_mask),
         steps=steps, batch_size=min(batch_size, tokens.shape[0]), lr=lr, seed=seed,
-        mesh=mesh, batch_name="fine-tune batch", progress=progress, desc=desc)
+        mesh=mesh, batch_name="fine-tune batch", progress=progress, desc=desc,
+        opt_state=opt_state, start_step=len(losses), on_step=on_step, losses=losses)
+    if ckpt is not None:
+        ckpt.close()
     nnx.update(model, train if mesh is None else jax.tree.map(jnp.asarray, jax.device_get(train)))
     return losses
 
@@ -414,10 +435,9 @@ def finetune_early_stopping(model: models.Llama, train: tuple, val: tuple, *,
 def _early_stopping_start(ckpt, params, lr: float, val_loss) -> tuple[dict, dict]:
     """``(arrays, bookkeeping)`` to start from: the last saved evaluation of ``ckpt``, or
     step 0 (the validation loss of the untouched adapters)."""
-    like = {"params": params, "opt_state": adamw(lr).init(params), "best": params}
-    if ckpt is not None and ckpt.latest_step() is not None:
-        state, meta = ckpt.restore(like)
-        return state, meta
+    point = restore_point(ckpt, params, lr, best=params)
+    if point is not None:
+        return point
     first = val_loss(params)
     return ({"params": params, "opt_state": None, "best": params},
             {"loss": first, "step": 0, "since": 0, "curve": [[0, first]], "done": 0})

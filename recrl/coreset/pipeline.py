@@ -343,15 +343,16 @@ def select_with_quality(cfg, table: dict[str, selectors.Method], method: str, n:
 
 
 def finetune_and_evaluate(cfg, st: Setup, idx: np.ndarray, seed: int, cand, full=None,
-                          mesh=None) -> dict[str, Any]:
+                          mesh=None, checkpoint_dir=None) -> dict[str, Any]:
     """The default protocol's run on the coreset ``idx``: LoRA fine-tuning of a copy of the
-    model for :func:`finetune_steps` steps, then :func:`evaluate` (plus ``steps``), both
-    data-parallel over ``mesh`` when given."""
+    model for :func:`finetune_steps` steps (resumable from ``checkpoint_dir``, see
+    :func:`lmrec.finetune`), then :func:`evaluate` (plus ``steps``), both data-parallel over
+    ``mesh`` when given."""
     model = nnx.clone(st.model)  # merge(split) would share (and mutate) Variables
     steps = finetune_steps(cfg.finetune, len(idx))
     lmrec.finetune(model, *(x[idx] for x in st.enc["train"]), steps=steps,
                    batch_size=cfg.finetune.batch_size, lr=cfg.finetune.lr, seed=seed,
-                   progress=False, mesh=mesh)
+                   progress=False, mesh=mesh, checkpoint_dir=checkpoint_dir)
     return {"steps": steps, **evaluate(model, st.encode, cfg, st.texts, cand,
                                        st.data.titles, full, mesh)}
 

@@ -6,8 +6,11 @@ only the asset's files are extracted, and the cache entry appears atomically: fi
 fresh directory, then a symlink ``<asset>`` is switched to it in one rename, so neither an
 interrupted fetch nor a reader during a ``--force`` re-fetch ever sees a half-written entry.
 The completion marker ``.complete`` lists every file's size and sha256; ``is_fetched`` and
-``require`` check the sizes (``verify`` also the hashes). Concurrent fetches / extractions of
-one asset serialise on a file lock (``.<asset>.lock`` beside it).
+``require`` check the sizes (``verify`` also the hashes). A marker from an older recrl (one
+line, no file list) is never trusted blindly: it is upgraded once every file matches the
+pinned wheel's list (``pinned_files``), otherwise the entry counts as not fetched.
+Concurrent fetches / extractions of one asset serialise on a file lock (``.<asset>.lock``
+beside it).
 
 From the command line (the launcher ``experiments/fetch.py``)::
 
@@ -29,11 +32,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
 from tqdm.auto import tqdm
+
+from recrl.data.pinned_files import PINNED_FILES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,8 +126,8 @@ def asset_dir(name: str, root: Path | None = None) -> Path:
 
 
 def _read_marker(path: Path) -> dict | None:
-    """The marker's content; None when absent; ``{"legacy": True}`` for a marker written by
-    an older recrl (one text line, no file list: accepted, not verifiable)."""
+    """The marker's content; None when absent; ``{"legacy": <its line>}`` for a marker written
+    by an older recrl (one text line ``<requirement> sha256=<wheel sha256>``, no file list)."""
     try:
         text = (path / MARKER).read_text()
     except (FileNotFoundError, NotADirectoryError):
@@ -129,22 +135,15 @@ def _read_marker(path: Path) -> dict | None:
     try:
         data = json.loads(text)
     except ValueError:
-        return {"legacy": True} if text.strip() else None
+        return {"legacy": text.strip()} if text.strip() else None
     return data if isinstance(data, dict) and "files" in data else None
 
 
-def verify(name: str, root: Path | None = None, hashes: bool = True) -> list[str]:
-    """Problems of a cache entry (empty: complete and intact).
-
-    Checks that every file the marker lists exists with its recorded size and, with
-    ``hashes``, its sha256.
-    """
-    path = asset_dir(name, root)
-    marker = _read_marker(path)
-    if marker is None:
-        return [f"{path} is not fetched (no valid {MARKER} marker)"]
+def _check_files(path: Path, files: dict[str, list], hashes: bool,
+                 source: str = "the marker records") -> list[str]:
+    """Problems of the files under ``path`` against ``{file: [size, sha256]}``."""
     problems = []
-    for rel, (size, digest) in sorted(marker.get("files", {}).items()):
+    for rel, (size, digest) in sorted(files.items()):
         f = path / rel
         try:
             got = f.stat().st_size
@@ -152,19 +151,83 @@ def verify(name: str, root: Path | None = None, hashes: bool = True) -> list[str
             problems.append(f"{f} is missing")
             continue
         if got != size:
-            problems.append(f"{f} has {got} bytes, the marker records {size}")
-        elif hashes and sha256_of(f) != digest:
-            problems.append(f"{f} has sha256 {sha256_of(f)}, the marker records {digest}")
+            problems.append(f"{f} has {got} bytes, {source} {size}")
+        elif hashes and (h := sha256_of(f)) != digest:
+            problems.append(f"{f} has sha256 {h}, {source} {digest}")
     return problems
 
 
+def _upgrade_legacy(asset: Asset, path: Path) -> list[str]:
+    """Verifies an entry with an older marker against the pinned wheel's file list
+    (``pinned_files``: every size and sha256) and then writes a full marker (under the
+    asset's lock; in a read-only cache the check is redone on each call instead); returns
+    why it cannot be verified (empty: verified)."""
+    if not (os.access(path.parent, os.W_OK) and os.access(path, os.W_OK)):
+        return _legacy_check(asset, path, write=False)
+    with file_lock(path):
+        return _legacy_check(asset, path, write=True)
+
+
+def _legacy_check(asset: Asset, path: Path, write: bool) -> list[str]:
+    marker = _read_marker(path)
+    if marker is None or "legacy" not in marker:  # replaced or upgraded meanwhile
+        return [] if marker else [f"{path} is not fetched (no valid {MARKER} marker)"]
+    expected = f"{asset.requirement} sha256={asset.sha256}"
+    if marker["legacy"] != expected:
+        return [f"its marker names {marker['legacy']!r}, not the pinned {expected!r}"]
+    files = PINNED_FILES.get(asset.sha256)
+    if files is None:
+        return [f"recrl has no file list for {asset.requirement} to check it against"]
+    problems = _check_files(path, files, hashes=True, source="the pinned wheel has")
+    if problems or not write:
+        return problems
+    new = {"requirement": asset.requirement, "wheel_sha256": asset.sha256, "files": files,
+           "verified": "older marker; every file matched the pinned wheel's list"}
+    tmp = path / f"{MARKER}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(new, indent=1))
+    os.replace(tmp, path / MARKER)
+    return []
+
+
+def _legacy_problems(name: str, path: Path) -> list[str]:
+    """[] when the entry's marker is current or was upgraded; else one line: why the
+    entry is not used and the command that replaces it."""
+    problems = _upgrade_legacy(get_asset(name), path)
+    if not problems:
+        return []
+    return [f"{path}/{MARKER} was written by an older recrl (no file list) and the files "
+            f"cannot be verified ({'; '.join(problems[:3])}), so the entry is not used. "
+            f"Fetch it again with:\n    python -m experiments.fetch --force {name}"]
+
+
+def verify(name: str, root: Path | None = None, hashes: bool = True) -> list[str]:
+    """Problems of a cache entry (empty: complete and intact).
+
+    Checks that every file the marker lists exists with its recorded size and, with
+    ``hashes``, its sha256. A marker from an older recrl (no file list) is first upgraded
+    if every file matches the pinned wheel's list (size and sha256, once); otherwise that is
+    the problem reported: such an entry is never trusted blindly.
+    """
+    path = asset_dir(name, root)
+    marker = _read_marker(path)
+    if marker is None:
+        return [f"{path} is not fetched (no valid {MARKER} marker)"]
+    if "legacy" in marker:
+        if problems := _legacy_problems(name, path):
+            return problems
+        marker = _read_marker(path) or {}
+    return _check_files(path, marker.get("files", {}), hashes)
+
+
 def is_legacy(name: str, root: Path | None = None) -> bool:
-    """Whether the cached asset has an older marker without a file list (not verifiable)."""
-    return bool((_read_marker(asset_dir(name, root)) or {}).get("legacy"))
+    """Whether the cached asset still has an older marker without a file list (one that
+    ``verify`` / ``is_fetched`` / ``require`` could not upgrade, or have not seen yet)."""
+    return "legacy" in (_read_marker(asset_dir(name, root)) or {})
 
 
 def is_fetched(name: str, root: Path | None = None) -> bool:
-    """True when the asset's cache entry is complete (marker present, file sizes match)."""
+    """True when the asset's cache entry is complete (marker present, file sizes match; an
+    older marker only once its files are verified against the pinned list)."""
     return not verify(name, root, hashes=False)
 
 
@@ -173,15 +236,20 @@ def require(name: str, root: Path | None = None, hashes: bool = False) -> Path:
 
     Raises:
       FileNotFoundError: not fetched; the message holds the fetch command.
-      CorruptCacheError: fetched, but a file is missing, truncated or changed.
+      CorruptCacheError: fetched, but a file is missing, truncated or changed, or the
+        marker is from an older recrl and the files do not match the pinned list; the
+        message holds the ``--force`` command.
     """
     path = asset_dir(name, root)
-    if _read_marker(path) is None:
+    marker = _read_marker(path)
+    if marker is None:
         raise FileNotFoundError(
             f"{name} is not in the cache ({path}). Fetch it with:\n"
             f"    python -m experiments.fetch {name}\n"
             f"(set RECRL_DATA to choose another cache directory)"
         )
+    if "legacy" in marker and (problems := _legacy_problems(name, path)):
+        raise CorruptCacheError(f"the cached {name} cannot be used: " + problems[0])
     problems = verify(name, root, hashes=hashes)
     if problems:
         raise CorruptCacheError(
@@ -190,20 +258,33 @@ def require(name: str, root: Path | None = None, hashes: bool = False) -> Path:
     return path
 
 
+_HELD = threading.local()  # the lock files this thread holds (file_lock is re-entrant)
+
+
 @contextlib.contextmanager
 def file_lock(dest: Path) -> Iterator[None]:
-    """An exclusive lock on ``.<dest name>.lock`` beside ``dest`` (no-op without fcntl)."""
+    """An exclusive lock on ``.<dest name>.lock`` beside ``dest`` (no-op without fcntl).
+
+    Re-entrant within a thread (a fetch holding it checks the marker, which may take it
+    again); other threads and processes wait.
+    """
     dest.parent.mkdir(parents=True, exist_ok=True)
+    lock = os.path.abspath(dest.parent / f".{dest.name}.lock")
+    held = _HELD.__dict__.setdefault("paths", set())
     try:
         import fcntl
     except ImportError:  # pragma: no cover - not POSIX
+        fcntl = None
+    if lock in held or fcntl is None:
         yield
         return
-    with open(dest.parent / f".{dest.name}.lock", "a") as f:
+    with open(lock, "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
+        held.add(lock)
         try:
             yield
         finally:
+            held.discard(lock)
             fcntl.flock(f, fcntl.LOCK_UN)
 
 

@@ -54,8 +54,8 @@ def sft_loop(loss_fn: LossFn, params: Any, frozen: Any, data: tuple[np.ndarray, 
              mesh: Mesh | None = None, donate_params: bool = False,
              batch_name: str = "batch_size", progress: bool = False,
              desc: str = "fine-tune", opt_state: Any = None, start_step: int = 0,
-             on_step: Callable[[int, Any, Any], bool] | None = None
-             ) -> tuple[Any, list[float]]:
+             on_step: Callable[[int, Any, Any], bool] | None = None,
+             losses: list[float] | None = None) -> tuple[Any, list[float]]:
     """Runs up to ``steps`` AdamW steps of ``loss_fn``; returns ``(params, losses)``.
 
     ``frozen`` is passed to ``loss_fn`` untouched (e.g. the non-LoRA weights). With ``mesh``
@@ -66,7 +66,10 @@ def sft_loop(loss_fn: LossFn, params: Any, frozen: Any, data: tuple[np.ndarray, 
 
     Resuming: with ``start_step = k`` and the ``opt_state`` (:func:`adamw`) and ``params``
     saved after step ``k``, the loop continues with step ``k + 1`` and the same minibatches
-    as an uninterrupted run (the first ``k`` draws are replayed, not trained on).
+    as an uninterrupted run (the first ``k`` draws are replayed, not trained on). Each
+    step's loss is appended to ``losses`` (a new list by default; a resumed run passes the
+    ``k`` losses it restored), which is returned. :func:`restore_point` reads such a
+    resume point back from a ``recrl.checkpoint.Checkpointer``.
     """
     tx = adamw(lr)
     if opt_state is None:
@@ -76,7 +79,7 @@ def sft_loop(loss_fn: LossFn, params: Any, frozen: Any, data: tuple[np.ndarray, 
         params, opt_state, frozen = parallel.replicate((params, opt_state, frozen), mesh)
     step = make_step(loss_fn, tx, donate_params=donate_params)
     rng = np.random.default_rng(seed)
-    num, losses = data[0].shape[0], []
+    num, losses = data[0].shape[0], [] if losses is None else losses
     for _ in range(start_step):  # the minibatches an interrupted run already trained on
         draw_rows(rng, num, batch_size)
     todo = range(start_step, steps)
@@ -93,3 +96,16 @@ def sft_loop(loss_fn: LossFn, params: Any, frozen: Any, data: tuple[np.ndarray, 
         if on_step is not None and on_step(t + 1, params, opt_state):
             break
     return params, losses
+
+
+def restore_point(ckpt: Any, params: Any, lr: float, **extra: Any
+                  ) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The newest resume point of an :func:`sft_loop` saved in ``ckpt`` (a
+    ``recrl.checkpoint.Checkpointer``, or None) as ``{"params", "opt_state", **extra}`` plus
+    its JSON ``meta``: ``(arrays, meta)`` restored into the structures of ``params``, the
+    :func:`adamw` state of ``params`` and ``extra``; None when nothing is saved. The step
+    restored is ``ckpt.restored_step`` (the loop's ``start_step``)."""
+    if ckpt is None or ckpt.latest_step() is None:
+        return None
+    like = {"params": params, "opt_state": adamw(lr).init(params), **extra}
+    return ckpt.restore(like)
