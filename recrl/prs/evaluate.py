@@ -142,9 +142,10 @@ def evaluate_policy(policy: PathPolicy, sims: dict[str, Any], history: np.ndarra
       mask_target: keep the target out of the policy's action space (as in training).
       per_prompt: also return every prompt's values (for :func:`cluster_bootstrap`).
       mesh: optional data mesh: decoding and scoring run data-parallel, every batch split
-        over the mesh (the last one padded with masked prompts); the paths are those of one
-        device (greedy, and sampled with the same keys: the sampling noise of a prompt does
-        not depend on the batch it is in), the metrics up to float rounding.
+        over the mesh (the last one padded with copies of its first prompt, whose results
+        are dropped); each process builds only its prompts; the paths are those of one
+        device (greedy, and sampled with the same keys: padding appended after the real
+        prompts leaves their sampling noise unchanged), the metrics up to float rounding.
 
     Returns:
       ``{"<sim>/<metric>@1": value, "<sim>/<metric>@K": value, "diversity@K": value}``;
