@@ -180,7 +180,7 @@ def validate(run: RLRun, policy: PathPolicy) -> dict[str, float]:
     """Validation metrics with the SASRec simulator, as ``{"ioi@1": ..., ...}``."""
     val = evaluate.evaluate_policy(policy, {"sasrec": run.sim}, run.val.history,
                                    run.val.target, run.genres,
-                                   mask_target=run.rl_cfg.mask_target)
+                                   mask_target=run.rl_cfg.mask_target, mesh=run.mesh)
     return {k.split("/")[1]: v for k, v in val.items()}
 
 
