@@ -160,10 +160,15 @@ def test_metrics(ctx: Context, policy: PathPolicy, seed: int, per_prompt_file: P
 
 
 def save_per_prompt(path: Path, users: np.ndarray, values: dict[str, np.ndarray]) -> None:
-    """Per-prompt metrics and the prompts' users (``user`` key) as one ``.npz``."""
+    """Per-prompt metrics and the prompts' users (``user`` key) as one ``.npz``, written by
+    process 0 only, through a temporary file (never a half-written file)."""
+    if not parallel.is_writer():
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
         np.savez(f, user=users, **{k.replace("/", "|"): v for k, v in values.items()})
+    tmp.replace(path)
 
 
 def load_per_prompt(path: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
