@@ -211,7 +211,7 @@ def test_goracs_features_and_scores_on_the_mesh_equal_one_device():
     # non-zero lora_b, so the per-sample gradients of lora_a are not all zero
     for _, v in nnx.iter_graph(model):
         if isinstance(v, models.LoRAParam):
-            v.value = v.value + 0.05
+            v[...] = v[...] + 0.05
     rng = np.random.default_rng(0)
     tokens = rng.integers(3, 64, (10, 12)).astype(np.int32)
     mask = np.ones_like(tokens, bool)
