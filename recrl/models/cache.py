@@ -15,14 +15,20 @@ from recrl.models.config import LlamaConfig
 
 
 class KVCache(NamedTuple):
-    """Per-sequence attention cache, one ``[B, L, n_kv_heads, head_dim]`` buffer per block.
+    """Per-sequence attention cache, one key and one value buffer per block.
+
+    The layout belongs to the model that writes it: the ProRL policy's ``CausalBlock`` uses
+    ``[B, L, heads, head_dim]`` (``KVCache.zeros``); the Llama uses the head-major
+    ``[B, n_kv_heads, L, head_dim]`` (``init_cache``), so that decoding attends to the cache
+    with plain batched matmuls instead of transposing every cached key and value each step.
 
     All sequences of a batch write at the same slot ``index``; slots that hold padding (left
     padding of prompts, anything after a sequence stopped) are ``False`` in ``valid`` and are
     never attended to. RoPE positions are passed separately, so slot != position is fine.
 
     Attributes:
-      k: per-block keys, each ``[B, L, n_kv_heads, head_dim]`` (RoPE already applied).
+      k: per-block keys (RoPE already applied), each ``[B, L, heads, head_dim]`` or, for the
+        Llama, ``[B, n_kv_heads, L, head_dim]``.
       v: per-block values, same shapes.
       valid: ``[B, L]`` bool, slots holding real tokens.
       index: int32 scalar, next slot to write.
@@ -82,7 +88,9 @@ class Prefix(NamedTuple):
 
 
 def init_cache(cfg: LlamaConfig, batch_size: int, length: int) -> KVCache:
-    """An empty cache of ``length`` slots for ``batch_size`` sequences in ``cfg.dtype``.
+    """An empty Llama cache of ``length`` slots for ``batch_size`` sequences in ``cfg.dtype``.
+
+    Buffers are head-major, ``[B, n_kv_heads, L, head_dim]`` (see ``KVCache``).
 
     Args:
       cfg: model configuration (block count, KV heads, head width, dtype).
@@ -93,15 +101,18 @@ def init_cache(cfg: LlamaConfig, batch_size: int, length: int) -> KVCache:
       A ``KVCache`` of zeros with nothing valid and ``index = 0``. Memory:
       ``2 * n_layers * B * L * n_kv_heads * head_dim`` elements.
     """
-    return KVCache.zeros(cfg.n_layers, batch_size, length, cfg.n_kv_heads, cfg.head_dim,
-                         cfg.jnp_dtype)
+    shape = (batch_size, cfg.n_kv_heads, length, cfg.head_dim)
+    return KVCache(k=tuple(jnp.zeros(shape, cfg.jnp_dtype) for _ in range(cfg.n_layers)),
+                   v=tuple(jnp.zeros(shape, cfg.jnp_dtype) for _ in range(cfg.n_layers)),
+                   valid=jnp.zeros((batch_size, length), bool), index=jnp.zeros((), jnp.int32))
 
 
 def cache_to_prefix(cache: KVCache, last_hidden: jax.Array, next_position: jax.Array) -> Prefix:
     """Turns the cache of a single prefilled prompt (batch 1) into a shared ``Prefix``.
 
     Args:
-      cache: a ``KVCache`` with batch size 1 (slots beyond ``index`` are marked invalid).
+      cache: a head-major Llama ``KVCache`` with batch size 1 (slots beyond ``index`` are
+        marked invalid).
       last_hidden: ``[dim]`` final hidden state of the last real prompt token.
       next_position: RoPE position the continuation starts at.
 
@@ -111,6 +122,7 @@ def cache_to_prefix(cache: KVCache, last_hidden: jax.Array, next_position: jax.A
     if cache.batch_size != 1:
         raise ValueError(f"a prefix comes from a batch-1 cache, got batch {cache.batch_size}")
     return Prefix(
-        k=tuple(x[0] for x in cache.k), v=tuple(x[0] for x in cache.v), valid=cache.valid[0],
+        k=tuple(x[0].swapaxes(0, 1) for x in cache.k),
+        v=tuple(x[0].swapaxes(0, 1) for x in cache.v), valid=cache.valid[0],
         last_hidden=last_hidden, next_position=jnp.asarray(next_position, jnp.int32),
     )

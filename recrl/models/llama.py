@@ -132,16 +132,17 @@ class Attention(nnx.Module):
         b, t, _ = x.shape
         hkv, g, hd = self.n_kv_heads, self.n_heads // self.n_kv_heads, self.head_dim
         q = apply_rope(self.q_proj(x).reshape(b, t, self.n_heads, hd), cos, sin)
-        k = apply_rope(self.k_proj(x).reshape(b, t, hkv, hd), cos, sin)
-        v = self.v_proj(x).reshape(b, t, hkv, hd)
+        # keys/values head-major [B, Hkv, T, Dh], the cache's layout (no per-step transpose of it)
+        k = apply_rope(self.k_proj(x).reshape(b, t, hkv, hd), cos, sin).swapaxes(1, 2)
+        v = self.v_proj(x).reshape(b, t, hkv, hd).swapaxes(1, 2)
         if kv is not None:
-            ck = jax.lax.dynamic_update_slice(kv[0], k.astype(kv[0].dtype), (0, index, 0, 0))
-            cv = jax.lax.dynamic_update_slice(kv[1], v.astype(kv[1].dtype), (0, index, 0, 0))
+            ck = jax.lax.dynamic_update_slice(kv[0], k.astype(kv[0].dtype), (0, 0, index, 0))
+            cv = jax.lax.dynamic_update_slice(kv[1], v.astype(kv[1].dtype), (0, 0, index, 0))
             keys, values, new_kv = ck, cv, (ck, cv)
         else:
             keys, values, new_kv = k, v, None
         q = (q.astype(f32) * hd**-0.5).astype(self.dtype).reshape(b, t, hkv, g, hd)
-        s = jnp.einsum("btkgd,bskd->bkgts", q, keys.astype(self.dtype),
+        s = jnp.einsum("btkgd,bksd->bkgts", q, keys.astype(self.dtype),
                        preferred_element_type=f32)
         s = jnp.where(own_mask[:, None, None], s, _NEG)
         if prefix is not None:
@@ -151,11 +152,11 @@ class Attention(nnx.Module):
         p = jax.nn.softmax(s, axis=-1).astype(self.dtype)
         values = values.astype(self.dtype)
         if prefix is None:
-            o = jnp.einsum("bkgts,bskd->btkgd", p, values)
+            o = jnp.einsum("bkgts,bksd->btkgd", p, values)
         else:
             n_prefix = pk.shape[0]
             o = jnp.einsum("bkgts,skd->btkgd", p[..., :n_prefix], pv)
-            o = o + jnp.einsum("bkgts,bskd->btkgd", p[..., n_prefix:], values)
+            o = o + jnp.einsum("bkgts,bksd->btkgd", p[..., n_prefix:], values)
         return self.o_proj(o.reshape(b, t, self.n_heads * hd)), new_kv
 
 

@@ -287,9 +287,9 @@ def rows_from_prefixes(cache: KVCache, index: jax.Array, extra: int) -> KVCache:
     recomputed) and has ``extra`` empty slots after them; writing resumes after the prefix.
     ``index[b] = -1``: no prefix (its slots are marked invalid, never attended to)."""
     idx = jnp.maximum(index, 0)
-    pad = lambda x: jnp.pad(x[idx], ((0, 0), (0, extra)) + ((0, 0),) * (x.ndim - 2))
-    valid = pad(cache.valid) & (index >= 0)[:, None]
-    return KVCache(k=tuple(pad(x) for x in cache.k), v=tuple(pad(x) for x in cache.v),
+    pad = lambda x, axis: jnp.pad(x[idx], [(0, extra if a == axis else 0) for a in range(x.ndim)])
+    valid = pad(cache.valid, 1) & (index >= 0)[:, None]
+    return KVCache(k=tuple(pad(x, 2) for x in cache.k), v=tuple(pad(x, 2) for x in cache.v),
                    valid=valid, index=jnp.asarray(cache.length, jnp.int32))
 
 
