@@ -90,14 +90,47 @@ def test_top_p_filter_by_hand():
     assert keep(1.0) == [True, True, True, True]
 
 
+def _top_p_by_sorting(logits, top_p):
+    """NumPy nucleus: keep tokens whose strictly-more-likely mass (sorted order) is < top_p."""
+    x = np.asarray(logits, np.float64)
+    order = np.argsort(-x, axis=-1, kind="stable")
+    srt = np.take_along_axis(x, order, -1)
+    p = np.exp(srt - srt.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    cutoff = np.where(np.cumsum(p, -1) - p < top_p, srt, np.inf).min(-1, keepdims=True)
+    return x >= cutoff
+
+
+def test_top_p_candidates_equal_full_sort():
+    rng = np.random.default_rng(0)
+    # peaked rows (nucleus inside the top 16), flat rows (needs a larger tier or the full sort),
+    # and a row with tied logits straddling the top-16 boundary
+    peaked = rng.standard_normal((3, 300)) * 6.0
+    flat = rng.standard_normal((3, 300)) * 0.3
+    tied = np.concatenate([[5.0] * 12 + [4.0] * 10, rng.standard_normal(278) - 5])[None]
+    for rows in (peaked, flat, tied, np.concatenate([peaked, flat])):
+        x = jnp.asarray(rows, jnp.float32)
+        for top_p in (0.3, 0.9, 0.99):
+            want = _top_p_by_sorting(rows, top_p)
+            for cand in ((), (16,), (16, 128), (4, 16, 64, 256)):
+                got = np.isfinite(np.asarray(top_p_filter(x, top_p, cand)))
+                np.testing.assert_array_equal(got, want, err_msg=f"{top_p} {cand}")
+                np.testing.assert_array_equal(np.asarray(top_p_filter(x, top_p, cand))[want],
+                                              np.asarray(x)[want])
+
+
 def test_sampling_distribution_monte_carlo():
     n = 20000
     probs = np.array([0.1, 0.2, 0.3, 0.4])
     logits = jnp.broadcast_to(jnp.log(jnp.asarray(probs)) * 2.0, (n, 4))  # T = 2 undoes the x2
     keys = jax.random.split(jax.random.key(0), n)
-    for top_p, target in [(1.0, probs), (0.65, np.array([0, 0, 3, 4]) / 7)]:
+    nucleus = np.array([0, 0, 3, 4]) / 7
+    # candidates: (3,) finds the nucleus among the top 3 logits (lax.top_k path), (2,) does not
+    # (full-sort fallback), () always sorts
+    for top_p, target, cand in [(1.0, probs, ()), (0.65, nucleus, ()), (0.65, nucleus, (3,)),
+                                (0.65, nucleus, (2,))]:
         cfg = SamplingConfig(temperature=2.0, top_p=top_p)
-        tok, lp = jax.jit(choose_tokens, static_argnums=2)(logits, keys, cfg)
+        tok, lp = jax.jit(choose_tokens, static_argnums=(2, 3))(logits, keys, cfg, cand)
         freq = np.bincount(np.asarray(tok), minlength=4) / n
         sigma = np.sqrt(target * (1 - target) / n)
         assert np.all(np.abs(freq - target) <= 4 * sigma + 1e-9), (freq, target)
