@@ -3,6 +3,9 @@
     python -m benchmarks.lm                      # SmolLM2-135M (GGUF, fetched if needed)
     python -m benchmarks.lm --model tiny         # a 2-block random model (seconds)
     python -m benchmarks.lm --dtype bfloat16 --batch 1 4 16 --new 32
+    python -m benchmarks.lm --compare transformers --batch 1 8 16 --new 64 --completion 256
+                                                 # recrl vs transformers, same weights, side by
+                                                 # side (needs the [bench] extra: torch)
 
 Rows (compile time excluded: every call is run once before it is timed):
   sample          ``sample`` on a padded batch of B copies of a chat prompt, N new tokens
@@ -15,6 +18,9 @@ Rows (compile time excluded: every call is run once before it is timed):
   score           ``logprobs`` of B completions (C tokens) with the prompt repeated per row:
                   completion tokens / s.
   score_prefix    ``score_completions``: the prompt's KV computed once and shared.
+
+With ``--compare transformers`` the table is instead recrl vs ``transformers`` on the same
+weights, interleaved, with the compile time of each recrl shape (``benchmarks.lm_transformers``).
 """
 
 from __future__ import annotations
@@ -85,10 +91,20 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--new", type=int, default=32, help="new tokens per sampled row")
     ap.add_argument("--completion", type=int, default=64, help="scored completion length")
     ap.add_argument("--repeats", type=int, default=1, help="timed runs after the warm-up")
+    ap.add_argument("--compare", choices=["transformers"], default=None,
+                    help="time recrl against Hugging Face transformers (torch) side by side")
+    ap.add_argument("--threads", type=int, default=os.cpu_count(),
+                    help="torch threads with --compare (XLA CPU uses every core)")
     ap.add_argument("--recompute-max-batch", type=int, default=4,
                     help="run the no-cache baseline only up to this batch size (it is slow)")
     args = ap.parse_args(argv)
+    if args.compare:
+        from benchmarks import lm_transformers
 
+        missing = lm_transformers.available()
+        if missing:
+            print(f"# skipped: {missing}")
+            return
     t0 = time.perf_counter()
     model, prompt_ids, desc = load(args.model, args.dtype)
     load_s = time.perf_counter() - t0
@@ -97,6 +113,11 @@ def main(argv: list[str] | None = None) -> None:
     print(f"# {desc}, {args.dtype}; prompt {p} tokens; loaded in {load_s:.1f} s")
     print(f"# {jax.devices()[0].device_kind} x{len(jax.devices())}, {os.cpu_count()} CPU cores,"
           f" {platform.machine()}, jax {jax.__version__}", flush=True)
+    if args.compare:
+        lm_transformers.run(model, graphdef, params, prompt_ids, batches=args.batch,
+                            n_new=args.new, completion=args.completion,
+                            repeats=max(args.repeats, 1), threads=args.threads)
+        return
     rng = np.random.default_rng(0)
     cfg = models.SamplingConfig(max_new_tokens=args.new, temperature=1.0, top_p=0.95)
     print(f"\n{'op':14s} {'batch':>5s} {'tokens':>7s} {'seconds':>8s} {'tokens/s':>9s}  note")

@@ -1,0 +1,164 @@
+"""recrl vs Hugging Face transformers on the same weights (used by ``benchmarks.lm --compare``).
+
+The recrl model's arrays are copied into a ``transformers.LlamaForCausalLM`` (kernels
+transposed to torch's ``[out, in]``; both use the rotate-half RoPE layout), the two models'
+logits are checked to agree, then each op is timed for both, interleaved (recrl, transformers,
+recrl, ...) so that both see the same machine load, and the best of ``repeats`` is kept.
+
+Rows: ``greedy`` (``sample`` with temperature 0 vs ``generate(do_sample=False)``), ``sample``
+(temperature 1, top-p 0.95, no top-k, vs ``generate(do_sample=True, top_k=0)``), ``score``
+(``logprobs`` of ``B`` completions of ``C`` tokens after the prompt vs one forward pass with
+``logits_to_keep`` and a log-softmax gather). No stop token: every row generates ``N`` tokens.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import jax
+import numpy as np
+
+from recrl import models
+
+
+def available() -> str | None:
+    """``None`` when torch and transformers import, else the reason they do not."""
+    try:
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError as e:
+        return (f"--compare transformers needs torch and transformers ({e}); install the "
+                f"[bench] extra in a separate environment: pip install -e '.[lm,bench]'")
+    return None
+
+
+def hf_model(model: models.Llama):
+    """A ``transformers.LlamaForCausalLM`` (float32, eval mode) holding ``model``'s weights."""
+    import torch
+    import transformers
+
+    cfg = model.config
+    hf_cfg = transformers.LlamaConfig(
+        vocab_size=cfg.vocab_size, hidden_size=cfg.dim, intermediate_size=cfg.ffn_dim,
+        num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
+        num_key_value_heads=cfg.n_kv_heads, head_dim=cfg.head_dim, rms_norm_eps=cfg.norm_eps,
+        rope_theta=cfg.rope_base, max_position_embeddings=cfg.max_seq_len,
+        tie_word_embeddings=cfg.tie_embeddings, attention_bias=False, mlp_bias=False,
+        hidden_act="silu", torch_dtype=torch.float32)
+    w = models.model_weights(model)
+    t = lambda a: torch.from_numpy(np.array(a, np.float32))  # a writable copy
+    sd = {"model.embed_tokens.weight": t(w["embed"]), "model.norm.weight": t(w["final_norm"])}
+    sd["lm_head.weight"] = t(w["embed"] if cfg.tie_embeddings else w["lm_head"].T)
+    names = {"attn.q_proj": "self_attn.q_proj", "attn.k_proj": "self_attn.k_proj",
+             "attn.v_proj": "self_attn.v_proj", "attn.o_proj": "self_attn.o_proj",
+             "mlp.gate_proj": "mlp.gate_proj", "mlp.up_proj": "mlp.up_proj",
+             "mlp.down_proj": "mlp.down_proj"}
+    for i in range(cfg.n_layers):
+        sd[f"model.layers.{i}.input_layernorm.weight"] = t(w[f"layers.{i}.attn_norm"])
+        sd[f"model.layers.{i}.post_attention_layernorm.weight"] = t(w[f"layers.{i}.mlp_norm"])
+        for ours, theirs in names.items():
+            sd[f"model.layers.{i}.{theirs}.weight"] = t(w[f"layers.{i}.{ours}"].T)
+    hf = transformers.LlamaForCausalLM(hf_cfg)
+    missing, unexpected = hf.load_state_dict(sd, strict=False)
+    if [k for k in missing if k != "lm_head.weight"] or unexpected:
+        raise ValueError(f"weights did not map: missing {missing[:4]}, unexpected {unexpected[:4]}")
+    return hf.eval()
+
+
+def max_logit_difference(graphdef, params, hf, prompt_ids) -> float:
+    """Largest |recrl - transformers| next-token logit over every slot of the prompt."""
+    import torch
+
+    ids = np.asarray([prompt_ids])
+    pos = np.arange(ids.shape[1])[None]
+    ours = np.asarray(models.forward(graphdef, params, ids, pos)[0])
+    with torch.inference_mode():
+        theirs = hf(torch.from_numpy(ids)).logits.numpy()
+    return float(np.abs(ours - theirs).max())
+
+
+def _hf_generate(hf, prompt, n_new: int, sample: bool, seed: int = 0):
+    import torch
+
+    torch.manual_seed(seed)
+    ids = torch.from_numpy(np.asarray(prompt))
+    kw = dict(do_sample=True, temperature=1.0, top_p=0.95, top_k=0) if sample else \
+        dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+    with torch.inference_mode():
+        out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n_new,
+                          min_new_tokens=n_new, pad_token_id=0, **kw)
+    return out[:, ids.shape[1]:].numpy()
+
+
+def _hf_score(hf, prompt, completion):
+    import torch
+
+    ids = torch.from_numpy(np.concatenate([prompt, completion], axis=1))
+    c = completion.shape[1]
+    with torch.inference_mode():
+        logits = hf(ids, logits_to_keep=c + 1).logits[:, :-1]
+        lp = torch.log_softmax(logits, dim=-1)
+        return lp.gather(-1, ids[:, -c:, None])[..., 0].numpy()
+
+
+def _interleaved(ours, theirs, repeats: int) -> tuple[float, float, float]:
+    """``(compile s, best recrl s, best transformers s)``; the first recrl call compiles."""
+    t0 = time.perf_counter()
+    jax.block_until_ready(ours())
+    first = time.perf_counter() - t0
+    theirs()  # warm-up
+    best_o = best_t = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(ours())
+        best_o = min(best_o, time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        theirs()
+        best_t = min(best_t, time.perf_counter() - t0)
+    return max(first - best_o, 0.0), best_o, best_t
+
+
+def run(model, graphdef, params, prompt_ids, *, batches, n_new: int, completion: int,
+        repeats: int, threads: int) -> None:
+    """Prints the side-by-side table (see the module docstring)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    hf = hf_model(model)
+    diff = max_logit_difference(graphdef, params, hf, prompt_ids)
+    print(f"# transformers {__import__('transformers').__version__}, torch {torch.__version__}"
+          f" ({torch.get_num_threads()} threads); XLA CPU: all {os.cpu_count()} cores (default);"
+          f" max |logit difference| on the prompt {diff:.2e}", flush=True)
+    if diff > 1e-2:
+        raise RuntimeError(f"recrl and transformers disagree (max logit difference {diff:.3g})")
+    print(f"\n{'op':7s} {'batch':>5s} {'tokens':>7s} {'recrl s':>8s} {'hf s':>8s} {'recrl t/s':>10s}"
+          f" {'hf t/s':>8s} {'ratio':>6s} {'compile s':>9s}  note")
+    rng = np.random.default_rng(0)
+    for b in batches:
+        prompt, pmask = models.pad_batch([prompt_ids] * b)
+        for op in ("greedy", "sample", "score"):
+            ours, theirs, n, check = _row(graphdef, params, hf, op, prompt, pmask, n_new,
+                                          completion, rng, model.config.vocab_size)
+            comp_s, t_o, t_t = _interleaved(ours, theirs, repeats)
+            note = check(ours(), theirs())
+            print(f"{op:7s} {b:5d} {b * n:7d} {t_o:8.3f} {t_t:8.3f} {b * n / t_o:10.1f}"
+                  f" {b * n / t_t:8.1f} {t_t / t_o:6.2f} {comp_s:9.1f}  {note}", flush=True)
+
+
+def _row(graphdef, params, hf, op, prompt, pmask, n_new, completion, rng, vocab):
+    key = jax.random.key(0)
+    if op == "score":
+        comp = rng.integers(3, vocab, size=(prompt.shape[0], completion))
+        cmask = np.ones(comp.shape, bool)
+        ours = lambda: models.logprobs(graphdef, params, prompt, pmask, comp, cmask)
+        check = lambda a, b: f"max |log-prob difference| {np.abs(np.asarray(a) - b).max():.1e}"
+        return ours, lambda: _hf_score(hf, np.asarray(prompt), comp), completion, check
+    sample = op == "sample"
+    cfg = models.SamplingConfig(max_new_tokens=n_new, temperature=1.0 if sample else 0.0,
+                                top_p=0.95 if sample else 1.0)
+    ours = lambda: models.sample(graphdef, params, prompt, pmask, key, config=cfg).tokens
+    theirs = lambda: _hf_generate(hf, prompt, n_new, sample)
+    if sample:
+        return ours, theirs, n_new, lambda a, b: ""
+    return ours, theirs, n_new, lambda a, b: f"greedy tokens equal: {(np.asarray(a) == b).mean():.0%}"
