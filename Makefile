@@ -46,6 +46,7 @@ notebooks: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m benchmarks.estimators
 	$(PY) -m benchmarks.prorl_step --steps 3
+	$(PY) -m benchmarks.lm --model tiny --batch 1 8 --new 16 --completion 32
 	$(PY) -m benchmarks.itra --pool 2000 --val 600 --n 100 --swaps 20 --window 5
 
 clean:

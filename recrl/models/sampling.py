@@ -99,8 +99,8 @@ def _nucleus(vals: jax.Array, lse: jax.Array, top_p: float) -> tuple[jax.Array, 
 def _on_nucleus(logits: jax.Array, top_p: float, candidates: tuple[int, ...], fn):
     """``fn(values [B, K], token ids [B, K], keep [B, K])`` on the nucleus of every row, taken
     from the first candidate-set size ``K`` (``lax.top_k``) that holds every row's nucleus, else
-    from a full sort (``K = V``, then in token order). ``fn``'s output must not depend on ``K`` in shape. Traceable;
-    ``lax.cond`` runs only the branch needed (both under ``vmap``)."""
+    from a full sort (``K = V``, then in token order). ``fn``'s output must not depend on ``K``
+    in shape. Traceable; ``lax.cond`` runs only the branch needed (both under ``vmap``)."""
     v = logits.shape[-1]
     lse = jax.nn.logsumexp(logits, axis=-1, keepdims=True)
     sizes = [k for k in candidates if k < v]

@@ -1,0 +1,41 @@
+"""benchmarks/lm.py --compare transformers: the skip message without torch, and (where torch
+and transformers are installed, e.g. the [bench] environment) the weight mapping into
+transformers.LlamaForCausalLM checked against recrl's logits and log-probs."""
+
+import importlib.util
+
+import numpy as np
+import pytest
+from flax import nnx
+
+from benchmarks import lm, lm_transformers
+from recrl import models
+
+HAVE_TORCH = all(importlib.util.find_spec(m) for m in ("torch", "transformers"))
+
+
+@pytest.mark.skipif(HAVE_TORCH, reason="torch is installed: the comparison runs instead")
+def test_compare_without_torch_says_what_is_missing(capsys):
+    lm.main(["--model", "tiny", "--compare", "transformers"])
+    out = capsys.readouterr().out
+    assert "skipped" in out and "torch" in out and "[bench]" in out
+    assert "greedy" not in out  # nothing was timed
+
+
+@pytest.mark.skipif(not HAVE_TORCH, reason="needs torch + transformers (the [bench] extra)")
+def test_transformers_model_has_the_same_outputs():
+    cfg = models.tiny_config(vocab_size=300, n_kv_heads=2, n_heads=4, tie_embeddings=False)
+    model = models.create_model(cfg, seed=3)
+    graphdef, params = nnx.split(model)
+    hf = lm_transformers.hf_model(model)
+    ids = list(np.random.default_rng(0).integers(0, 300, size=12))
+    assert lm_transformers.max_logit_difference(graphdef, params, hf, ids) < 1e-4
+    prompt = np.asarray([ids] * 2)
+    comp = np.random.default_rng(1).integers(0, 300, size=(2, 5))
+    ours = models.logprobs(graphdef, params, prompt, np.ones(prompt.shape, bool), comp,
+                           np.ones(comp.shape, bool))
+    np.testing.assert_allclose(lm_transformers._hf_score(hf, prompt, comp), ours, atol=1e-4)
+    greedy = models.SamplingConfig(max_new_tokens=6, temperature=0.0)
+    toks = models.sample(graphdef, params, prompt, np.ones(prompt.shape, bool),
+                         __import__("jax").random.key(0), config=greedy).tokens
+    np.testing.assert_array_equal(lm_transformers._hf_generate(hf, prompt, 6, False), toks)
