@@ -71,6 +71,18 @@ def greedy_recompute(graphdef, params, prompt, prompt_mask, n_new: int):
     return jax.lax.fori_loop(0, n_new, step, (tokens, mask))[0]
 
 
+def pin_threads(n: int) -> None:
+    """Runs this process on its first ``n`` allowed cores; with ``n = 1`` XLA's CPU client
+    also uses a single compute thread. Call before jax makes its first array."""
+    cores = sorted(os.sched_getaffinity(0))
+    if not 1 <= n <= len(cores):
+        raise ValueError(f"--threads must be in 1..{len(cores)}, got {n}")
+    os.sched_setaffinity(0, cores[:n])
+    if n == 1:
+        flags = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flags}".strip()
+
+
 def load(name: str, dtype: str):
     if name == "tiny":
         cfg = models.tiny_config(dtype=dtype, param_dtype=dtype, vocab_size=512)
@@ -93,11 +105,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeats", type=int, default=1, help="timed runs after the warm-up")
     ap.add_argument("--compare", choices=["transformers"], default=None,
                     help="time recrl against Hugging Face transformers (torch) side by side")
-    ap.add_argument("--threads", type=int, default=os.cpu_count(),
-                    help="torch threads with --compare (XLA CPU uses every core)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="pin the process to this many cores (XLA and, with --compare, torch "
+                         "threads too); default: every core for recrl, 1 with --compare")
     ap.add_argument("--recompute-max-batch", type=int, default=4,
                     help="run the no-cache baseline only up to this batch size (it is slow)")
     args = ap.parse_args(argv)
+    if args.threads is None and args.compare:
+        args.threads = 1
+    if args.threads:
+        pin_threads(args.threads)
     if args.compare:
         from benchmarks import lm_transformers
 
@@ -111,12 +128,14 @@ def main(argv: list[str] | None = None) -> None:
     graphdef, params = nnx.split(model)
     p = len(prompt_ids)
     print(f"# {desc}, {args.dtype}; prompt {p} tokens; loaded in {load_s:.1f} s")
-    print(f"# {jax.devices()[0].device_kind} x{len(jax.devices())}, {os.cpu_count()} CPU cores,"
+    print(f"# {jax.devices()[0].device_kind} x{len(jax.devices())}, "
+          f"{len(os.sched_getaffinity(0))} of {os.cpu_count()} CPU cores,"
           f" {platform.machine()}, jax {jax.__version__}", flush=True)
     if args.compare:
         lm_transformers.run(model, graphdef, params, prompt_ids, batches=args.batch,
                             n_new=args.new, completion=args.completion,
-                            repeats=max(args.repeats, 1), threads=args.threads)
+                            repeats=max(args.repeats, 1),
+                            threads=args.threads or len(os.sched_getaffinity(0)))
         return
     rng = np.random.default_rng(0)
     cfg = models.SamplingConfig(max_new_tokens=args.new, temperature=1.0, top_p=0.95)
