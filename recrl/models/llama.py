@@ -142,8 +142,10 @@ class Attention(nnx.Module):
         else:
             keys, values, new_kv = k, v, None
         q = (q.astype(f32) * hd**-0.5).astype(self.dtype).reshape(b, t, hkv, g, hd)
-        s = jnp.einsum("btkgd,bksd->bkgts", q, keys.astype(self.dtype),
-                       preferred_element_type=f32)
+        # explicit batched matmuls (q K^T, then P V) so XLA needs no transposes around them
+        qh = q.transpose(0, 2, 3, 1, 4)  # [B, Hkv, G, T, Dh]
+        s = jax.lax.dot_general(qh, keys.astype(self.dtype), (((4,), (3,)), ((0, 1), (0, 1))),
+                                preferred_element_type=f32)  # [B, Hkv, G, T, S]
         s = jnp.where(own_mask[:, None, None], s, _NEG)
         if prefix is not None:
             pk, pv, pvalid = (a.astype(self.dtype) if a.dtype != bool else a for a in prefix)
@@ -151,12 +153,13 @@ class Attention(nnx.Module):
             s = jnp.concatenate([jnp.where(pvalid, sp, _NEG), s], axis=-1)
         p = jax.nn.softmax(s, axis=-1).astype(self.dtype)
         values = values.astype(self.dtype)
+        pv_own = lambda p: jax.lax.dot_general(p, values, (((4,), (2,)), ((0, 1), (0, 1))))
         if prefix is None:
-            o = jnp.einsum("bkgts,bksd->btkgd", p, values)
+            o = pv_own(p).transpose(0, 3, 1, 2, 4)  # [B, T, Hkv, G, Dh]
         else:
             n_prefix = pk.shape[0]
             o = jnp.einsum("bkgts,skd->btkgd", p[..., :n_prefix], pv)
-            o = o + jnp.einsum("bkgts,bksd->btkgd", p[..., n_prefix:], values)
+            o = o + pv_own(p[..., n_prefix:]).transpose(0, 3, 1, 2, 4)
         return self.o_proj(o.reshape(b, t, self.n_heads * hd)), new_kv
 
 
