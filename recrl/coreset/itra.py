@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from recrl.coreset import objective
+from recrl.coreset.emd_update import ExactState
 
 
 def _gains(cost: np.ndarray, rows: np.ndarray, m: np.ndarray) -> np.ndarray:
@@ -164,7 +165,7 @@ def refine(cost: jax.Array, init: np.ndarray, *, max_iters: int = 100, cut: int 
            verify: str = "sinkhorn", rel_tol: float = 1e-6, block: int = 1,
            momentum: float = 1.5, on_accept=None, max_iterations: int = 2000,
            retry_iterations: int = 20000, check_convergence: bool = True,
-           exact_after: int | None = 100,
+           exact_after: int | None = 100, exact_solver: str = "update",
            info: dict | None = None) -> tuple[np.ndarray, list, int]:
     """Dual-guided verified swap search from ``init``; returns ``(indices, trace, checks)``.
 
@@ -198,6 +199,10 @@ def refine(cost: jax.Array, init: np.ndarray, *, max_iters: int = 100, cut: int 
     Sinkhorn iterations (continuation included); a check that needs more is decided
     exactly and the search continues with exact verification (network simplex, whose cost
     does not grow), so the time per accepted move stays flat. ``None`` = no cap.
+    ``exact_solver="update"`` (default) solves the current selection once by network
+    simplex and then gets each exact check from that optimal plan by rerouting only the
+    swapped rows' mass (:class:`~recrl.coreset.emd_update.ExactState`; exact, certified,
+    a full POT solve when the certificate fails); ``"pot"`` solves every check from scratch.
     ``info`` (a dict, if given) receives ``retries``, ``exact_fallbacks``, ``iterations``
     (per Sinkhorn check, including a continuation's), ``checks`` (so far, updated live)
     and ``exact_from_check`` (the check at which exact verification took over, or
@@ -207,11 +212,13 @@ def refine(cost: jax.Array, init: np.ndarray, *, max_iters: int = 100, cut: int 
         raise ValueError(f"verify must be 'sinkhorn' or 'exact'; got {verify!r}")
     if exact_after is not None and exact_after < 1:
         raise ValueError(f"exact_after must be >= 1 or None; got {exact_after}")
+    if exact_solver not in ("update", "pot"):
+        raise ValueError(f"exact_solver must be 'update' or 'pot'; got {exact_solver!r}")
     search = _SwapSearch(cost, init, epsilon=epsilon, threshold=threshold, rel_tol=rel_tol,
                          momentum=momentum, max_iterations=max_iterations,
                          retry_iterations=retry_iterations,
                          check_convergence=check_convergence, exact_after=exact_after,
-                         stats=info if info is not None else {})
+                         stats=info if info is not None else {}, exact_solver=exact_solver)
     search.start(verify)
     while search.done < max_iters and search.n < search.num:
         moves = _candidate_moves(search.scores(), search.sel, cut=cut, max_checks=max_checks,
@@ -253,7 +260,8 @@ class _SwapSearch:
     verification mode (``sinkhorn`` or ``exact``) and the counters."""
 
     def __init__(self, cost, init, *, epsilon, threshold, rel_tol, momentum, max_iterations,
-                 retry_iterations, check_convergence, exact_after, stats: dict):
+                 retry_iterations, check_convergence, exact_after, stats: dict,
+                 exact_solver: str = "update"):
         self.cost = jnp.asarray(cost, jnp.float32)
         self.cost_np = np.asarray(self.cost)  # host view for the exact solves (float64 subsets)
         self.num, self.nv = self.cost.shape
@@ -267,7 +275,8 @@ class _SwapSearch:
                        else min(max_iterations, exact_after))
         self.stats = stats
         stats.update(retries=0, exact_fallbacks=0, iterations=[], exact_from_check=None,
-                     checks=0)
+                     checks=0, exact_full_solves=0)
+        self.use_update, self.state = exact_solver == "update", None
         self.checks = self.done = 0
 
     def converged(self, r: objective.POOResult, rows: np.ndarray):
@@ -284,9 +293,26 @@ class _SwapSearch:
         return r2, bool(r2.converged), int(r.n_iters) + int(r2.n_iters)
 
     def exact(self, rows: np.ndarray) -> tuple[float, jax.Array]:
-        """Exact POO of ``rows`` and its row duals."""
+        """Exact POO of ``rows`` and its row duals (a full network-simplex solve)."""
+        self.stats["exact_full_solves"] += 1
+        if self.use_update:
+            self.state = ExactState.solve(self.cost_np, rows)
+            if self.state is not None:
+                return self.state.value, jnp.asarray(self.state.u, jnp.float32)
         v, u, _ = objective.poo_exact(self.cost_np, rows, return_duals=True)
         return v, jnp.asarray(u, jnp.float32)
+
+    def exact_check(self, cand: np.ndarray, pos, rows_in):
+        """Exact POO and row duals of ``cand`` (= the current selection with ``rows_in`` at
+        ``pos``), and the candidate's :class:`ExactState` (``None``: solved by POT)."""
+        if self.state is not None and np.array_equal(self.state.sel, self.sel):
+            new = self.state.swap(pos, rows_in)
+            if new is not None:
+                return new.value, jnp.asarray(new.u, jnp.float32), new
+        cur_state = self.state
+        v, duals = self.exact(cand)
+        new, self.state = self.state, cur_state
+        return v, duals, new
 
     def start(self, verify: str) -> None:
         """Value and duals of the initial selection."""
@@ -324,7 +350,7 @@ class _SwapSearch:
         # entropic: the trace keeps falling)
         self.stats["exact_fallbacks"] += 1
         cur, cur_duals = self.exact(self.sel)
-        v, new_duals = self.exact(cand)
+        v, new_duals, self.cand_state = self.exact_check(cand, pos, rows_in)
         better = v < cur - self.rel_tol * abs(cur)
         if better or (self.exact_after is not None and iters >= self.exact_after):
             self.mode = "exact"
@@ -340,8 +366,9 @@ class _SwapSearch:
         cand[pos] = rows_in
         self.checks += 1
         self.stats["checks"] = self.checks
+        self.cand_state = None
         if self.mode == "exact":
-            v, new_duals = self.exact(cand)
+            v, new_duals, self.cand_state = self.exact_check(cand, pos, rows_in)
             better, new, ok = v < self.value - self.rel_tol * abs(self.value), None, True
         else:
             better, v, new_duals, new, ok = self._sinkhorn_check(cand, pos, rows_in)
@@ -349,6 +376,8 @@ class _SwapSearch:
             return False
         self.res_ok = True if new is None else ok
         self.sel, self.value, self.duals = cand, v, new_duals
+        if self.mode == "exact":
+            self.state = self.cand_state
         if new is not None and self.mode != "exact":
             self.res = new
         self.trace.append(v)

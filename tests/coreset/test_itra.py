@@ -164,3 +164,38 @@ def test_dual_scores_with_a_partial_last_chunk_match_one_chunk():
     parts = coreset.dual_scores(c, sel, u, rank=3, chunk=8)  # 6 chunks, the last overlaps
     for w, p in zip(whole, parts, strict=True):
         np.testing.assert_allclose(np.asarray(p), np.asarray(w), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(("n_val", "n", "seed"), [(31, 7, 0), (31, 7, 1), (45, 8, 2)])
+def test_exact_update_search_equals_the_pot_search(n_val, n, seed):
+    """Exact verification by updated plans accepts the same moves as POT solves from
+    scratch where the exact duals are unique (|S|, |V| coprime here), and always gives
+    the POT exact value of each accepted selection."""
+    c, _ = _cost(n_pool=60, n_val=n_val, seed=seed)
+    c = c.astype(np.float32)
+    kw = dict(max_iters=12, cut=6, max_checks=12, verify="exact")
+    got, info = [], {}
+    sel, trace, checks = coreset.refine(c, np.arange(n), exact_solver="update", info=info,
+                                        on_accept=lambda s: got.append(s.copy()), **kw)
+    sel_p, trace_p, checks_p = coreset.refine(c, np.arange(n), exact_solver="pot", **kw)
+    assert info["exact_full_solves"] == 1 and len(trace) >= 4  # one POT solve, then updates
+    np.testing.assert_array_equal(sel, sel_p)
+    np.testing.assert_allclose(trace, trace_p, rtol=0, atol=1e-12)
+    assert checks == checks_p
+    np.testing.assert_allclose(trace[1:], [coreset.poo_exact(c, s) for s in got], atol=1e-12)
+
+
+def test_exact_update_search_with_degenerate_duals_lowers_pot_exact_poo():
+    """|S| divides |V| (a degenerate problem: many optimal duals, so the candidates may
+    differ from the POT search's): every accepted move still lowers POT's exact POO."""
+    c, _ = _cost(n_pool=80, n_val=40, seed=9)
+    c = c.astype(np.float32)
+    ex, info = [coreset.poo_exact(c, np.arange(8))], {}
+    sel, trace, _ = coreset.refine(c, np.arange(8), max_iters=10, cut=6, max_checks=12,
+                                   verify="exact", info=info,
+                                   on_accept=lambda s: ex.append(coreset.poo_exact(c, s)))
+    assert len(ex) >= 4 and np.all(np.diff(ex) < 0)
+    np.testing.assert_allclose(trace, ex, rtol=0, atol=1e-12)
+    assert info["exact_full_solves"] == 1
+    with pytest.raises(ValueError, match="exact_solver"):
+        coreset.refine(c, np.arange(8), exact_solver="simplex")
