@@ -114,6 +114,9 @@ def main(argv=None) -> None:
                     help="also run recrl with block moves of this many disjoint swaps (0: no)")
     ap.add_argument("--momentum", type=float, default=1.5,
                     help="Sinkhorn over-relaxation in recrl's verification solves (1 = off)")
+    ap.add_argument("--exact_after", default="auto",
+                    help="Sinkhorn iterations after which recrl verifies exactly ('auto': "
+                         "the library default for the backend; 'none': never)")
     ap.add_argument("--probe", type=int, default=5,
                     help="exact POO of recrl's selection every this many moves (untimed)")
     ap.add_argument("--ref_cut", type=int, default=30,
@@ -154,8 +157,12 @@ def main(argv=None) -> None:
           f" exact POO(init) = {exact_init:.6f}")
 
     cost_j = jnp.asarray(cost)
+    exact_after = {"auto": "auto", "none": None}.get(args.exact_after.lower(), None)
+    if args.exact_after.lower() not in ("auto", "none"):
+        exact_after = int(args.exact_after)
     kw = dict(max_iters=args.swaps, cut=args.cut, max_checks=args.max_checks,
-              epsilon=args.epsilon, threshold=args.threshold, momentum=args.momentum)
+              epsilon=args.epsilon, threshold=args.threshold, momentum=args.momentum,
+              exact_after=exact_after)
     rows, progress = [], {}  # progress[name] = [(seconds, selection) after each move]
 
     def ours(name: str, **extra) -> None:

@@ -165,7 +165,7 @@ def refine(cost: jax.Array, init: np.ndarray, *, max_iters: int = 100, cut: int 
            verify: str = "sinkhorn", rel_tol: float = 1e-6, block: int = 1,
            momentum: float = 1.5, on_accept=None, max_iterations: int = 2000,
            retry_iterations: int = 20000, check_convergence: bool = True,
-           exact_after: int | None = 100, exact_solver: str = "update",
+           exact_after: int | str | None = "auto", exact_solver: str = "update",
            info: dict | None = None) -> tuple[np.ndarray, list, int]:
     """Dual-guided verified swap search from ``init``; returns ``(indices, trace, checks)``.
 
@@ -198,7 +198,11 @@ def refine(cost: jax.Array, init: np.ndarray, *, max_iters: int = 100, cut: int 
     ε-scaling solve is faster than the warm start there). ``exact_after`` caps a check's
     Sinkhorn iterations (continuation included); a check that needs more is decided
     exactly and the search continues with exact verification (network simplex, whose cost
-    does not grow), so the time per accepted move stays flat. ``None`` = no cap.
+    does not grow), so the time per accepted move stays flat. ``None`` = no cap;
+    ``"auto"`` = :data:`EXACT_AFTER_CPU` on the CPU backend (where an updated exact check
+    costs about as much as 15-25 warm Sinkhorn iterations, measured at 1000 x 5000, so
+    longer Sinkhorn checks are the slower verifier), :data:`EXACT_AFTER_ACCELERATOR`
+    elsewhere (iterations are cheap there; not measured).
     ``exact_solver="update"`` (default) solves the current selection once by network
     simplex and then gets each exact check from that optimal plan by rerouting only the
     swapped rows' mass (:class:`~recrl.coreset.emd_update.ExactState`; exact, certified,
@@ -210,8 +214,7 @@ def refine(cost: jax.Array, init: np.ndarray, *, max_iters: int = 100, cut: int 
     """
     if verify not in ("sinkhorn", "exact"):
         raise ValueError(f"verify must be 'sinkhorn' or 'exact'; got {verify!r}")
-    if exact_after is not None and exact_after < 1:
-        raise ValueError(f"exact_after must be >= 1 or None; got {exact_after}")
+    exact_after = _exact_after(exact_after)
     if exact_solver not in ("update", "pot"):
         raise ValueError(f"exact_solver must be 'update' or 'pot'; got {exact_solver!r}")
     search = _SwapSearch(cost, init, epsilon=epsilon, threshold=threshold, rel_tol=rel_tol,
@@ -226,6 +229,22 @@ def refine(cost: jax.Array, init: np.ndarray, *, max_iters: int = 100, cut: int 
         if not any(search.try_move(move, on_accept) for move in moves):
             break
     return search.sel, search.trace, search.checks
+
+
+EXACT_AFTER_CPU = 20
+EXACT_AFTER_ACCELERATOR = 100
+
+
+def _exact_after(exact_after: int | str | None) -> int | None:
+    """Resolves ``exact_after`` (``"auto"``: by the default JAX backend) and checks it."""
+    if isinstance(exact_after, str):
+        if exact_after != "auto":
+            raise ValueError(f"exact_after must be an int >= 1, None or 'auto'; "
+                             f"got {exact_after!r}")
+        return EXACT_AFTER_CPU if jax.default_backend() == "cpu" else EXACT_AFTER_ACCELERATOR
+    if exact_after is not None and exact_after < 1:
+        raise ValueError(f"exact_after must be >= 1 or None; got {exact_after}")
+    return exact_after
 
 
 def _candidate_moves(f_all: np.ndarray, sel: np.ndarray, *, cut: int, max_checks: int,
@@ -390,7 +409,7 @@ class _SwapSearch:
 def itra(cost: jax.typing.ArrayLike, n: int, *, tie_break: np.ndarray | None = None,
          max_iters: int = 100, cut: int = 10, max_checks: int = 20, epsilon: float = 0.05,
          threshold: float = 1e-3, verify: str = "sinkhorn", block: int = 1,
-         momentum: float = 1.5, exact_after: int | None = 100) -> ITRAResult:
+         momentum: float = 1.5, exact_after: int | str | None = "auto") -> ITRAResult:
     """Greedy facility-location init, then dual-guided verified swaps (see module doc;
     ``exact_after``: see :func:`refine`)."""
     t0 = time.perf_counter()

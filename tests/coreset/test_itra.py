@@ -1,11 +1,14 @@
 """ITRA: lazy greedy vs a plain loop, tie handling, dual estimates, verified swaps."""
 
+import importlib
 import math
 
 import numpy as np
 import pytest
 
 from recrl import coreset
+
+itra_module = importlib.import_module("recrl.coreset.itra")  # the module (not the function)
 
 
 def _cost(n_pool=40, n_val=16, seed=0, lam=0.1):
@@ -77,7 +80,7 @@ def test_every_accepted_swap_strictly_lowers_poo(verify, block):
     init = np.arange(8)  # a poor start so refinement has work to do
     sel, trace, checks = coreset.refine(c, init, max_iters=6, cut=6, max_checks=12,
                                         verify=verify, epsilon=0.01, threshold=1e-6,
-                                        block=block)
+                                        block=block, exact_after=None)  # Sinkhorn throughout
     assert len(trace) >= 2 and checks >= len(trace) - 1
     assert np.all(np.diff(trace) < 0)
     if verify == "exact":
@@ -153,6 +156,12 @@ def test_iteration_cap_hands_the_search_to_exact_verification():
     assert max(info["iterations"]) > 30  # so the cap of 30 did cut checks short
     with pytest.raises(ValueError, match="exact_after"):
         coreset.refine(c, init, exact_after=0)
+    with pytest.raises(ValueError, match="exact_after"):
+        coreset.refine(c, init, exact_after="sometimes")
+    # "auto" is the measured CPU cap here (the tests run on the CPU backend)
+    info = {}
+    coreset.refine(c, init, exact_after="auto", info=info, **kw)
+    assert max(info["iterations"]) <= itra_module.EXACT_AFTER_CPU == 20
 
 
 def test_dual_scores_with_a_partial_last_chunk_match_one_chunk():
@@ -191,7 +200,7 @@ def test_exact_update_search_with_degenerate_duals_lowers_pot_exact_poo():
     c, _ = _cost(n_pool=80, n_val=40, seed=9)
     c = c.astype(np.float32)
     ex, info = [coreset.poo_exact(c, np.arange(8))], {}
-    sel, trace, _ = coreset.refine(c, np.arange(8), max_iters=10, cut=6, max_checks=12,
+    _sel, trace, _ = coreset.refine(c, np.arange(8), max_iters=10, cut=6, max_checks=12,
                                    verify="exact", info=info,
                                    on_accept=lambda s: ex.append(coreset.poo_exact(c, s)))
     assert len(ex) >= 4 and np.all(np.diff(ex) < 0)
