@@ -209,8 +209,10 @@ def refine(cost: jax.Array, init: np.ndarray, *, max_iters: int = 100, cut: int 
     a full POT solve when the certificate fails); ``"pot"`` solves every check from scratch.
     ``info`` (a dict, if given) receives ``retries``, ``exact_fallbacks``, ``iterations``
     (per Sinkhorn check, including a continuation's), ``checks`` (so far, updated live)
-    and ``exact_from_check`` (the check at which exact verification took over, or
-    ``None``).
+    ``exact_from_check`` (the check at which exact verification took over, or
+    ``None``), ``exact_full_solves`` (network-simplex solves from scratch) and the seconds
+    spent so far in the dual estimate (``score_seconds``) and in checks
+    (``check_seconds``).
     """
     if verify not in ("sinkhorn", "exact"):
         raise ValueError(f"verify must be 'sinkhorn' or 'exact'; got {verify!r}")
@@ -294,7 +296,7 @@ class _SwapSearch:
                        else min(max_iterations, exact_after))
         self.stats = stats
         stats.update(retries=0, exact_fallbacks=0, iterations=[], exact_from_check=None,
-                     checks=0, exact_full_solves=0)
+                     checks=0, exact_full_solves=0, score_seconds=0.0, check_seconds=0.0)
         self.use_update, self.state = exact_solver == "update", None
         self.checks = self.done = 0
 
@@ -347,8 +349,11 @@ class _SwapSearch:
 
     def scores(self) -> np.ndarray:
         """The dual estimate ``F [N]`` of every pool row."""
+        t = time.perf_counter()
         f_all, _ = dual_scores(self.cost, jnp.asarray(self.sel), self.duals, rank=self.rank)
-        return np.asarray(f_all, np.float64)
+        f_all = np.asarray(f_all, np.float64)
+        self.stats["score_seconds"] += time.perf_counter() - t
+        return f_all
 
     def _sinkhorn_check(self, cand, pos, rows_in):
         """Entropic verification (exact when unconverged or over the iteration cap):
@@ -385,12 +390,13 @@ class _SwapSearch:
         cand[pos] = rows_in
         self.checks += 1
         self.stats["checks"] = self.checks
-        self.cand_state = None
+        self.cand_state, t = None, time.perf_counter()
         if self.mode == "exact":
             v, new_duals, self.cand_state = self.exact_check(cand, pos, rows_in)
             better, new, ok = v < self.value - self.rel_tol * abs(self.value), None, True
         else:
             better, v, new_duals, new, ok = self._sinkhorn_check(cand, pos, rows_in)
+        self.stats["check_seconds"] += time.perf_counter() - t
         if not better:
             return False
         self.res_ok = True if new is None else ok
