@@ -116,6 +116,8 @@ def main(argv=None) -> None:
                     help="also run recrl with block moves of this many disjoint swaps (0: no)")
     ap.add_argument("--momentum", type=float, default=1.5,
                     help="Sinkhorn over-relaxation in recrl's verification solves (1 = off)")
+    ap.add_argument("--verify", default="auto", choices=("auto", "sinkhorn", "exact"),
+                    help="recrl's verifier ('auto': the library default, exact on CPU)")
     ap.add_argument("--exact_after", default="auto",
                     help="Sinkhorn iterations after which recrl verifies exactly ('auto': "
                          "the library default for the backend; 'none': never)")
@@ -134,6 +136,7 @@ def main(argv=None) -> None:
                     help="print time per accepted move over windows of this many moves")
     args = ap.parse_args(argv)
 
+    import jax
     import jax.numpy as jnp
     from jax import monitoring
 
@@ -164,7 +167,7 @@ def main(argv=None) -> None:
         exact_after = int(args.exact_after)
     kw = dict(max_iters=args.swaps, cut=args.cut, max_checks=args.max_checks,
               epsilon=args.epsilon, threshold=args.threshold, momentum=args.momentum,
-              exact_after=exact_after)
+              exact_after=exact_after, verify=args.verify)
     rows, progress = [], {}  # progress[name] = [(seconds, selection) after each move]
 
     def ours(name: str, **extra) -> None:
@@ -207,10 +210,14 @@ def main(argv=None) -> None:
         rows.append((name, secs, len(trace) - 1, checks, coreset.poo_exact(cost, sel)))
         progress[name] = prog
 
+    verify = "exact" if (args.verify == "auto" and jax.default_backend() == "cpu") else (
+        "sinkhorn" if args.verify == "auto" else args.verify)
+    verifier = ("exact checks" if verify == "exact" else "Sinkhorn") + (
+        ", verify=auto" if args.verify == "auto" else "")
     if not args.skip_single:
-        ours("recrl (Sinkhorn)")
+        ours(f"recrl ({verifier})")
     if args.block > 1:
-        ours(f"recrl (Sinkhorn, block {args.block})", block=args.block)
+        ours(f"recrl ({verifier}, block {args.block})", block=args.block)
     if not args.skip_reference:
         # the reference with recrl's candidate budget, then with its own (the last row is
         # the reference that the ratios below compare with)

@@ -73,7 +73,8 @@ def test_dual_scores_maximise_the_concave_estimate():
     np.testing.assert_allclose(np.asarray(f)[sel], u / len(sel), atol=1e-5)
 
 
-@pytest.mark.parametrize(("verify", "block"), [("exact", 1), ("sinkhorn", 1),
+@pytest.mark.parametrize(("verify", "block"), [("exact", 1), ("exact", 2), ("exact", 3),
+                                               ("sinkhorn", 1),
                                                ("sinkhorn", 3)])
 def test_every_accepted_swap_strictly_lowers_poo(verify, block):
     c, _g = _cost(n_pool=40, n_val=16, seed=4)
@@ -115,7 +116,8 @@ def test_unconverged_sinkhorn_never_accepts_a_swap_that_raises_the_exact_poo():
     c, _ = _cost(n_pool=60, n_val=30, seed=6)
     init = np.arange(10)
     kw = dict(max_iters=8, cut=6, max_checks=12, epsilon=0.01, threshold=1e-6,
-              max_iterations=10, retry_iterations=10)  # 10 iterations: never converged
+              max_iterations=10, retry_iterations=10,  # 10 iterations: never converged
+              verify="sinkhorn")
 
     def exact_steps(check):
         ex, info = [coreset.poo_exact(c, init)], {}
@@ -131,7 +133,7 @@ def test_unconverged_sinkhorn_never_accepts_a_swap_that_raises_the_exact_poo():
     # converged solves need no fallback (no iteration cap)
     info = {}
     coreset.refine(c, init, max_iters=3, cut=6, max_checks=12, epsilon=0.05,
-                   threshold=1e-3, info=info, exact_after=None)
+                   threshold=1e-3, info=info, exact_after=None, verify="sinkhorn")
     assert info["exact_fallbacks"] == 0 and len(info["iterations"]) >= 3
     assert info["exact_from_check"] is None
 
@@ -139,7 +141,8 @@ def test_unconverged_sinkhorn_never_accepts_a_swap_that_raises_the_exact_poo():
 def test_iteration_cap_hands_the_search_to_exact_verification():
     c, _ = _cost(n_pool=60, n_val=30, seed=6)
     init = np.arange(10)
-    kw = dict(max_iters=8, cut=6, max_checks=12, epsilon=0.01, threshold=1e-6)
+    kw = dict(max_iters=8, cut=6, max_checks=12, epsilon=0.01, threshold=1e-6,
+              verify="sinkhorn")
     ex, info = [coreset.poo_exact(c, init)], {}
     sel, trace, checks = coreset.refine(
         c, init, exact_after=30, info=info,
@@ -162,6 +165,11 @@ def test_iteration_cap_hands_the_search_to_exact_verification():
     info = {}
     coreset.refine(c, init, exact_after="auto", info=info, **kw)
     assert max(info["iterations"]) <= itra_module.EXACT_AFTER_CPU == 20
+    # verify="auto" (the default) verifies exactly on CPU: no Sinkhorn check, one POT solve
+    info = {}
+    sel_a, trace, _ = coreset.refine(c, init, info=info, **{**kw, "verify": "auto"})
+    assert info["iterations"] == [] and info["exact_full_solves"] == 1
+    assert trace[-1] == pytest.approx(coreset.poo_exact(c, sel_a), abs=1e-12)
 
 
 def test_dual_scores_with_a_partial_last_chunk_match_one_chunk():
