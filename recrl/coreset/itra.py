@@ -15,7 +15,9 @@ r"""ITRA (Initialization-Then-Refinement) for GORACS' POO.
    Try swaps (outsider with low F in, member with high F out) in order of estimated gain,
    verify each by re-solving, accept the first strict improvement. A check that needs more
    than ``exact_after`` Sinkhorn iterations (the problem turns ill-conditioned late in
-   long searches) hands the search to exact (network simplex) verification.
+   long searches) hands the search to exact verification: one network simplex, then each
+   check updates the previous optimal plan (:mod:`recrl.coreset.emd_update`). On CPU the
+   default ``verify="auto"`` verifies exactly from the start (measured cheaper).
 """
 
 from __future__ import annotations
