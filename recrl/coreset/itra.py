@@ -214,11 +214,11 @@ def refine(cost: jax.Array, init: np.ndarray, *, max_iters: int = 100, cut: int 
     swapped rows' mass (:class:`~recrl.coreset.emd_update.ExactState`; exact, certified,
     a full POT solve when the certificate fails); ``"pot"`` solves every check from scratch.
     ``info`` (a dict, if given) receives ``retries``, ``exact_fallbacks``, ``iterations``
-    (per Sinkhorn check, including a continuation's), ``checks`` (so far, updated live)
+    (per Sinkhorn check, including a continuation's), ``checks`` (so far, updated live),
     ``exact_from_check`` (the check at which exact verification took over, 0 when it
-    verified exactly from the start, ``None`` if never), ``exact_full_solves`` (network-simplex solves from scratch) and the seconds
-    spent so far in the dual estimate (``score_seconds``) and in checks
-    (``check_seconds``).
+    verified exactly from the start, ``None`` if never), ``exact_full_solves``
+    (network-simplex solves from scratch) and the seconds spent so far in the dual
+    estimate (``score_seconds``) and in checks (``check_seconds``).
     """
     if verify not in ("auto", "sinkhorn", "exact"):
         raise ValueError(f"verify must be 'auto', 'sinkhorn' or 'exact'; got {verify!r}")
