@@ -216,3 +216,21 @@ def test_exact_update_search_with_degenerate_duals_lowers_pot_exact_poo():
     assert info["exact_full_solves"] == 1
     with pytest.raises(ValueError, match="exact_solver"):
         coreset.refine(c, np.arange(8), exact_solver="simplex")
+
+
+def test_failed_update_certificate_falls_back_to_full_solves(monkeypatch):
+    """When every updated plan fails its certificate, each check is a POT solve from
+    scratch: the same moves, trace and checks as the POT search."""
+    from recrl.coreset.emd_update import ExactState
+
+    c, _ = _cost(n_pool=60, n_val=30, seed=3)
+    c = c.astype(np.float32)
+    kw = dict(max_iters=6, cut=6, max_checks=12, verify="exact")
+    want = coreset.refine(c, np.arange(6), exact_solver="pot", **kw)
+    monkeypatch.setattr(ExactState, "swap", lambda self, pos, rows_in: None)
+    info = {}
+    got = coreset.refine(c, np.arange(6), info=info, **kw)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_allclose(got[1], want[1], rtol=0, atol=1e-12)
+    assert got[2] == want[2] and len(got[1]) >= 3
+    assert info["exact_full_solves"] == got[2] + 1  # the start + one per check
