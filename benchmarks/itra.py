@@ -205,7 +205,8 @@ def main(argv=None) -> None:
               f"{it.max()}; {info['retries']} unconverged solves continued, "
               f"{info['exact_fallbacks']} decided exactly; exact verification from check "
               f"{info['exact_from_check']} ({info['exact_full_solves']} full network-simplex "
-              "solves, every other exact check updated from the previous plan); "
+              "solves, the other exact checks updated from the previous plan; updates "
+              f"stopped at check {info['update_stopped_at_check']}); "
               f"{len(compile_events) - compiles0} compiles during the timed search")
         rows.append((name, secs, len(trace) - 1, checks, coreset.poo_exact(cost, sel)))
         progress[name] = prog

@@ -72,9 +72,13 @@ class ExactState:
         tight = np.abs(self.csel[ei, ej] - self.u[ei] - self.v[ej]) <= scale
         return bool(feasible.all() and tight.all())
 
-    def swap(self, pos: np.ndarray, rows_in: np.ndarray) -> ExactState | None:
+    def swap(self, pos: np.ndarray, rows_in: np.ndarray, *, max_searches: int | None = None
+             ) -> ExactState | None:
         """The optimal state after putting pool rows ``rows_in`` at positions ``pos``
-        (this state is unchanged); ``None`` if the result fails the certificate."""
+        (this state is unchanged); ``None`` if the result fails the certificate or needs
+        more than ``max_searches`` shortest-path searches (each moves at least one unit, so
+        at most ``len(pos) · |V|/gcd(|S|,|V|)`` are needed; where ``|S|`` does not divide
+        ``|V|`` the bottlenecks are small and a swap can take 100+ searches)."""
         pos, rows_in = np.asarray(pos, np.int64), np.asarray(rows_in, np.int64)
         sel, csel = self.sel.copy(), self.csel.copy()
         sel[pos] = rows_in
@@ -87,7 +91,11 @@ class ExactState:
         supply[pos] = self.supply
         u, v = self.u.copy(), self.v.copy()
         u[pos] = (csel[pos] - v[None, :]).min(1)
+        searches = 0
         while supply.any():
+            searches += 1
+            if max_searches is not None and searches > max_searches:
+                return None
             _augment(csel, u, v, flow, supply, deficit)
         new = ExactState(self.cost, sel, csel, (flow.ei, flow.ej, flow.amt), u, v,
                          tol=self.tol)

@@ -217,8 +217,11 @@ def refine(cost: jax.Array, init: np.ndarray, *, max_iters: int = 100, cut: int 
     (per Sinkhorn check, including a continuation's), ``checks`` (so far, updated live),
     ``exact_from_check`` (the check at which exact verification took over, 0 when it
     verified exactly from the start, ``None`` if never), ``exact_full_solves``
-    (network-simplex solves from scratch) and the seconds spent so far in the dual
-    estimate (``score_seconds``) and in checks (``check_seconds``).
+    (network-simplex solves from scratch), ``update_stopped_at_check`` (the check whose
+    update needed more than ``SEARCHES_PER_ROW`` shortest-path searches per swapped row or
+    failed its certificate, after which every exact check is a full solve; ``None``) and
+    the seconds spent so far in the dual estimate (``score_seconds``) and in checks
+    (``check_seconds``).
     """
     if verify not in ("auto", "sinkhorn", "exact"):
         raise ValueError(f"verify must be 'auto', 'sinkhorn' or 'exact'; got {verify!r}")
@@ -243,6 +246,8 @@ def refine(cost: jax.Array, init: np.ndarray, *, max_iters: int = 100, cut: int 
 
 UPDATE_MAX_ROWS = 2  # larger moves: one network simplex from scratch (each swapped row
 # costs ~5 shortest-path searches at 1000 x 5000, a full solve ~10-20)
+SEARCHES_PER_ROW = 16  # an update needing more (e.g. |S| = 1024, |V| = 5000: 34-123
+# searches) is abandoned and the search solves from scratch from then on
 EXACT_AFTER_CPU = 20
 EXACT_AFTER_ACCELERATOR = 100
 
@@ -306,7 +311,8 @@ class _SwapSearch:
                        else min(max_iterations, exact_after))
         self.stats = stats
         stats.update(retries=0, exact_fallbacks=0, iterations=[], exact_from_check=None,
-                     checks=0, exact_full_solves=0, score_seconds=0.0, check_seconds=0.0)
+                     checks=0, exact_full_solves=0, score_seconds=0.0, check_seconds=0.0,
+                     update_stopped_at_check=None)
         self.use_update, self.state = exact_solver == "update", None
         self.checks = self.done = 0
 
@@ -336,11 +342,14 @@ class _SwapSearch:
     def exact_check(self, cand: np.ndarray, pos, rows_in):
         """Exact POO and row duals of ``cand`` (= the current selection with ``rows_in`` at
         ``pos``), and the candidate's :class:`ExactState` (``None``: solved by POT)."""
-        if (self.state is not None and len(pos) <= UPDATE_MAX_ROWS
+        if (self.use_update and self.state is not None and len(pos) <= UPDATE_MAX_ROWS
                 and np.array_equal(self.state.sel, self.sel)):
-            new = self.state.swap(pos, rows_in)
+            new = self.state.swap(pos, rows_in, max_searches=SEARCHES_PER_ROW * len(pos))
             if new is not None:
                 return new.value, jnp.asarray(new.u, jnp.float32), new
+            # over the search budget or uncertified: full solves for the rest of the search
+            self.use_update, self.state = False, None
+            self.stats["update_stopped_at_check"] = self.checks
         cur_state = self.state
         v, duals = self.exact(cand)
         new, self.state = self.state, cur_state

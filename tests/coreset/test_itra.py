@@ -227,10 +227,24 @@ def test_failed_update_certificate_falls_back_to_full_solves(monkeypatch):
     c = c.astype(np.float32)
     kw = dict(max_iters=6, cut=6, max_checks=12, verify="exact")
     want = coreset.refine(c, np.arange(6), exact_solver="pot", **kw)
-    monkeypatch.setattr(ExactState, "swap", lambda self, pos, rows_in: None)
+    monkeypatch.setattr(ExactState, "swap", lambda self, pos, rows_in, **_: None)
     info = {}
     got = coreset.refine(c, np.arange(6), info=info, **kw)
     np.testing.assert_array_equal(got[0], want[0])
     np.testing.assert_allclose(got[1], want[1], rtol=0, atol=1e-12)
     assert got[2] == want[2] and len(got[1]) >= 3
     assert info["exact_full_solves"] == got[2] + 1  # the start + one per check
+
+
+def test_an_update_over_budget_hands_the_search_to_full_solves(monkeypatch):
+    monkeypatch.setattr(itra_module, "SEARCHES_PER_ROW", 1)  # every update is over budget
+    c, _ = _cost(n_pool=60, n_val=31, seed=0)
+    c = c.astype(np.float32)
+    kw = dict(max_iters=6, cut=6, max_checks=12, verify="exact")
+    info = {}
+    got = coreset.refine(c, np.arange(7), info=info, **kw)
+    want = coreset.refine(c, np.arange(7), exact_solver="pot", **kw)
+    assert info["update_stopped_at_check"] == 1
+    assert info["exact_full_solves"] == got[2] + 1
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_allclose(got[1], want[1], rtol=0, atol=1e-12)

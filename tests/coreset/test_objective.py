@@ -187,3 +187,14 @@ def test_exact_update_certificate_rejects_wrong_duals():
     assert not state.certified()
     state.u[2] -= 2e-3
     assert not state.certified()
+
+
+def test_exact_update_over_its_search_budget_returns_none():
+    from recrl.coreset.emd_update import ExactState
+
+    c = np.random.default_rng(3).random((30, 31)).astype(np.float32)  # 7 x 31: 31 units/row
+    state = ExactState.solve(c, np.arange(7))
+    assert state.swap([2], [20], max_searches=1) is None
+    full = state.swap([2], [20])
+    assert full is not None and full.value == pytest.approx(
+        coreset.poo_exact(c, full.sel), abs=1e-12)
