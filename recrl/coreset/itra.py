@@ -16,7 +16,7 @@ r"""ITRA (Initialization-Then-Refinement) for GORACS' POO.
    verify each by re-solving, accept the first strict improvement. A check that needs more
    than ``exact_after`` Sinkhorn iterations (the problem turns ill-conditioned late in
    long searches) hands the search to exact verification: one network simplex, then each
-   check updates the previous optimal plan (:mod:`recrl.coreset.emd_update`). On CPU the
+   check updates the previous optimal plan (``recrl.coreset.emd_update``). On CPU the
    default ``verify="auto"`` verifies exactly from the start (measured cheaper).
 """
 
@@ -207,13 +207,13 @@ def refine(cost: jax.Array, init: np.ndarray, *, max_iters: int = 100, cut: int 
     Sinkhorn iterations (continuation included); a check that needs more is decided
     exactly and the search continues with exact verification (network simplex, whose cost
     does not grow), so the time per accepted move stays flat. ``None`` = no cap;
-    ``"auto"`` = :data:`EXACT_AFTER_CPU` on the CPU backend (where an updated exact check
+    ``"auto"`` = ``EXACT_AFTER_CPU`` (20) on the CPU backend (where an updated exact check
     costs about as much as 15-25 warm Sinkhorn iterations, measured at 1000 x 5000, so
-    longer Sinkhorn checks are the slower verifier), :data:`EXACT_AFTER_ACCELERATOR`
+    longer Sinkhorn checks are the slower verifier), ``EXACT_AFTER_ACCELERATOR`` (100)
     elsewhere (iterations are cheap there; not measured).
     ``exact_solver="update"`` (default) solves the current selection once by network
     simplex and then gets each exact check from that optimal plan by rerouting only the
-    swapped rows' mass (:class:`~recrl.coreset.emd_update.ExactState`; exact, certified,
+    swapped rows' mass (``recrl.coreset.emd_update.ExactState``; exact, certified,
     a full POT solve when the certificate fails); ``"pot"`` solves every check from scratch.
     ``info`` (a dict, if given) receives ``retries``, ``exact_fallbacks``, ``iterations``
     (per Sinkhorn check, including a continuation's), ``checks`` (so far, updated live),
