@@ -68,6 +68,15 @@ def _metrics_jit(graphdef: nnx.GraphDef, state: Any, history: jax.Array, target:
     return _metric_arrays((graphdef, state), history, target, path, lengths, genres, num_items)
 
 
+def _put_rows(mesh: Any, *arrays: np.ndarray) -> tuple[jax.Array, ...]:
+    """Global arrays of ``arrays`` split over ``mesh``, padded with copies of the first row
+    to a multiple of the devices (each process builds only its rows)."""
+    n = len(arrays[0])
+    idx = np.pad(np.arange(n), (0, -n % mesh.shape[parallel.DATA_AXIS]))
+    return parallel.global_rows(lambda r: tuple(np.asarray(x)[idx[r]] for x in arrays),
+                                len(idx), mesh)
+
+
 class _Evaluator:
     """Decodes and scores one batch of prompts: on one device, or split over ``mesh`` (the
     batch padded with copies of its first prompt to a multiple of the devices, each process
@@ -92,10 +101,7 @@ class _Evaluator:
     def _put(self, history: np.ndarray, target: np.ndarray) -> tuple[jax.Array, jax.Array]:
         if self.mesh is None:
             return jnp.asarray(history), jnp.asarray(target)
-        n = len(target)
-        idx = np.pad(np.arange(n), (0, -n % self.mesh.shape[parallel.DATA_AXIS]))
-        return parallel.global_rows(lambda r: (history[idx[r]], target[idx[r]]), len(idx),
-                                    self.mesh)
+        return _put_rows(self.mesh, history, target)
 
     def _host(self, x: Any) -> Any:
         return np.asarray(x) if self.mesh is None else parallel.to_host(x)
@@ -259,18 +265,19 @@ def _extend_paths(sim: Any, history: jax.Array, target: jax.Array, max_len: int,
 def _heuristic_paths(sim: Any, history: np.ndarray, target: np.ndarray, max_len: int,
                      pick: Callable[..., jax.Array], top_k: int, mesh: Any = None
                      ) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`_extend_paths` of every prompt: on one device, or the prompts split over
-    ``mesh`` (each device extends its own; a count that does not divide is padded and the
-    padding dropped), every process getting all the paths."""
-    history = np.asarray(history)
+    """:func:`_extend_paths` of every prompt: eager on one device, or jitted with the
+    prompts split over ``mesh`` (padded to a multiple of the devices, the padding dropped),
+    every process getting all the paths."""
+    history, n = np.asarray(history), len(target)
     if mesh is None:
         path, lengths = _extend_paths(sim, jnp.asarray(history), jnp.asarray(target), max_len,
                                       pick, top_k)
     else:
         graphdef, state = sim if isinstance(sim, tuple) else nnx.split(sim)
-        fn = lambda st, h, t: _extend_paths((graphdef, st), h, t, max_len, pick, top_k)
-        path, lengths = parallel.map_rows(fn, state, (history, np.asarray(target)),
-                                          len(target), mesh)
+        fn = jax.jit(lambda st, h, t: _extend_paths((graphdef, st), h, t, max_len, pick,
+                                                    top_k))
+        out = fn(parallel.on_mesh(state, mesh), *_put_rows(mesh, history, target))
+        path, lengths = (x[:n] for x in parallel.to_host(out))
     return np.asarray(path).astype(history.dtype), np.asarray(lengths)
 
 
@@ -303,22 +310,17 @@ def greedy_sequential_paths(sim: Any, history: np.ndarray, target: np.ndarray,
     return _heuristic_paths(sim, history, target, max_len, pick, top_k, mesh)
 
 
-@functools.cache
-def _path_metrics_fn(graphdef: nnx.GraphDef, num_items: int) -> Callable[..., dict]:
-    """The per-row metric function :func:`evaluate_paths` maps over the mesh, one object per
-    (simulator, catalogue) so it is compiled once."""
-    return lambda c, h, t, p, ln: _metric_arrays((graphdef, c[0]), h, t, p, ln, c[1],
-                                                 num_items)
-
-
 def evaluate_paths(sims: dict[str, Any], history: np.ndarray, target: np.ndarray,
                    path: np.ndarray, lengths: np.ndarray, genres: np.ndarray,
                    num_items: int, per_prompt: bool = False, mesh: Any = None
                    ) -> dict[str, float] | tuple[dict, dict]:
     """Mean metrics of fixed paths (e.g. a heuristic's) for each simulator (and, with
     ``per_prompt``, every prompt's values). With ``mesh`` the prompts are split over its
-    devices (:func:`recrl.parallel.map_rows`; padded, the padding dropped)."""
-    values = {}
+    devices (padded to a multiple of the devices, the padding dropped)."""
+    values, n = {}, len(target)
+    if mesh is not None:
+        rows, genres_in = _put_rows(mesh, history, target, path, lengths), parallel.replicate(
+            np.asarray(genres), mesh)
     for name, sim in sims.items():
         if mesh is None:
             m = score_generated(sim, jnp.asarray(history), jnp.asarray(target),
@@ -326,10 +328,8 @@ def evaluate_paths(sims: dict[str, Any], history: np.ndarray, target: np.ndarray
                                 num_items)
         else:
             graphdef, state = sim if isinstance(sim, tuple) else nnx.split(sim)
-            m = parallel.map_rows(_path_metrics_fn(graphdef, num_items),
-                                  (state, np.asarray(genres)),
-                                  tuple(map(np.asarray, (history, target, path, lengths))),
-                                  len(target), mesh)
+            m = {k: v[:n] for k, v in parallel.to_host(_metrics_jit(
+                graphdef, parallel.on_mesh(state, mesh), *rows, genres_in, num_items)).items()}
         values.update({f"{name}/{k}@1": v for k, v in m.items()})
     means = {k: float(np.mean(v)) for k, v in values.items()}
     return (means, values) if per_prompt else means

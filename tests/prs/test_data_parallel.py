@@ -120,8 +120,13 @@ def test_evaluation_on_4_devices_equals_one_device():
 
 def test_heuristic_baselines_on_4_devices_equal_one_device():
     """IPG and greedy-sequential paths of 6 prompts (padded to 8 on the mesh) and their
-    scores (``evaluate_paths``): the same paths and per-prompt metrics as one device."""
-    sims = _sims()
+    scores (``evaluate_paths``) under SASRec and GRU4Rec (a recurrent scan): the same paths
+    and per-prompt metrics as one device."""
+    from recrl.prs import simulator
+
+    sims = {**_sims(), "gru4rec": simulator.build_simulator(simulator.SimConfig(
+        kind="gru4rec", num_items=N_ITEMS, dim=8, max_len=12, dropout=0.0, gru_hidden=8),
+        seed=2)}
     prompts = _paths(6, 8)
     h, t = prompts.history, prompts.target
     genres = (np.random.default_rng(9).random((N_ITEMS, 64)) < 0.2).astype(np.float32)
@@ -138,7 +143,7 @@ def test_heuristic_baselines_on_4_devices_equal_one_device():
         want = ev.evaluate_paths(sims, h, t, path, lengths, genres, N_ITEMS, per_prompt=True)
         got = ev.evaluate_paths(sims, h, t, path, lengths, genres, N_ITEMS, per_prompt=True,
                                 mesh=mesh)
-        assert set(got[1]) == set(want[1]) and "sasrec/ioi@1" in want[1]
+        assert set(got[1]) == set(want[1]) and {"sasrec/ioi@1", "gru4rec/ioi@1"} <= set(want[1])
         for name in want[1]:
             assert got[1][name].shape == (6,), name
             np.testing.assert_allclose(got[1][name], want[1][name], rtol=1e-5, atol=1e-6,
@@ -146,8 +151,6 @@ def test_heuristic_baselines_on_4_devices_equal_one_device():
             assert got[0][name] == pytest.approx(want[0][name], rel=1e-5, abs=1e-6)
     # greedy sequential's first item, by hand: of the simulator's top 6 unseen items after
     # the history, the one whose embedding is closest (dot product) to the target's
-    from recrl.prs import simulator
-
     sim = sims["sasrec"]
     logits = np.array(simulator.next_item_logits(sim, h, np.full(6, h.shape[1])))
     emb = np.asarray(sim.item_embeddings())
