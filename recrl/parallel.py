@@ -99,14 +99,17 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
 
 
 def on_mesh(tree: Any, mesh: Mesh) -> Any:
-    """``tree`` replicated on ``mesh``: as it is when every leaf already is (parameters a
-    data-parallel step returned; no copy), else :func:`replicate` (a host copy per leaf)."""
+    """``tree`` replicated on ``mesh``: leaves already replicated there (parameters a
+    data-parallel step returned) as they are, without a copy; the others through
+    :func:`replicate` (a host copy each)."""
     sharding = replicated(mesh)
-    leaves = jax.tree.leaves(tree)
-    if all(isinstance(x, jax.Array) and x.sharding.is_equivalent_to(sharding, x.ndim)
-           for x in leaves):
-        return tree
-    return replicate(tree, mesh)
+
+    def put(x):
+        if isinstance(x, jax.Array) and x.sharding.is_equivalent_to(sharding, x.ndim):
+            return x
+        return replicate(x, mesh)
+
+    return jax.tree.map(put, tree)
 
 
 def shard_batch(tree: Any, mesh: Mesh, axis_name: str = DATA_AXIS) -> Any:

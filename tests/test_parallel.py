@@ -320,7 +320,10 @@ def test_rlvr_evaluation_on_the_mesh_equals_one_device():
     problems = tasks.make_splits(5, 0, 0, 0, seed=3).train
     mesh = parallel.data_mesh(N_DEV)
     placed = parallel.replicate(params, mesh)
-    assert parallel.on_mesh(placed, mesh) is placed
+    again, extra = parallel.on_mesh((placed, np.zeros(3)), mesh)  # no copy of placed leaves
+    assert all(a is b for a, b in zip(jax.tree.leaves(again), jax.tree.leaves(placed),
+                                      strict=True))
+    assert extra.sharding.is_equivalent_to(parallel.replicated(mesh), 1)
     ids = [tasks.encode_prompt(tok, p.question) for p in problems]
     pt, pm = models.pad_batch(ids, pad_id=tok.pad_id, side="left", length=32)
     key = jax.random.key(7)

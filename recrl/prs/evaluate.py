@@ -244,7 +244,7 @@ def cluster_bootstrap(values: np.ndarray, clusters: np.ndarray, *, n_boot: int =
 def _extend_paths(sim: Any, history: jax.Array, target: jax.Array, max_len: int,
                   pick: Callable[..., jax.Array], top_k: int) -> tuple[jax.Array, jax.Array]:
     """Shared loop of the heuristic baselines: extend every path by one candidate per step
-    (eager on one device, or traced inside :func:`recrl.parallel.map_rows`)."""
+    (eager on one device, or traced under ``jit`` with the rows split over a mesh)."""
     model = sim if not isinstance(sim, tuple) else nnx.merge(*sim)
     emb = model.item_embeddings()
     b, h = history.shape
@@ -319,8 +319,8 @@ def evaluate_paths(sims: dict[str, Any], history: np.ndarray, target: np.ndarray
     devices (padded to a multiple of the devices, the padding dropped)."""
     values, n = {}, len(target)
     if mesh is not None:
-        rows, genres_in = _put_rows(mesh, history, target, path, lengths), parallel.replicate(
-            np.asarray(genres), mesh)
+        rows = _put_rows(mesh, history, target, path, lengths)
+        genres_in = parallel.replicate(np.asarray(genres), mesh)
     for name, sim in sims.items():
         if mesh is None:
             m = score_generated(sim, jnp.asarray(history), jnp.asarray(target),

@@ -137,13 +137,12 @@ def bare_logp(graphdef: nnx.GraphDef, params, probes: ProbeSet, mesh=None) -> ja
 
 
 def demo_logp(graphdef: nnx.GraphDef, params, demos: np.ndarray, demo_mask: np.ndarray,
-                    probes: ProbeSet, mesh=None) -> jax.Array:
+              probes: ProbeSet, mesh=None) -> jax.Array:
     r""":func:`probe_logp_with_demos`, the ``B`` demos split over ``mesh``'s devices when
     given (every device scores its demos against all ``E`` probes)."""
-    probes = ProbeSet(*map(jnp.asarray, probes))
     if mesh is None:
         return probe_logp_with_demos(graphdef, params, jnp.asarray(demos),
-                                     jnp.asarray(demo_mask), probes)
+                                     jnp.asarray(demo_mask), ProbeSet(*map(jnp.asarray, probes)))
     return jnp.asarray(parallel.map_rows(_row_fns(graphdef)[1], (params, probes),
                                          (demos, demo_mask), len(demos), mesh))
 
