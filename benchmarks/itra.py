@@ -86,16 +86,18 @@ def reference_refine(cost: np.ndarray, init: np.ndarray, *, max_iters: int, cut:
 
 def progress_row(prog: list, marks: list, lo: int, hi: int) -> str:
     """One row of the per-window table: moves ``lo..hi`` (0-based, inclusive)."""
-    t0, (c0, it0, comp0) = (prog[lo - 1][0], marks[lo - 1]) if lo else (0.0, (0, 0, 0))
-    t, (c, it, comp) = prog[hi][0], marks[hi]
+    t0, (c0, it0, comp0, sc0, ch0) = (prog[lo - 1][0], marks[lo - 1]) if lo else (
+        0.0, (0, 0, 0, 0.0, 0.0))
+    t, (c, it, comp, sc, ch) = prog[hi][0], marks[hi]
     dm, dc, dit = hi + 1 - lo, c - c0, it - it0
-    per_it = f"{1e3 * (t - t0) / dit:.1f}" if dit else "- (exact checks)"
-    return (f"| {lo + 1}-{hi + 1} | {(t - t0) / dm:.2f} | {dc / dm:.1f} | "
-            f"{dit / max(dc, 1):.0f} | {per_it} | {comp - comp0} |")
+    per_it = f"{1e3 * (ch - ch0) / dit:.1f}" if dit else "- (exact checks)"
+    return (f"| {lo + 1}-{hi + 1} | {(t - t0) / dm:.2f} | {(sc - sc0) / dm:.2f} | "
+            f"{(ch - ch0) / dm:.2f} | {dc / dm:.1f} | {dit / max(dc, 1):.0f} | {per_it} | "
+            f"{comp - comp0} |")
 
 
-TABLE_HEAD = ("| moves | s/move | checks/move | iterations/check | ms/iteration | compiles |\n"
-              "|---|---|---|---|---|---|")
+TABLE_HEAD = ("| moves | s/move | dual estimate s/move | checks s/move | checks/move | "
+              "iterations/check | ms/iteration | compiles |\n|---|---|---|---|---|---|---|---|")
 
 
 def main(argv=None) -> None:
@@ -114,6 +116,11 @@ def main(argv=None) -> None:
                     help="also run recrl with block moves of this many disjoint swaps (0: no)")
     ap.add_argument("--momentum", type=float, default=1.5,
                     help="Sinkhorn over-relaxation in recrl's verification solves (1 = off)")
+    ap.add_argument("--verify", default="auto", choices=("auto", "sinkhorn", "exact"),
+                    help="recrl's verifier ('auto': the library default, exact on CPU)")
+    ap.add_argument("--exact_after", default="auto",
+                    help="Sinkhorn iterations after which recrl verifies exactly ('auto': "
+                         "the library default for the backend; 'none': never)")
     ap.add_argument("--probe", type=int, default=5,
                     help="exact POO of recrl's selection every this many moves (untimed)")
     ap.add_argument("--ref_cut", type=int, default=30,
@@ -129,6 +136,7 @@ def main(argv=None) -> None:
                     help="print time per accepted move over windows of this many moves")
     args = ap.parse_args(argv)
 
+    import jax
     import jax.numpy as jnp
     from jax import monitoring
 
@@ -154,27 +162,37 @@ def main(argv=None) -> None:
           f" exact POO(init) = {exact_init:.6f}")
 
     cost_j = jnp.asarray(cost)
+    exact_after = {"auto": "auto", "none": None}.get(args.exact_after.lower(), None)
+    if args.exact_after.lower() not in ("auto", "none"):
+        exact_after = int(args.exact_after)
     kw = dict(max_iters=args.swaps, cut=args.cut, max_checks=args.max_checks,
-              epsilon=args.epsilon, threshold=args.threshold, momentum=args.momentum)
+              epsilon=args.epsilon, threshold=args.threshold, momentum=args.momentum,
+              exact_after=exact_after, verify=args.verify)
     rows, progress = [], {}  # progress[name] = [(seconds, selection) after each move]
 
     def ours(name: str, **extra) -> None:
-        coreset.refine(cost_j, init, **{**kw, **extra, "max_iters": 2})  # compile (untimed)
+        # compile (untimed) the Sinkhorn path and the exact path's (the dual estimate from
+        # exact duals), so the window where the search switches to exact carries no compile
+        coreset.refine(cost_j, init, **{**kw, **extra, "max_iters": 2})
+        coreset.refine(cost_j, init, **{**kw, **extra, "max_iters": 1, "verify": "exact"})
         prog: list[tuple[float, np.ndarray]] = []
-        marks: list[tuple[int, int, int]] = []  # per move: (checks, iterations, compiles)
+        # per move: (checks, iterations, compiles, dual-estimate seconds, check seconds)
+        marks: list[tuple[int, int, int, float, float]] = []
         info: dict = {}
         compiles0 = len(compile_events)
 
         def on_accept(s: np.ndarray) -> None:  # prints each window as it completes
             prog.append((time.perf_counter() - t0, s.copy()))
             marks.append((info["checks"], int(sum(info["iterations"])),
-                          len(compile_events) - compiles0))
+                          len(compile_events) - compiles0, info["score_seconds"],
+                          info["check_seconds"]))
             if len(prog) % args.window == 0:
                 print(progress_row(prog, marks, len(prog) - args.window, len(prog) - 1))
 
         print(f"{name}: time per accepted move, by windows of {args.window} moves "
-              "(iterations/check: Sinkhorn iterations over all the window's checks, 0 once "
-              "exact verification took over; ms/iteration: the window's time over them)")
+              "(the rest of s/move: the start's solves and bookkeeping; iterations/check: "
+              "Sinkhorn iterations over all the window's checks, 0 once exact verification "
+              "took over; ms/iteration: the window's check time over them)")
         print(TABLE_HEAD)
         t0 = time.perf_counter()
         sel, trace, checks = coreset.refine(cost_j, init, **kw, **extra, info=info,
@@ -186,15 +204,21 @@ def main(argv=None) -> None:
         print(f"{name}: Sinkhorn iterations per check: median {np.median(it):.0f}, max "
               f"{it.max()}; {info['retries']} unconverged solves continued, "
               f"{info['exact_fallbacks']} decided exactly; exact verification from check "
-              f"{info['exact_from_check']}; "
+              f"{info['exact_from_check']} ({info['exact_full_solves']} full network-simplex "
+              "solves, the other exact checks updated from the previous plan; updates "
+              f"stopped at check {info['update_stopped_at_check']}); "
               f"{len(compile_events) - compiles0} compiles during the timed search")
         rows.append((name, secs, len(trace) - 1, checks, coreset.poo_exact(cost, sel)))
         progress[name] = prog
 
+    verify = "exact" if (args.verify == "auto" and jax.default_backend() == "cpu") else (
+        "sinkhorn" if args.verify == "auto" else args.verify)
+    verifier = ("exact checks" if verify == "exact" else "Sinkhorn") + (
+        ", verify=auto" if args.verify == "auto" else "")
     if not args.skip_single:
-        ours("recrl (Sinkhorn)")
+        ours(f"recrl ({verifier})")
     if args.block > 1:
-        ours(f"recrl (Sinkhorn, block {args.block})", block=args.block)
+        ours(f"recrl ({verifier}, block {args.block})", block=args.block)
     if not args.skip_reference:
         # the reference with recrl's candidate budget, then with its own (the last row is
         # the reference that the ratios below compare with)

@@ -199,11 +199,7 @@ def poo_exact(cost: np.ndarray, subset: np.ndarray | None = None, *,
       ImportError: POT is not installed (``pip install 'recrl[goracs]'``); it serves only as the
         exact reference, selection itself runs on ott-jax.
     """
-    try:
-        import ot
-    except ImportError as e:
-        raise missing("recrl.coreset.poo_exact", "goracs", e) from e
-
+    ot = _pot("recrl.coreset.poo_exact")
     # subset first: converting the whole pool's cost to float64 would double its memory
     c = np.asarray(cost) if subset is None else np.asarray(cost)[np.asarray(subset)]
     c = np.asarray(c, np.float64)
@@ -213,6 +209,25 @@ def poo_exact(cost: np.ndarray, subset: np.ndarray | None = None, *,
         return float(ot.emd2(a, b, c, numItermax=num_itermax))
     _plan, log = ot.emd(a, b, c, numItermax=num_itermax, log=True)
     return float(log["cost"]), np.asarray(log["u"]), np.asarray(log["v"])
+
+
+def _pot(name: str):
+    try:
+        import ot
+    except ImportError as e:
+        raise missing(name, "goracs", e) from e
+    return ot
+
+
+def emd_plan(c: np.ndarray, *, num_itermax: int = 10_000_000):
+    """Exact optimal plan of ``c [n, m]`` with uniform masses (POT network simplex, float64):
+    ``(plan [n, m], u [n], v [m])``."""
+    ot = _pot("recrl.coreset.emd_plan")
+    c = np.asarray(c, np.float64)
+    n, m = c.shape
+    plan, log = ot.emd(np.full(n, 1.0 / n), np.full(m, 1.0 / m), c, numItermax=num_itermax,
+                       log=True)
+    return np.asarray(plan), np.asarray(log["u"]), np.asarray(log["v"])
 
 
 def semi_relaxed(cost: np.ndarray, subset: np.ndarray) -> float:

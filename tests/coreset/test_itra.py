@@ -1,11 +1,14 @@
 """ITRA: lazy greedy vs a plain loop, tie handling, dual estimates, verified swaps."""
 
+import importlib
 import math
 
 import numpy as np
 import pytest
 
 from recrl import coreset
+
+itra_module = importlib.import_module("recrl.coreset.itra")  # the module (not the function)
 
 
 def _cost(n_pool=40, n_val=16, seed=0, lam=0.1):
@@ -70,14 +73,15 @@ def test_dual_scores_maximise_the_concave_estimate():
     np.testing.assert_allclose(np.asarray(f)[sel], u / len(sel), atol=1e-5)
 
 
-@pytest.mark.parametrize(("verify", "block"), [("exact", 1), ("sinkhorn", 1),
+@pytest.mark.parametrize(("verify", "block"), [("exact", 1), ("exact", 2), ("exact", 3),
+                                               ("sinkhorn", 1),
                                                ("sinkhorn", 3)])
 def test_every_accepted_swap_strictly_lowers_poo(verify, block):
     c, _g = _cost(n_pool=40, n_val=16, seed=4)
     init = np.arange(8)  # a poor start so refinement has work to do
     sel, trace, checks = coreset.refine(c, init, max_iters=6, cut=6, max_checks=12,
                                         verify=verify, epsilon=0.01, threshold=1e-6,
-                                        block=block)
+                                        block=block, exact_after=None)  # Sinkhorn throughout
     assert len(trace) >= 2 and checks >= len(trace) - 1
     assert np.all(np.diff(trace) < 0)
     if verify == "exact":
@@ -112,7 +116,8 @@ def test_unconverged_sinkhorn_never_accepts_a_swap_that_raises_the_exact_poo():
     c, _ = _cost(n_pool=60, n_val=30, seed=6)
     init = np.arange(10)
     kw = dict(max_iters=8, cut=6, max_checks=12, epsilon=0.01, threshold=1e-6,
-              max_iterations=10, retry_iterations=10)  # 10 iterations: never converged
+              max_iterations=10, retry_iterations=10,  # 10 iterations: never converged
+              verify="sinkhorn")
 
     def exact_steps(check):
         ex, info = [coreset.poo_exact(c, init)], {}
@@ -128,7 +133,7 @@ def test_unconverged_sinkhorn_never_accepts_a_swap_that_raises_the_exact_poo():
     # converged solves need no fallback (no iteration cap)
     info = {}
     coreset.refine(c, init, max_iters=3, cut=6, max_checks=12, epsilon=0.05,
-                   threshold=1e-3, info=info, exact_after=None)
+                   threshold=1e-3, info=info, exact_after=None, verify="sinkhorn")
     assert info["exact_fallbacks"] == 0 and len(info["iterations"]) >= 3
     assert info["exact_from_check"] is None
 
@@ -136,7 +141,8 @@ def test_unconverged_sinkhorn_never_accepts_a_swap_that_raises_the_exact_poo():
 def test_iteration_cap_hands_the_search_to_exact_verification():
     c, _ = _cost(n_pool=60, n_val=30, seed=6)
     init = np.arange(10)
-    kw = dict(max_iters=8, cut=6, max_checks=12, epsilon=0.01, threshold=1e-6)
+    kw = dict(max_iters=8, cut=6, max_checks=12, epsilon=0.01, threshold=1e-6,
+              verify="sinkhorn")
     ex, info = [coreset.poo_exact(c, init)], {}
     sel, trace, checks = coreset.refine(
         c, init, exact_after=30, info=info,
@@ -153,6 +159,17 @@ def test_iteration_cap_hands_the_search_to_exact_verification():
     assert max(info["iterations"]) > 30  # so the cap of 30 did cut checks short
     with pytest.raises(ValueError, match="exact_after"):
         coreset.refine(c, init, exact_after=0)
+    with pytest.raises(ValueError, match="exact_after"):
+        coreset.refine(c, init, exact_after="sometimes")
+    # "auto" is the measured CPU cap here (the tests run on the CPU backend)
+    info = {}
+    coreset.refine(c, init, exact_after="auto", info=info, **kw)
+    assert max(info["iterations"]) <= itra_module.EXACT_AFTER_CPU == 20
+    # verify="auto" (the default) verifies exactly on CPU: no Sinkhorn check, one POT solve
+    info = {}
+    sel_a, trace, _ = coreset.refine(c, init, info=info, **{**kw, "verify": "auto"})
+    assert info["iterations"] == [] and info["exact_full_solves"] == 1
+    assert trace[-1] == pytest.approx(coreset.poo_exact(c, sel_a), abs=1e-12)
 
 
 def test_dual_scores_with_a_partial_last_chunk_match_one_chunk():
@@ -164,3 +181,70 @@ def test_dual_scores_with_a_partial_last_chunk_match_one_chunk():
     parts = coreset.dual_scores(c, sel, u, rank=3, chunk=8)  # 6 chunks, the last overlaps
     for w, p in zip(whole, parts, strict=True):
         np.testing.assert_allclose(np.asarray(p), np.asarray(w), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(("n_val", "n", "seed"), [(31, 7, 0), (31, 7, 1), (45, 8, 2)])
+def test_exact_update_search_equals_the_pot_search(n_val, n, seed):
+    """Exact verification by updated plans accepts the same moves as POT solves from
+    scratch where the exact duals are unique (|S|, |V| coprime here), and always gives
+    the POT exact value of each accepted selection."""
+    c, _ = _cost(n_pool=60, n_val=n_val, seed=seed)
+    c = c.astype(np.float32)
+    kw = dict(max_iters=12, cut=6, max_checks=12, verify="exact")
+    got, info = [], {}
+    sel, trace, checks = coreset.refine(c, np.arange(n), exact_solver="update", info=info,
+                                        on_accept=lambda s: got.append(s.copy()), **kw)
+    sel_p, trace_p, checks_p = coreset.refine(c, np.arange(n), exact_solver="pot", **kw)
+    assert info["exact_full_solves"] == 1 and len(trace) >= 4  # one POT solve, then updates
+    np.testing.assert_array_equal(sel, sel_p)
+    np.testing.assert_allclose(trace, trace_p, rtol=0, atol=1e-12)
+    assert checks == checks_p
+    np.testing.assert_allclose(trace[1:], [coreset.poo_exact(c, s) for s in got], atol=1e-12)
+
+
+def test_exact_update_search_with_degenerate_duals_lowers_pot_exact_poo():
+    """|S| divides |V| (a degenerate problem: many optimal duals, so the candidates may
+    differ from the POT search's): every accepted move still lowers POT's exact POO."""
+    c, _ = _cost(n_pool=80, n_val=40, seed=9)
+    c = c.astype(np.float32)
+    ex, info = [coreset.poo_exact(c, np.arange(8))], {}
+    _sel, trace, _ = coreset.refine(c, np.arange(8), max_iters=10, cut=6, max_checks=12,
+                                   verify="exact", info=info,
+                                   on_accept=lambda s: ex.append(coreset.poo_exact(c, s)))
+    assert len(ex) >= 4 and np.all(np.diff(ex) < 0)
+    np.testing.assert_allclose(trace, ex, rtol=0, atol=1e-12)
+    assert info["exact_full_solves"] == 1
+    with pytest.raises(ValueError, match="exact_solver"):
+        coreset.refine(c, np.arange(8), exact_solver="simplex")
+
+
+def test_failed_update_certificate_falls_back_to_full_solves(monkeypatch):
+    """When every updated plan fails its certificate, each check is a POT solve from
+    scratch: the same moves, trace and checks as the POT search."""
+    from recrl.coreset.emd_update import ExactState
+
+    c, _ = _cost(n_pool=60, n_val=30, seed=3)
+    c = c.astype(np.float32)
+    kw = dict(max_iters=6, cut=6, max_checks=12, verify="exact")
+    want = coreset.refine(c, np.arange(6), exact_solver="pot", **kw)
+    monkeypatch.setattr(ExactState, "swap", lambda self, pos, rows_in, **_: None)
+    info = {}
+    got = coreset.refine(c, np.arange(6), info=info, **kw)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_allclose(got[1], want[1], rtol=0, atol=1e-12)
+    assert got[2] == want[2] and len(got[1]) >= 3
+    assert info["exact_full_solves"] == got[2] + 1  # the start + one per check
+
+
+def test_an_update_over_budget_hands_the_search_to_full_solves(monkeypatch):
+    monkeypatch.setattr(itra_module, "SEARCHES_PER_ROW", 1)  # every update is over budget
+    c, _ = _cost(n_pool=60, n_val=31, seed=0)
+    c = c.astype(np.float32)
+    kw = dict(max_iters=6, cut=6, max_checks=12, verify="exact")
+    info = {}
+    got = coreset.refine(c, np.arange(7), info=info, **kw)
+    want = coreset.refine(c, np.arange(7), exact_solver="pot", **kw)
+    assert info["update_stopped_at_check"] == 1
+    assert info["exact_full_solves"] == got[2] + 1
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_allclose(got[1], want[1], rtol=0, atol=1e-12)

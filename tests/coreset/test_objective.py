@@ -145,3 +145,56 @@ def test_blocked_cost_matrix_equals_the_dense_one_and_itra_selects_the_same_rows
         coreset.poo_exact(np.asarray(dense), a.indices), abs=1e-6)
     with pytest.raises(ValueError, match="block_rows"):
         coreset.cost_matrix(p, v, g, block_rows=0)
+
+
+@pytest.mark.parametrize(("n_pool", "n", "m"), [(40, 10, 30), (40, 12, 30), (40, 7, 16)])
+def test_exact_update_after_swaps_equals_pot(n_pool, n, m):
+    """Updated exact states (single and block swaps, chained) = POT's exact EMD from
+    scratch; their duals are feasible and tight (dual objective = value)."""
+    import ot
+
+    from recrl.coreset.emd_update import ExactState
+
+    rng = np.random.default_rng(n + m)
+    c = rng.random((n_pool, m)).astype(np.float32)  # float32 like the POO cost
+    state = ExactState.solve(c, np.arange(n))
+    assert state is not None and state.value == pytest.approx(
+        ot.emd2(np.full(n, 1 / n), np.full(m, 1 / m), c[:n].astype(np.float64)), abs=1e-12)
+    for k in [1, 1, 3, 1, 2, 1, 4, 1]:
+        outside = np.setdiff1d(np.arange(n_pool), state.sel)
+        pos = rng.choice(n, k, replace=False)
+        rows_in = rng.choice(outside, k, replace=False)
+        new = state.swap(pos, rows_in)
+        want_sel = state.sel.copy()
+        want_sel[pos] = rows_in
+        np.testing.assert_array_equal(new.sel, want_sel)
+        cs = c[want_sel].astype(np.float64)
+        want = ot.emd2(np.full(n, 1 / n), np.full(m, 1 / m), cs)
+        assert new.value == pytest.approx(want, abs=1e-12)
+        assert np.all(new.u[:, None] + new.v[None, :] <= cs + 1e-9)
+        assert new.u.mean() + new.v.mean() == pytest.approx(want, abs=1e-12)
+        assert state.swap(pos, rows_in).value == new.value  # the old state is unchanged
+        state = new
+
+
+def test_exact_update_certificate_rejects_wrong_duals():
+    from recrl.coreset.emd_update import ExactState
+
+    c = np.random.default_rng(0).random((20, 15)).astype(np.float32)
+    state = ExactState.solve(c, np.arange(5))
+    assert state.certified()
+    state.u[2] += 1e-3  # infeasible for some column or no longer tight on its flow
+    assert not state.certified()
+    state.u[2] -= 2e-3
+    assert not state.certified()
+
+
+def test_exact_update_over_its_search_budget_returns_none():
+    from recrl.coreset.emd_update import ExactState
+
+    c = np.random.default_rng(3).random((30, 31)).astype(np.float32)  # 7 x 31: 31 units/row
+    state = ExactState.solve(c, np.arange(7))
+    assert state.swap([2], [20], max_searches=1) is None
+    full = state.swap([2], [20])
+    assert full is not None and full.value == pytest.approx(
+        coreset.poo_exact(c, full.sel), abs=1e-12)
