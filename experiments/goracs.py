@@ -138,6 +138,16 @@ def write_results(out: Path, runs, pre, timing, texts, cfg) -> dict:
 
 # --- decisive protocol (docs/goracs.md, "decisive_cpu") -------------------------------
 
+DECISIVE_ONE_PROCESS = (
+    "protocol=decisive runs in one process, and this run has {n}: its stages (features, "
+    "early-stopped fine-tunes, evaluation) run on one device without a data mesh, and "
+    "every process would write features.npz, selections.json and runs/* itself, so "
+    "several processes would only repeat the same work and write the same files. Run it "
+    "as one process (without --config.distributed; it uses the first device), or run the "
+    "default protocol (e.g. --config=experiments/configs/goracs.py:ml1m), which is "
+    "data-parallel over all processes (docs/scaling.md).")
+
+
 def _decisive_selections(out: Path, cfg, feats, cost) -> dict[str, dict]:
     """Every subset of the decisive protocol (``selections.json``, extended as it goes)."""
     spath = out / "selections.json"
@@ -170,11 +180,12 @@ def _decisive_job(out: Path, cfg, st: pipeline.Setup, cand, name: str, idx, sel:
 
 def run_decisive(cfg, out_dir: str) -> dict:
     """The decisive protocol by resumable stages (each file written once; reruns skip).
-    Runs in one process (its stages are not multi-process aware yet)."""
+    Runs in one process, on its first device: its stages have no data mesh and every
+    process would write the files, so several processes are refused (the message says
+    what to run instead)."""
     parallel.startup(cfg)  # jax.distributed (if asked) and the device log, as every launcher
     if jax.process_count() > 1:
-        raise ValueError("protocol=decisive runs in a single process; drop "
-                         "--config.distributed or use the default protocol")
+        raise ValueError(DECISIVE_ONE_PROCESS.format(n=jax.process_count()))
     out = config_check.preflight(cfg, out_dir, config_check.validate_goracs)
     rundir.guard_stages(out, cfg, config_check.GORACS_DECISIVE_STAGES,
                         config_check.GORACS_DECISIVE_FREE,

@@ -98,6 +98,20 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
     return jax.tree.map(put, tree)
 
 
+def on_mesh(tree: Any, mesh: Mesh) -> Any:
+    """``tree`` replicated on ``mesh``: leaves already replicated there (parameters a
+    data-parallel step returned) as they are, without a copy; the others through
+    :func:`replicate` (a host copy each)."""
+    sharding = replicated(mesh)
+
+    def put(x):
+        if isinstance(x, jax.Array) and x.sharding.is_equivalent_to(sharding, x.ndim):
+            return x
+        return replicate(x, mesh)
+
+    return jax.tree.map(put, tree)
+
+
 def shard_batch(tree: Any, mesh: Mesh, axis_name: str = DATA_AXIS) -> Any:
     """Splits every leaf of ``tree`` along its leading axis over the mesh.
 
@@ -294,6 +308,30 @@ def to_host(tree: Any) -> Any:
     return jax.tree.map(get, tree)
 
 
+def _row_step(fn: Callable[..., Any], mesh: Mesh, axis_name: str, n_rows: int
+              ) -> Callable[..., Any]:
+    """The jitted ``shard_map`` of ``fn`` for :func:`map_rows`, kept on ``fn`` itself (a
+    later call with the same ``fn`` and mesh reuses the compiled step; it lives as long as
+    ``fn``)."""
+    key = (mesh, axis_name, n_rows)
+    cache = getattr(fn, "_map_rows_steps", {})
+    if key in cache:
+        return cache[key]
+
+    def local(c, *batch):
+        # device-varying copies: a gradient w.r.t. them stays this device's own (w.r.t.
+        # the replicated value, shard_map would sum it over the devices)
+        return fn(jax.lax.pcast(c, axis_name, to="varying"), *batch)
+
+    step = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P(), *[P(axis_name)] * n_rows),
+                                 out_specs=P(axis_name)))
+    try:
+        fn._map_rows_steps = {**cache, key: step}
+    except AttributeError:  # a callable without attributes (a bound method): not kept
+        pass
+    return step
+
+
 def map_rows(fn: Callable[..., Any], consts: Any, rows: tuple[np.ndarray, ...],
              batch_size: int, mesh: Mesh | None = None, axis_name: str = DATA_AXIS,
              wrap: Callable[[Any], Any] = iter) -> Any:
@@ -308,7 +346,8 @@ def map_rows(fn: Callable[..., Any], consts: Any, rows: tuple[np.ndarray, ...],
     the devices), each batch is padded with copies of its first row to a multiple of the
     devices, each process builds only its rows, and the results are gathered to every
     process with the padding dropped. ``wrap`` wraps the iterator of batch starts (a
-    progress bar).
+    progress bar). Pass the same ``fn`` object again (not a new lambda) to reuse its
+    compiled step.
 
     Returns:
       The pytree of ``fn``'s outputs, each leaf a numpy array with ``len(rows[0])`` rows.
@@ -322,16 +361,8 @@ def map_rows(fn: Callable[..., Any], consts: Any, rows: tuple[np.ndarray, ...],
     if mesh is None:
         step = fn
     else:
-        consts = replicate(consts, mesh)
-
-        def local(c, *batch):
-            # device-varying copies: a gradient w.r.t. them stays this device's own (w.r.t.
-            # the replicated value, shard_map would sum it over the devices)
-            return fn(jax.lax.pcast(c, axis_name, to="varying"), *batch)
-
-        step = jax.jit(jax.shard_map(local, mesh=mesh,
-                                     in_specs=(P(), *[P(axis_name)] * len(rows)),
-                                     out_specs=P(axis_name)))
+        consts = on_mesh(consts, mesh)  # no copy of parameters already on the mesh
+        step = _row_step(fn, mesh, axis_name, len(rows))
     out = []
     for lo in wrap(range(0, n, batch_size)):
         idx = np.arange(lo, min(lo + batch_size, n))

@@ -193,6 +193,16 @@ def test_map_rows_on_the_mesh_equals_one_device():
         np.testing.assert_allclose(out["g"], g, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="rows of one positive length"):
         parallel.map_rows(fn, w, (x, ids[:9]), 4)
+    traced = []  # the same fn again on the same mesh: compiled (traced) once, not per call
+
+    def counted(w, x):
+        traced.append(x.shape)
+        return jnp.tanh(x @ w)
+
+    mesh = parallel.data_mesh(N_DEV)
+    for _ in range(2):
+        np.testing.assert_allclose(parallel.map_rows(counted, w, (x,), 4, mesh), y, rtol=1e-5)
+    assert traced == [(1, 3)]  # one trace, of one device's share of a batch of 4
 
 
 def test_goracs_features_and_scores_on_the_mesh_equal_one_device():
@@ -250,3 +260,100 @@ def test_goracs_features_and_scores_on_the_mesh_equal_one_device():
     # the norms are those of the vectors, computed separately
     np.testing.assert_allclose(np.linalg.norm(lmrec.grad_vectors(model, *data, **kw), axis=1),
                                lmrec.grad_norms(model, *data, **kw), rtol=1e-5)
+
+
+def _tiny_rlvr_policy():
+    from flax import nnx
+
+    from recrl import models
+    from recrl.models.char_tokenizer import CharTokenizer
+
+    tok = CharTokenizer()
+    cfg = models.tiny_config(vocab_size=tok.vocab_size, dim=32, ffn_dim=64, n_layers=1,
+                             max_seq_len=160)
+    graphdef, params = nnx.split(models.create_model(cfg, seed=1))
+    return tok, graphdef, params
+
+
+def test_evidence_gain_on_the_mesh_equals_one_device():
+    """EG of 6 traces over 3 probes: the probes padded to 4 and the demos to 8 rows on the
+    mesh; the values, the EG weights of a [2, 3] rollout batch and a one-device mesh (bit
+    for bit) against the single-device computation."""
+    from recrl.rlvr import evidence, tasks
+
+    tok, graphdef, params = _tiny_rlvr_policy()
+    splits = tasks.make_splits(2, 0, 3, 0, seed=5)
+    probes = evidence.encode_probes(tok, splits.probe)
+    qs = [p.question for p in splits.train for _ in range(3)]
+    traces = [splits.train[0].solution, "1+1=3\nanswer: 2", "??", splits.train[1].solution,
+              "7", "answer: 12"]
+    mesh = parallel.data_mesh(N_DEV)
+    kw = dict(demo_length=48)
+    want = evidence.evidence_gain_batch(graphdef, params, tok, qs, traces, probes, **kw)
+    got = evidence.evidence_gain_batch(graphdef, params, tok, qs, traces, probes, mesh=mesh,
+                                       **kw)
+    assert want.logp_with.shape == (6, 3) and np.ptp(np.asarray(want.eg)) > 1e-3
+    for field in want._fields:
+        np.testing.assert_allclose(getattr(got, field), getattr(want, field), rtol=1e-5,
+                                   atol=1e-4, err_msg=field)
+    one = evidence.evidence_gain_batch(graphdef, params, tok, qs, traces, probes,
+                                       mesh=parallel.data_mesh(1), **kw)
+    np.testing.assert_array_equal(one.logp_with, want.logp_with)
+    reward = np.array([[1.0, 0.0, 1.0], [0.0, 0.0, 1.0]], np.float32)
+    for mode in ("reward", "advantage"):
+        w = [evidence.eg_weights(graphdef, params, tok, splits.train, traces, reward, probes,
+                                 0.5, 48, mode=mode, mesh=m) for m in (None, mesh)]
+        assert w[0].shape == (2, 3) and np.ptp(w[0]) > 1e-3
+        np.testing.assert_allclose(w[1], w[0], rtol=1e-5, atol=1e-5, err_msg=mode)
+
+
+def test_rlvr_evaluation_on_the_mesh_equals_one_device():
+    """Held-out evaluation of 5 problems with k=2: greedy (5 rows padded to 8) and sampled
+    (10 rows padded to 12) completions are one device's, so are the metrics; parameters
+    already replicated on the mesh are used as they are."""
+    import jax.numpy as jnp
+
+    from recrl import models
+    from recrl.rlvr import evaluation, tasks
+
+    tok, graphdef, params = _tiny_rlvr_policy()
+    problems = tasks.make_splits(5, 0, 0, 0, seed=3).train
+    mesh = parallel.data_mesh(N_DEV)
+    placed = parallel.replicate(params, mesh)
+    again, extra = parallel.on_mesh((placed, np.zeros(3)), mesh)  # no copy of placed leaves
+    assert all(a is b for a, b in zip(jax.tree.leaves(again), jax.tree.leaves(placed),
+                                      strict=True))
+    assert extra.sharding.is_equivalent_to(parallel.replicated(mesh), 1)
+    ids = [tasks.encode_prompt(tok, p.question) for p in problems]
+    pt, pm = models.pad_batch(ids, pad_id=tok.pad_id, side="left", length=32)
+    key = jax.random.key(7)
+    for temp, reps in ((0.0, 1), (1.0, 2)):
+        scfg = models.SamplingConfig(max_new_tokens=12, temperature=temp,
+                                     stop_tokens=(tok.eos_id,), pad_id=tok.pad_id)
+        prompt, mask = np.repeat(pt, reps, 0), np.repeat(pm, reps, 0)
+        want = evaluation.sample_rows(graphdef, params, prompt, mask, key, scfg)
+        got = evaluation.sample_rows(graphdef, placed, prompt, mask, key, scfg, mesh)
+        assert want[0].shape == (5 * reps, 12)
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+        if reps > 1:  # the k samples of a problem differ (sampling noise per row)
+            assert not np.array_equal(want[0][0::2], want[0][1::2])
+    kw = dict(k=2, max_new_tokens=12, max_prompt_len=32)
+    want = evaluation.evaluate(graphdef, params, tok, problems, key, **kw)
+    got = evaluation.evaluate(graphdef, params, tok, problems, key, mesh=mesh, **kw)
+    assert got == want
+    assert jnp.isfinite(jnp.asarray(list(want.values()))).all()
+
+
+def test_goracs_decisive_refuses_several_processes(tmp_path, monkeypatch):
+    """The decisive protocol says why it runs in one process and what to run instead,
+    before writing anything (two processes simulated through ``jax.process_count``)."""
+    from experiments import goracs
+    from experiments.configs.goracs import get_config
+
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    with pytest.raises(ValueError, match="runs in one process, and this run has 2") as err:
+        goracs.run_decisive(get_config("decisive_tiny"), str(tmp_path / "out"))
+    assert "without --config.distributed" in str(err.value)
+    assert "goracs.py:ml1m" in str(err.value) and "docs/scaling.md" in str(err.value)
+    assert not (tmp_path / "out").exists()

@@ -438,9 +438,10 @@ class _SwapSearch:
 def itra(cost: jax.typing.ArrayLike, n: int, *, tie_break: np.ndarray | None = None,
          max_iters: int = 100, cut: int = 10, max_checks: int = 20, epsilon: float = 0.05,
          threshold: float = 1e-3, verify: str = "auto", block: int = 1,
-         momentum: float = 1.5, exact_after: int | str | None = "auto") -> ITRAResult:
+         momentum: float = 1.5, exact_after: int | str | None = "auto",
+         exact_solver: str = "update") -> ITRAResult:
     """Greedy facility-location init, then dual-guided verified swaps (see module doc;
-    ``exact_after``: see :func:`refine`)."""
+    ``exact_after``, ``exact_solver``: see :func:`refine`)."""
     t0 = time.perf_counter()
     cost_np = np.asarray(cost, np.float32)
     cost_j = jnp.asarray(cost_np)
@@ -462,5 +463,5 @@ def itra(cost: jax.typing.ArrayLike, n: int, *, tie_break: np.ndarray | None = N
     sel, trace, checks = refine(cost_j, init, max_iters=max_iters, cut=cut,
                                 max_checks=max_checks, epsilon=epsilon, threshold=threshold,
                                 verify=verify, block=block, momentum=momentum,
-                                exact_after=exact_after)
+                                exact_after=exact_after, exact_solver=exact_solver)
     return ITRAResult(sel, np.asarray(trace), k, semi, checks, time.perf_counter() - t0)

@@ -28,7 +28,8 @@ def select(pool_features: np.ndarray, val_features: np.ndarray,
            epsilon: float = 0.05, threshold: float = 1e-3, verify: str = "sinkhorn",
            pool_labels: np.ndarray | None = None,
            val_labels: np.ndarray | None = None, block: int = 1,
-           momentum: float = 1.5) -> Selection:
+           momentum: float = 1.5, exact_after: int | str | None = 100,
+           exact_solver: str = "pot") -> Selection:
     r"""GORACS: minimise :math:`\mathrm{POO}(S) = W_d(\mu_S,\mu_V) - \lambda\,
     \mathrm{mean}_{i\in S}\hat g_i` over :math:`|S| = n` with ITRA.
 
@@ -40,6 +41,11 @@ def select(pool_features: np.ndarray, val_features: np.ndarray,
     ``block > 1`` first tries ``block`` disjoint promising swaps as one verified move each
     round (recrl's extension; ~3x faster at equal exact POO in ``benchmarks/itra.py``);
     ``momentum`` over-relaxes the verification solves (see :func:`refine`).
+    ``exact_after`` / ``exact_solver`` default to the switch after 100 Sinkhorn iterations
+    and full POT solves, the settings behind the GORACS results in docs/goracs.md (so a
+    rerun reproduces them); ``exact_after="auto"`` with ``exact_solver="update"`` is
+    :func:`refine`'s faster CPU default, which can walk a different path of equal-value
+    swaps.
     """
     if isinstance(n, bool) or not isinstance(n, numbers.Integral):
         raise TypeError(f"budget `n` must be an integer, got {n!r} ({type(n).__name__})")
@@ -58,7 +64,8 @@ def select(pool_features: np.ndarray, val_features: np.ndarray,
                          "(squared distances must fit float32)")
     tb = None if grad_norms is None else np.asarray(grad_norms, np.float64)
     kw = dict(max_iters=max_iters, cut=cut, max_checks=max_checks, epsilon=epsilon,
-              threshold=threshold, verify=verify, block=block, momentum=momentum)
+              threshold=threshold, verify=verify, block=block, momentum=momentum,
+              exact_after=exact_after, exact_solver=exact_solver)
     if pool_labels is None and val_labels is None:
         r = run_itra(cost, n, tie_break=tb, **kw)
         return Selection(np.sort(r.indices), r.trace, time.perf_counter() - t0, r.checks)

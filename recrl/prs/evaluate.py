@@ -68,6 +68,15 @@ def _metrics_jit(graphdef: nnx.GraphDef, state: Any, history: jax.Array, target:
     return _metric_arrays((graphdef, state), history, target, path, lengths, genres, num_items)
 
 
+def _put_rows(mesh: Any, *arrays: np.ndarray) -> tuple[jax.Array, ...]:
+    """Global arrays of ``arrays`` split over ``mesh``, padded with copies of the first row
+    to a multiple of the devices (each process builds only its rows)."""
+    n = len(arrays[0])
+    idx = np.pad(np.arange(n), (0, -n % mesh.shape[parallel.DATA_AXIS]))
+    return parallel.global_rows(lambda r: tuple(np.asarray(x)[idx[r]] for x in arrays),
+                                len(idx), mesh)
+
+
 class _Evaluator:
     """Decodes and scores one batch of prompts: on one device, or split over ``mesh`` (the
     batch padded with copies of its first prompt to a multiple of the devices, each process
@@ -92,10 +101,7 @@ class _Evaluator:
     def _put(self, history: np.ndarray, target: np.ndarray) -> tuple[jax.Array, jax.Array]:
         if self.mesh is None:
             return jnp.asarray(history), jnp.asarray(target)
-        n = len(target)
-        idx = np.pad(np.arange(n), (0, -n % self.mesh.shape[parallel.DATA_AXIS]))
-        return parallel.global_rows(lambda r: (history[idx[r]], target[idx[r]]), len(idx),
-                                    self.mesh)
+        return _put_rows(self.mesh, history, target)
 
     def _host(self, x: Any) -> Any:
         return np.asarray(x) if self.mesh is None else parallel.to_host(x)
@@ -235,33 +241,51 @@ def cluster_bootstrap(values: np.ndarray, clusters: np.ndarray, *, n_boot: int =
             "clusters": n_c}
 
 
-def _heuristic_paths(sim: Any, history: np.ndarray, target: np.ndarray, max_len: int,
-                     pick: Callable[..., jax.Array], top_k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Shared loop of the heuristic baselines: extend every path by one candidate per step."""
+def _extend_paths(sim: Any, history: jax.Array, target: jax.Array, max_len: int,
+                  pick: Callable[..., jax.Array], top_k: int) -> tuple[jax.Array, jax.Array]:
+    """Shared loop of the heuristic baselines: extend every path by one candidate per step
+    (eager on one device, or traced under ``jit`` with the rows split over a mesh)."""
     model = sim if not isinstance(sim, tuple) else nnx.merge(*sim)
     emb = model.item_embeddings()
     b, h = history.shape
-    seq = np.concatenate([history, np.zeros((b, max_len), history.dtype)], 1)
-    lengths = np.zeros(b, np.int32)
+    seq = jnp.concatenate([history, jnp.zeros((b, max_len), history.dtype)], 1)
     for t in range(max_len):
-        cur = jnp.asarray(seq[:, : h + t])
+        cur = seq[:, : h + t]
         seq_len = jnp.full((b,), h + t)
         logits = simlib.next_item_logits(sim, cur, seq_len)
         e_u = simlib.sequence_representation(sim, cur, seq_len)
         seen = jnp.zeros(logits.shape, bool).at[jnp.arange(b)[:, None], cur].set(True)
-        seen = seen.at[jnp.arange(b), jnp.asarray(target)].set(True)  # never the target
+        seen = seen.at[jnp.arange(b), target].set(True)  # never the target
         logits = jnp.where(seen, -jnp.inf, logits)
         top = jax.lax.top_k(logits, top_k)[1]  # [B, k]
-        choice = np.asarray(pick(logits, top, e_u, emb, jnp.asarray(target)))
-        seq[:, h + t] = choice
-        lengths += 1
-    path = seq[:, h:]
-    return path, lengths
+        seq = seq.at[:, h + t].set(pick(logits, top, e_u, emb, target).astype(seq.dtype))
+    return seq[:, h:], jnp.full((b,), max_len, jnp.int32)
+
+
+def _heuristic_paths(sim: Any, history: np.ndarray, target: np.ndarray, max_len: int,
+                     pick: Callable[..., jax.Array], top_k: int, mesh: Any = None
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_extend_paths` of every prompt: eager on one device, or jitted with the
+    prompts split over ``mesh`` (padded to a multiple of the devices, the padding dropped),
+    every process getting all the paths."""
+    history, n = np.asarray(history), len(target)
+    if mesh is None:
+        path, lengths = _extend_paths(sim, jnp.asarray(history), jnp.asarray(target), max_len,
+                                      pick, top_k)
+    else:
+        graphdef, state = sim if isinstance(sim, tuple) else nnx.split(sim)
+        fn = jax.jit(lambda st, h, t: _extend_paths((graphdef, st), h, t, max_len, pick,
+                                                    top_k))
+        out = fn(parallel.on_mesh(state, mesh), *_put_rows(mesh, history, target))
+        path, lengths = (x[:n] for x in parallel.to_host(out))
+    return np.asarray(path).astype(history.dtype), np.asarray(lengths)
 
 
 def ipg_paths(sim: Any, history: np.ndarray, target: np.ndarray, max_len: int = 10,
-              top_k: int = 20, gamma: float = 0.8) -> tuple[np.ndarray, np.ndarray]:
-    """IPG heuristic paths (see the module docstring)."""
+              top_k: int = 20, gamma: float = 0.8, mesh: Any = None
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """IPG heuristic paths (see the module docstring); the prompts split over ``mesh`` when
+    given."""
 
     def pick(logits, top, e_u, emb, tgt):
         p = jnp.take_along_axis(jax.nn.softmax(logits, -1), top, -1)
@@ -270,31 +294,42 @@ def ipg_paths(sim: Any, history: np.ndarray, target: np.ndarray, max_len: int = 
         gain = jnp.sum(e_t * e_new, -1) - jnp.sum(e_t[:, 0] * e_u, -1)[:, None]
         return jnp.take_along_axis(top, jnp.argmax(p * gain, -1)[:, None], -1)[:, 0]
 
-    return _heuristic_paths(sim, history, target, max_len, pick, top_k)
+    return _heuristic_paths(sim, history, target, max_len, pick, top_k, mesh)
 
 
 def greedy_sequential_paths(sim: Any, history: np.ndarray, target: np.ndarray,
-                            max_len: int = 10, top_k: int = 20
+                            max_len: int = 10, top_k: int = 20, mesh: Any = None
                             ) -> tuple[np.ndarray, np.ndarray]:
-    """Greedy sequential baseline paths (see the module docstring)."""
+    """Greedy sequential baseline paths (see the module docstring); the prompts split over
+    ``mesh`` when given."""
 
     def pick(logits, top, e_u, emb, tgt):
         close = jnp.sum(emb[top] * emb[tgt][:, None], -1)
         return jnp.take_along_axis(top, jnp.argmax(close, -1)[:, None], -1)[:, 0]
 
-    return _heuristic_paths(sim, history, target, max_len, pick, top_k)
+    return _heuristic_paths(sim, history, target, max_len, pick, top_k, mesh)
 
 
 def evaluate_paths(sims: dict[str, Any], history: np.ndarray, target: np.ndarray,
                    path: np.ndarray, lengths: np.ndarray, genres: np.ndarray,
-                   num_items: int, per_prompt: bool = False
+                   num_items: int, per_prompt: bool = False, mesh: Any = None
                    ) -> dict[str, float] | tuple[dict, dict]:
     """Mean metrics of fixed paths (e.g. a heuristic's) for each simulator (and, with
-    ``per_prompt``, every prompt's values)."""
-    values = {}
+    ``per_prompt``, every prompt's values). With ``mesh`` the prompts are split over its
+    devices (padded to a multiple of the devices, the padding dropped)."""
+    values, n = {}, len(target)
+    if mesh is not None:
+        rows = _put_rows(mesh, history, target, path, lengths)
+        genres_in = parallel.replicate(np.asarray(genres), mesh)
     for name, sim in sims.items():
-        m = score_generated(sim, jnp.asarray(history), jnp.asarray(target), jnp.asarray(path),
-                            jnp.asarray(lengths), jnp.asarray(genres), num_items)
+        if mesh is None:
+            m = score_generated(sim, jnp.asarray(history), jnp.asarray(target),
+                                jnp.asarray(path), jnp.asarray(lengths), jnp.asarray(genres),
+                                num_items)
+        else:
+            graphdef, state = sim if isinstance(sim, tuple) else nnx.split(sim)
+            m = {k: v[:n] for k, v in parallel.to_host(_metrics_jit(
+                graphdef, parallel.on_mesh(state, mesh), *rows, genres_in, num_items)).items()}
         values.update({f"{name}/{k}@1": v for k, v in m.items()})
     means = {k: float(np.mean(v)) for k, v in values.items()}
     return (means, values) if per_prompt else means

@@ -190,9 +190,10 @@ def _baseline(ctx: Context, policy0: PathPolicy, name: str) -> dict:
         p, lengths = np.where(tp.path[idx] < 0, 0, tp.path[idx]), tp.lengths[idx]
     else:
         gen = evaluate.ipg_paths if name == "ipg" else evaluate.greedy_sequential_paths
-        p, lengths = gen(ctx.sims["sasrec"], th, tt, c.data.max_len)
+        p, lengths = gen(ctx.sims["sasrec"], th, tt, c.data.max_len, mesh=ctx.mesh)
     res, per = evaluate.evaluate_paths(ctx.sims, th, tt, p, lengths, ctx.genres,
-                                       ctx.data.sequences.num_items, per_prompt=True)
+                                       ctx.data.sequences.num_items, per_prompt=True,
+                                       mesh=ctx.mesh)
     save_per_prompt(per_file, tu, per)
     return res
 

@@ -19,6 +19,11 @@ before the probe prompt ``"Q: e_q\nA: "``. Sharing:
 
 Cost per trace: one prefix pass plus ``E`` continuations of length ``|e_q| + |e_r|``
 instead of ``E`` full passes over ``|demo| + |e_q| + |e_r|`` tokens.
+
+Data-parallel (``mesh=``): the ``E`` bare probes and the ``B`` demos are split over the
+mesh's devices (:func:`recrl.parallel.map_rows`: each device scores its own rows, a count
+that does not divide is padded and the padding dropped, each process builds only its rows
+and every process gets all the values), so every process holds the same weights.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from recrl import estimators, models
+from recrl import estimators, models, parallel
 from recrl.rlvr import tasks
 
 
@@ -112,6 +117,36 @@ def probe_logp_with_demos(graphdef: nnx.GraphDef, params, demos: jax.Array,
     return jax.lax.map(one, (demos, demo_mask))
 
 
+@functools.cache
+def _row_fns(graphdef: nnx.GraphDef) -> tuple:
+    """The per-row functions :func:`recrl.parallel.map_rows` runs on the mesh, one object
+    per model (so each is compiled once, not at every call)."""
+    bare = lambda p, *rows: probe_logp_without(graphdef, p, ProbeSet(*rows))
+    demos = lambda c, d, m: probe_logp_with_demos(graphdef, c[0], d, m, c[1])
+    return bare, demos
+
+
+def bare_logp(graphdef: nnx.GraphDef, params, probes: ProbeSet, mesh=None) -> jax.Array:
+    r""":func:`probe_logp_without`, the ``E`` probes split over ``mesh``'s devices when
+    given (module docstring)."""
+    if mesh is None:
+        return probe_logp_without(graphdef, params, ProbeSet(*map(jnp.asarray, probes)))
+    rows = tuple(np.asarray(x) for x in probes)
+    return jnp.asarray(parallel.map_rows(_row_fns(graphdef)[0], params, rows, len(rows[0]),
+                                         mesh))
+
+
+def demo_logp(graphdef: nnx.GraphDef, params, demos: np.ndarray, demo_mask: np.ndarray,
+              probes: ProbeSet, mesh=None) -> jax.Array:
+    r""":func:`probe_logp_with_demos`, the ``B`` demos split over ``mesh``'s devices when
+    given (every device scores its demos against all ``E`` probes)."""
+    if mesh is None:
+        return probe_logp_with_demos(graphdef, params, jnp.asarray(demos),
+                                     jnp.asarray(demo_mask), ProbeSet(*map(jnp.asarray, probes)))
+    return jnp.asarray(parallel.map_rows(_row_fns(graphdef)[1], (params, probes),
+                                         (demos, demo_mask), len(demos), mesh))
+
+
 class EvidenceResult(NamedTuple):
     """Evidence Gain of ``B`` traces over ``E`` probes.
 
@@ -135,7 +170,7 @@ class EvidenceResult(NamedTuple):
 def evidence_gain_batch(graphdef: nnx.GraphDef, params, tok, questions: Sequence[str],
                         traces: Sequence[str], probes: ProbeSet | Sequence[tasks.Problem],
                         *, logp_without: jax.Array | None = None,
-                        demo_length: int | None = None) -> EvidenceResult:
+                        demo_length: int | None = None, mesh=None) -> EvidenceResult:
     r"""Explicit EG of each ``(questions[n], traces[n])`` over the probe set.
 
     Uses :func:`recrl.estimators.evidence_gain` on
@@ -152,6 +187,8 @@ def evidence_gain_batch(graphdef: nnx.GraphDef, params, tok, questions: Sequence
       probes: a ``ProbeSet`` or problems to encode.
       logp_without: optional precomputed ``[E]`` bare log-likelihoods.
       demo_length: pad (or left-truncate) demos to this many tokens (one compiled shape).
+      mesh: optional data mesh: the probes and the demos are split over its devices
+        (module docstring); None: one device.
 
     Returns:
       An :class:`EvidenceResult`.
@@ -164,13 +201,11 @@ def evidence_gain_batch(graphdef: nnx.GraphDef, params, tok, questions: Sequence
                          "call when there is nothing to score")
     if not isinstance(probes, ProbeSet):
         probes = encode_probes(tok, probes)
-    probes = ProbeSet(*(jnp.asarray(x) for x in probes))
     if logp_without is None:
-        logp_without = probe_logp_without(graphdef, params, probes)
+        logp_without = bare_logp(graphdef, params, probes, mesh)
     demos, mask = encode_demos(tok, questions, traces, length=demo_length)
-    with_demo = probe_logp_with_demos(graphdef, params, jnp.asarray(demos), jnp.asarray(mask),
-                                      probes)
-    n_tok = probes.num_tokens
+    with_demo = demo_logp(graphdef, params, demos, mask, probes, mesh)
+    n_tok = jnp.asarray(probes.num_tokens)
     return EvidenceResult(
         eg=estimators.evidence_gain(with_demo, logp_without),
         eg_per_token=estimators.evidence_gain(with_demo, logp_without, num_tokens=n_tok),
@@ -184,17 +219,19 @@ def evidence_gain_batch(graphdef: nnx.GraphDef, params, tok, questions: Sequence
 def eg_weights(graphdef: nnx.GraphDef, params, tok, problems: Sequence[tasks.Problem],
                texts: Sequence[str], reward: np.ndarray, probes: ProbeSet,
                temperature: float = 1.0, demo_length: int | None = None, *,
-               mode: str = "reward", signal: str = "log_weight") -> np.ndarray:
+               mode: str = "reward", signal: str = "log_weight", mesh=None) -> np.ndarray:
     r"""``[P, G]`` explicit EG weights of the ``P·G`` rollouts ``texts`` (row-major, one group
     per problem) from ``ℓ`` = ``signal`` of each rollout.
 
     ``mode="reward"``: ``w = G · softmax_G(ℓ/τ)`` over all rollouts of a question (mean 1; the
     learner multiplies rewards). ``mode="advantage"``: ``G_c · softmax_{correct}(ℓ/τ)`` on
     correct rollouts, 1 on the others (the learner multiplies advantages). ``demo_length``
-    fixes the padded demo length (one compiled shape across steps)."""
+    fixes the padded demo length (one compiled shape across steps); with ``mesh`` the
+    scoring is split over its devices (module docstring)."""
     p, g = reward.shape
     qs = [problems[i // g].question for i in range(p * g)]
-    res = evidence_gain_batch(graphdef, params, tok, qs, texts, probes, demo_length=demo_length)
+    res = evidence_gain_batch(graphdef, params, tok, qs, texts, probes, demo_length=demo_length,
+                              mesh=mesh)
     ell = getattr(res, signal).reshape(p, g)
     if mode == "reward":
         return np.asarray(estimators.evidence_gain_weights(ell, temperature), np.float32)

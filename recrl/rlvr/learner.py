@@ -112,7 +112,7 @@ class Learner:
                 batch = batch._replace(weight=evidence.eg_weights(
                     self.graphdef, self.params, self.tok, probs, texts, batch.reward,
                     self.probes, cfg.eg_temperature, demo_length, mode=cfg.eg_mode,
-                    signal=cfg.eg_signal))
+                    signal=cfg.eg_signal, mesh=self.mesh))
             return batch
 
         return draw

@@ -93,15 +93,16 @@ def _resume(learner: Learner, ckpt: Checkpointer | None, draw_rng: random.Random
 
 
 def _evaluator(graphdef: nnx.GraphDef, tok, splits: tasks.Splits, schedule: Schedule,
-               cfg: LearnerConfig) -> Callable[[Any, int], dict]:
-    """``(params, step) -> {"step": step, **metrics}`` on the held-out problems."""
+               cfg: LearnerConfig, mesh: Any = None) -> Callable[[Any, int], dict]:
+    """``(params, step) -> {"step": step, **metrics}`` on the held-out problems (sampled
+    data-parallel over ``mesh`` when given)."""
     held_out = splits.eval[:schedule.eval_problems]
     eval_len = prompt_budget(tok, held_out)
 
     def at(params, step: int) -> dict:
         m = evaluate(graphdef, params, tok, held_out, jax.random.key(10_000 + step),
                      k=schedule.eval_k, max_new_tokens=cfg.max_new_tokens,
-                     max_prompt_len=eval_len)
+                     max_prompt_len=eval_len, mesh=mesh)
         return {"step": step, **m}
 
     return at
@@ -114,6 +115,8 @@ def train_run(label: str, cfg: LearnerConfig, schedule: Schedule, seed: int,
     """One RL run from ``params``: learner steps on ``splits.train`` (demonstrations from
     ``splits.demo``, EG ``probes`` when ``cfg.eg_reweight``), the held-out curve on
     ``splits.eval`` and seconds per step; resumable with ``run_dir`` (module docstring).
+    With ``mesh`` the sampling, the EG scoring, the update and the held-out evaluation run
+    data-parallel over its devices.
 
     Returns:
       ``method`` (= ``label``), ``seed``, ``curve``, ``history``, ``seconds_per_step``
@@ -126,7 +129,7 @@ def train_run(label: str, cfg: LearnerConfig, schedule: Schedule, seed: int,
                       seed=seed, mesh=mesh)
     draw_rng = random.Random(1000 + seed)
     draw = lambda n: draw_rng.sample(splits.train, n)
-    evaluate_at = _evaluator(graphdef, tok, splits, schedule, cfg)
+    evaluate_at = _evaluator(graphdef, tok, splits, schedule, cfg, mesh)
     ckpt = None if run_dir is None else Checkpointer(os.path.join(run_dir, "ckpt"),
                                                       max_to_keep=2)
     every = schedule.checkpoint_every or schedule.eval_every

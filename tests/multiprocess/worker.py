@@ -9,7 +9,8 @@ launchers' start-up), then runs a few training steps of each pipeline on the glo
 - ProRL: the launcher's ``train_method`` (RL steps, per-epoch validation, checkpoints,
   metrics.jsonl / TensorBoard / result.json written by process 0 only) on the tiny
   synthetic config, with an untrained SASRec as the reward model;
-- In-Context RLVR: ``Learner.step`` (data-parallel sampling and update) of a tiny Llama;
+- In-Context RLVR: ``Learner.step`` (data-parallel sampling and update) of a tiny Llama,
+  then Evidence Gain weights and greedy held-out completions (rows split over the mesh);
 - GORACS: ``lmrec.finetune`` (data-parallel LoRA fine-tune) of a tiny Llama, then the
   per-sample gradient norms of its pool (``lmrec.grad_norms``, rows split over the mesh).
 
@@ -92,7 +93,31 @@ def icrlvr_part(mesh) -> dict:
     for step in range(3):
         lrn.step(lambda n, step=step: pool[step * n:(step + 1) * n],
                  jax.random.fold_in(jax.random.key(0), step))
-    return {**init, **_flat("icrlvr", lrn.params)}
+    return {**init, **_flat("icrlvr", lrn.params), **icrlvr_scores(lrn, splits, mesh)}
+
+
+def icrlvr_scores(lrn, splits, mesh) -> dict:
+    """Evidence Gain weights of 6 traces over 2 probes and greedy held-out completions of 3
+    problems with the trained parameters (rows split over the mesh, padded to 8 and 4)."""
+    import jax
+    import numpy as np
+
+    from recrl import models
+    from recrl.rlvr import evaluation, evidence, tasks
+
+    tok, probs = lrn.tok, splits.train[:2]
+    texts = [p.solution for p in splits.train[:3]] + ["1+1=3", "??", "answer: 4"]
+    weights = evidence.eg_weights(lrn.graphdef, lrn.params, tok, probs, texts,
+                                  np.array([[1.0, 0.0, 1.0], [0.0, 1.0, 1.0]]),
+                                  evidence.encode_probes(tok, splits.probe), 0.5, 48,
+                                  mode="advantage", mesh=mesh)
+    ids = [tasks.encode_prompt(tok, p.question) for p in splits.eval[:3]]
+    pt, pm = models.pad_batch(ids, pad_id=tok.pad_id, side="left", length=32)
+    scfg = models.SamplingConfig(max_new_tokens=8, temperature=0.0,
+                                 stop_tokens=(tok.eos_id,), pad_id=tok.pad_id)
+    toks, lens = evaluation.sample_rows(lrn.graphdef, lrn.params, pt, pm, jax.random.key(1),
+                                        scfg, mesh)
+    return {"icrlvr_eg_weights": weights, "icrlvr_eval_tokens": toks, "icrlvr_eval_len": lens}
 
 
 def goracs_part(mesh) -> dict:

@@ -116,3 +116,45 @@ def test_evaluation_on_4_devices_equals_one_device():
         assert got_means[name] == pytest.approx(want_means[name], rel=1e-5, abs=1e-6)
     # the sampled paths differ from the greedy ones: @K is not @1 in disguise
     assert not np.array_equal(want["sasrec/ioi@K"], want["sasrec/ioi@1"])
+
+
+def test_heuristic_baselines_on_4_devices_equal_one_device():
+    """IPG and greedy-sequential paths of 6 prompts (padded to 8 on the mesh) and their
+    scores (``evaluate_paths``) under SASRec and GRU4Rec (a recurrent scan): the same paths
+    and per-prompt metrics as one device."""
+    from recrl.prs import simulator
+
+    sims = {**_sims(), "gru4rec": simulator.build_simulator(simulator.SimConfig(
+        kind="gru4rec", num_items=N_ITEMS, dim=8, max_len=12, dropout=0.0, gru_hidden=8),
+        seed=2)}
+    prompts = _paths(6, 8)
+    h, t = prompts.history, prompts.target
+    genres = (np.random.default_rng(9).random((N_ITEMS, 64)) < 0.2).astype(np.float32)
+    mesh = parallel.data_mesh(4)
+    for gen in (ev.ipg_paths, ev.greedy_sequential_paths):
+        path, lengths = gen(sims["sasrec"], h, t, 3, top_k=6)
+        got_path, got_len = gen(sims["sasrec"], h, t, 3, top_k=6, mesh=mesh)
+        assert path.shape == (6, 3)
+        np.testing.assert_array_equal(got_path, path)
+        np.testing.assert_array_equal(got_len, lengths)
+        # never the target, never an item already in the history or the path
+        for row, hist, tgt in zip(path, h, t, strict=True):
+            assert tgt not in row and len(set(row)) == 3 and not set(row) & set(hist)
+        want = ev.evaluate_paths(sims, h, t, path, lengths, genres, N_ITEMS, per_prompt=True)
+        got = ev.evaluate_paths(sims, h, t, path, lengths, genres, N_ITEMS, per_prompt=True,
+                                mesh=mesh)
+        assert set(got[1]) == set(want[1]) and {"sasrec/ioi@1", "gru4rec/ioi@1"} <= set(want[1])
+        for name in want[1]:
+            assert got[1][name].shape == (6,), name
+            np.testing.assert_allclose(got[1][name], want[1][name], rtol=1e-5, atol=1e-6,
+                                       err_msg=name)
+            assert got[0][name] == pytest.approx(want[0][name], rel=1e-5, abs=1e-6)
+    # greedy sequential's first item, by hand: of the simulator's top 6 unseen items after
+    # the history, the one whose embedding is closest (dot product) to the target's
+    sim = sims["sasrec"]
+    logits = np.array(simulator.next_item_logits(sim, h, np.full(6, h.shape[1])))
+    emb = np.asarray(sim.item_embeddings())
+    for i in range(6):
+        logits[i, list(h[i]) + [t[i]]] = -np.inf
+        top = np.argsort(-logits[i], kind="stable")[:6]
+        assert path[i, 0] == top[np.argmax(emb[top] @ emb[t[i]])]
