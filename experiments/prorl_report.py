@@ -313,7 +313,55 @@ def _curve_claims(results: dict) -> list[str]:
     return out
 
 
+def _one_epoch_blocks(results: dict) -> dict[str, dict] | None:
+    """Per method, the first seed's epoch-1 diagnostic blocks when every run is one epoch
+    long (e.g. ``paper_epoch1``), where epoch-level curves would be single points."""
+    runs = results["runs"]
+    if not runs or any(len(r["history"]) != 1 or "blocks" not in r["history"][0]
+                       for r in runs):
+        return None
+    out: dict[str, dict] = {}
+    for r in runs:
+        out.setdefault(r["method"], r["history"][0]["blocks"])
+    return out
+
+
+def plot_blocks(blocks: dict[str, dict], path: Path, every: int) -> None:
+    """One-epoch runs: sampled length and advantage variance / REINFORCE's first update
+    over blocks of ``every`` updates, and the mean centred step reward per position."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    first = blocks.get("reinforce", {}).get("first_adv_var", [None])[0]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    for method, b in blocks.items():
+        x = every * (np.arange(len(b["length"])) + 0.5)
+        axes[0].plot(x, b["length"], marker="o", label=method)
+        if first:
+            axes[1].plot(x, np.asarray(b["adv_var"]) / first, marker="o", label=method)
+        pos = sorted((k for k in b if k.startswith("centred_pos")), key=lambda k: int(k[11:]))
+        axes[2].plot(np.arange(1, len(pos) + 1), [np.mean(b[k]) for k in pos], marker="o",
+                     label=method)
+    axes[0].set(xlabel="update", title="sampled path length (train, blocks)")
+    axes[1].set(xlabel="update", title="advantage variance / REINFORCE's first update",
+                yscale="log")
+    axes[2].axhline(0.0, color="grey", lw=0.8)
+    axes[2].set(xlabel="position in path", title="mean centred step reward (epoch 1)")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def plot_curves(results: dict, path: Path) -> None:
+    """Epoch-level training curves; one-epoch runs get :func:`plot_blocks` instead."""
+    blocks = _one_epoch_blocks(results)
+    if blocks is not None:
+        every = int(results.get("config", {}).get("rl", {}).get("diag_every", 10))
+        plot_blocks(blocks, path, every)
+        return
     import matplotlib
 
     matplotlib.use("Agg")

@@ -107,3 +107,22 @@ def test_claims_use_user_clustered_intervals_when_present():
     table = prorl_report.interval_table({"intervals": {"systems": {
         "prorl": {"sasrec/ioi@1": _ci(2.0, 1.9, 2.1)}}, "vs_prorl": {}}})
     assert "| prorl | 2.000 [1.900, 2.100] |" in table
+
+
+def test_one_epoch_runs_plot_their_blocks(tmp_path, monkeypatch):
+    drawn = []
+    monkeypatch.setattr(prorl_report, "plot_blocks",
+                        lambda blocks, path, every: drawn.append((sorted(blocks), every)))
+    res = _epoch1_results(_ci(1.7, 1.5, 1.9), _ci(5.0, 4.5, 5.6), _ci(9.6, 9.2, 9.9),
+                          [0.5, 0.7])
+    res["config"]["rl"]["diag_every"] = 5
+    for r in res["runs"]:  # two blocks of every series
+        b = r["history"][0]["blocks"]
+        b.update(length=[3.0, 2.5], centred_pos2=[-0.2])
+    prorl_report.plot_curves(res, tmp_path / "a.png")
+    assert drawn == [(["grpo", "prorl", "reinforce"], 5)]
+    # the real figure is written, and multi-epoch runs keep the epoch curves
+    monkeypatch.undo()
+    prorl_report.plot_curves(res, tmp_path / "b.png")
+    assert (tmp_path / "b.png").stat().st_size > 0
+    assert prorl_report._one_epoch_blocks(_results(2.0)) is None
