@@ -93,11 +93,7 @@ def icrlvr_part(mesh) -> dict:
     for step in range(3):
         lrn.step(lambda n, step=step: pool[step * n:(step + 1) * n],
                  jax.random.fold_in(jax.random.key(0), step))
-    # Evidence Gain and held-out sampling across processes add ~9 s of compiles per process
-    # (4 processes share CI's 2 cores): with the slow tests only; the 4-device = 1-device
-    # tests in tests/test_parallel.py cover them in the default suite.
-    scores = icrlvr_scores(lrn, splits, mesh) if os.environ.get("RECRL_SLOW") == "1" else {}
-    return {**init, **_flat("icrlvr", lrn.params), **scores}
+    return {**init, **_flat("icrlvr", lrn.params), **icrlvr_scores(lrn, splits, mesh)}
 
 
 def icrlvr_scores(lrn, splits, mesh) -> dict:
