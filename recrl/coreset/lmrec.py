@@ -78,14 +78,20 @@ def grad_norms(model: models.Llama, tokens: np.ndarray, mask: np.ndarray,
     (block ``layer``, projection ``target``); ``[N]`` float32. Needs LoRA on that block.
     With ``mesh`` each batch is split over the devices (:func:`recrl.parallel.map_rows`)."""
     graphdef, wrt, rest = _grad_split(model, layer, target)
+    return _per_sample_grad_norms(graphdef, wrt, rest, (tokens, mask, loss_mask), batch_size,
+                                  chunk, mesh, "grad norms", progress)
 
+
+def _per_sample_grad_norms(graphdef, wrt, rest, rows: tuple, batch_size: int, chunk: int,
+                           mesh: Mesh | None, desc: str, progress: bool) -> np.ndarray:
+    """``[N]`` float32 per-sample NLL gradient norms w.r.t. ``wrt`` over ``rows`` (tokens,
+    mask, loss mask), batch by batch (split over ``mesh`` when given)."""
     def fn(params, t, m, lm):
         return models.nll_per_sample_grads(graphdef, params[0], params[1], t, m, lm,
                                            chunk_size=chunk, norms_only=True)
 
-    return parallel.map_rows(fn, (wrt, rest), (tokens, mask, loss_mask), batch_size, mesh,
-                             wrap=lambda it: _wrap(it, "grad norms", progress)
-                             ).astype(np.float32)
+    return parallel.map_rows(fn, (wrt, rest), rows, batch_size, mesh,
+                             wrap=lambda it: _wrap(it, desc, progress)).astype(np.float32)
 
 
 def grad_vectors(model: models.Llama, tokens: np.ndarray, mask: np.ndarray,
@@ -359,14 +365,8 @@ def lora_grad_norms(model: models.Llama, tokens: np.ndarray, mask: np.ndarray,
     graphdef, wrt, rest = nnx.split(model, models.LoRAParam, ...)
     if not jax.tree.leaves(wrt):
         raise ValueError("the model has no LoRA parameters: call add_lora first")
-
-    def fn(params, t, m, lm):
-        return models.nll_per_sample_grads(graphdef, params[0], params[1], t, m, lm,
-                                           chunk_size=chunk, norms_only=True)
-
-    return parallel.map_rows(fn, (wrt, rest), (tokens, mask, loss_mask), batch_size, mesh,
-                             wrap=lambda it: _wrap(it, "LoRA grad norms", progress)
-                             ).astype(np.float32)
+    return _per_sample_grad_norms(graphdef, wrt, rest, (tokens, mask, loss_mask), batch_size,
+                                  chunk, mesh, "LoRA grad norms", progress)
 
 
 def mean_answer_nll(model: models.Llama, tokens: np.ndarray, mask: np.ndarray,
