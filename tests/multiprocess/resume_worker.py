@@ -19,8 +19,9 @@ state of the newest checkpoint, the epochs this call trained) and, when the run 
 from __future__ import annotations
 
 import json
-import os
 import sys
+
+from tests.multiprocess import worker
 
 
 class Stop(Exception):
@@ -87,20 +88,13 @@ def run(out, mesh, stop: int) -> tuple[dict, list[int], dict | None]:
 def main(argv: list[str]) -> None:
     out, nproc, pid, port, ndev, stop = argv[1], *map(int, argv[2:7])
     tag = argv[7]
-    os.environ["JAX_NUM_CPU_DEVICES"] = str(ndev)
-    os.environ["JAX_PLATFORMS"] = "cpu"
+    mesh = worker.start(nproc, pid, port, ndev)
     from pathlib import Path
 
-    import ml_collections
     import numpy as np
 
     from recrl import parallel
 
-    cfg = ml_collections.ConfigDict(dict(parallel.CONFIG_FIELDS))
-    if nproc > 1:
-        cfg.update(distributed=True, coordinator_address=f"127.0.0.1:{port}",
-                   num_processes=nproc, process_id=pid)
-    mesh = parallel.startup(cfg)
     out = Path(out)
     arrays, trained, test = run(out, mesh, stop)
     np.savez(out / f"{tag}_p{pid}.npz", trained=np.asarray(trained, np.int32), **arrays)

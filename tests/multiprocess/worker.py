@@ -146,14 +146,13 @@ def goracs_part(mesh) -> dict:
             "goracs_grad_norms": norms}
 
 
-def main(argv: list[str]) -> None:
-    out, nproc, pid, port, ndev = argv[1], *map(int, argv[2:6])
+def start(nproc: int, pid: int, port: int, ndev: int):
+    """``ndev`` fake CPU devices, then the launchers' start-up (joining ``jax.distributed``
+    on ``127.0.0.1:port`` when ``nproc > 1``); returns the global mesh. Call it before
+    anything imports jax."""
     os.environ["JAX_NUM_CPU_DEVICES"] = str(ndev)
     os.environ["JAX_PLATFORMS"] = "cpu"
-    from pathlib import Path
-
     import ml_collections
-    import numpy as np
 
     from recrl import parallel
 
@@ -161,7 +160,18 @@ def main(argv: list[str]) -> None:
     if nproc > 1:
         cfg.update(distributed=True, coordinator_address=f"127.0.0.1:{port}",
                    num_processes=nproc, process_id=pid)
-    mesh = parallel.startup(cfg)
+    return parallel.startup(cfg)
+
+
+def main(argv: list[str]) -> None:
+    out, nproc, pid, port, ndev = argv[1], *map(int, argv[2:6])
+    mesh = start(nproc, pid, port, ndev)
+    from pathlib import Path
+
+    import numpy as np
+
+    from recrl import parallel
+
     plain = None if nproc == 1 and ndev == 1 else mesh
     out = Path(out)
     import time
