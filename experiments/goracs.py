@@ -137,21 +137,61 @@ def write_results(out: Path, runs, pre, timing, texts, cfg) -> dict:
 
 
 # --- decisive protocol (docs/goracs.md, "decisive_cpu") -------------------------------
+# Every process computes every stage on the run's mesh; only process 0 writes files. What
+# is already done (features.npz, selections.json, runs/*) is process 0's view, sent to the
+# others, so a rerun with any process count takes the same decisions on every process.
 
-DECISIVE_ONE_PROCESS = (
-    "protocol=decisive runs in one process, and this run has {n}: its stages (features, "
-    "early-stopped fine-tunes, evaluation) run on one device without a data mesh, and "
-    "every process would write features.npz, selections.json and runs/* itself, so "
-    "several processes would only repeat the same work and write the same files. Run it "
-    "as one process (without --config.distributed; it uses the first device), or run the "
-    "default protocol (e.g. --config=experiments/configs/goracs.py:ml1m), which is "
-    "data-parallel over all processes (docs/scaling.md).")
+
+def _broadcast_bytes(data: bytes | None) -> bytes:
+    """Process 0's ``data`` on every process (the others pass None)."""
+    from jax.experimental import multihost_utils
+
+    buf = np.frombuffer(data, np.uint8) if parallel.is_writer() else np.zeros(0, np.uint8)
+    size = int(multihost_utils.broadcast_one_to_all(np.int32(buf.size)))
+    if not parallel.is_writer():
+        buf = np.zeros(size, np.uint8)
+    return np.asarray(multihost_utils.broadcast_one_to_all(buf), np.uint8).tobytes()
+
+
+def _shared(obj: Any) -> Any:
+    """Process 0's ``obj`` (JSON-able) on every process; with one process ``obj`` itself."""
+    if jax.process_count() == 1:
+        return obj
+    return json.loads(_broadcast_bytes(json.dumps(obj).encode() if parallel.is_writer()
+                                       else None))
+
+
+def _shared_arrays(arrays: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+    """Process 0's ``arrays`` on every process, bit for bit (dtypes kept: sent as .npz)."""
+    if jax.process_count() == 1:
+        return arrays
+    import io
+
+    blob = None
+    if parallel.is_writer():
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        blob = buf.getvalue()
+    return dict(np.load(io.BytesIO(_broadcast_bytes(blob))))
+
+
+def _decisive_features(out: Path, cfg, st: pipeline.Setup, data, mesh) -> dict:
+    """The features (``features.npz``: process 0 computes with the others and writes it, or
+    reads it when an earlier run did); process 0's values on every process."""
+    path = out / "features.npz"
+    if _shared(parallel.is_writer() and path.exists()) and not parallel.is_writer():
+        return _shared_arrays(None)  # process 0 reads its cache
+    return _shared_arrays(features.decisive_features(
+        cfg, st.model, st.base, st.enc, data, mesh=mesh,
+        cache=path if parallel.is_writer() else None))
 
 
 def _decisive_selections(out: Path, cfg, feats, cost) -> dict[str, dict]:
-    """Every subset of the decisive protocol (``selections.json``, extended as it goes)."""
+    """Every subset of the decisive protocol (``selections.json``, extended as it goes by
+    process 0; every process computes the missing ones, and gets process 0's)."""
     spath = out / "selections.json"
-    sels = json.loads(spath.read_text()) if spath.exists() else {}
+    sels = _shared(json.loads(spath.read_text())
+                   if parallel.is_writer() and spath.exists() else {})
     for n in cfg.budgets:
         for method in cfg.methods:
             for seed in range(cfg.random_subsets) if method == "random" else (0,):
@@ -160,14 +200,20 @@ def _decisive_selections(out: Path, cfg, feats, cost) -> dict[str, dict]:
                     sels[name] = {"method": method, "budget": int(n), "seed": seed,
                                   **pipeline.decisive_selection(cfg, METHOD_TABLE, method, n,
                                                                 seed, feats, cost)}
-                    goracs_report.atomic_write(spath, json.dumps(sels))
-    return sels
+                    if parallel.is_writer():
+                        goracs_report.atomic_write(spath, json.dumps(sels))
+    return _shared(sels)
 
 
-def _decisive_job(out: Path, cfg, st: pipeline.Setup, cand, name: str, idx, sel: dict):
-    """Fine-tune on ``idx`` (None: none), test, write the run; its checkpoint goes."""
+def _decisive_job(out: Path, cfg, st: pipeline.Setup, cand, name: str, idx, sel: dict,
+                  mesh) -> None:
+    """Fine-tune on ``idx`` (None: none) and test, on every process (on ``mesh``; all take
+    part in the checkpoint saves); process 0 writes the run and removes its checkpoint."""
     ckpt = out / "runs" / f"{name}.ckpt"
-    info, per = pipeline.decisive_finetune(cfg, st, idx, cand, checkpoint_dir=ckpt)
+    info, per = pipeline.decisive_finetune(cfg, st, idx, cand, checkpoint_dir=ckpt,
+                                           mesh=mesh)
+    if not parallel.is_writer():
+        return
     np.savez(out / "runs" / f"{name}.npz", **per)
     rec = {"name": name, **{k: v for k, v in sel.items() if k != "indices"}, **info,
            "test_nll": float(per["nll"].mean()),
@@ -178,31 +224,47 @@ def _decisive_job(out: Path, cfg, st: pipeline.Setup, cand, name: str, idx, sel:
           f"best step {info['best_step']}", flush=True)
 
 
-def run_decisive(cfg, out_dir: str) -> dict:
-    """The decisive protocol by resumable stages (each file written once; reruns skip).
-    Runs in one process, on its first device: its stages have no data mesh and every
-    process would write the files, so several processes are refused (the message says
-    what to run instead)."""
-    parallel.startup(cfg)  # jax.distributed (if asked) and the device log, as every launcher
-    if jax.process_count() > 1:
-        raise ValueError(DECISIVE_ONE_PROCESS.format(n=jax.process_count()))
+def _decisive_prepare(cfg, out_dir: str) -> Path:
+    """Config checks, the cached-stage guard and ``runs/`` (process 0 only: it writes)."""
     out = config_check.preflight(cfg, out_dir, config_check.validate_goracs)
     rundir.guard_stages(out, cfg, config_check.GORACS_DECISIVE_STAGES,
                         config_check.GORACS_DECISIVE_FREE,
                         retrain=cfg.get("retrain_changed", False))
     (out / "runs").mkdir(parents=True, exist_ok=True)
-    data, texts, cand = pipeline.load_decisive_data(cfg)
-    st = pipeline.setup(cfg, data, texts, keep_base=True)
-    feats = features.decisive_features(cfg, st.model, st.base, st.enc, data,
-                                       cache=out / "features.npz")
+    return out
+
+
+def run_decisive(cfg, out_dir: str) -> dict:
+    """The decisive protocol by resumable stages (each file written once; reruns skip).
+
+    Data-parallel on the run's mesh (all processes and devices; ``num_devices`` as in every
+    launcher): features, fine-tunes (Orbax checkpoints, every process taking part) and
+    test evaluation; the selections run on every process. Only process 0 writes files, and
+    what a rerun finds done is decided by process 0 for all; the fine-tune minibatch must
+    split over the devices (refused up front otherwise). Returns ``{"report": text}``
+    (None on the other processes)."""
+    mesh = parallel.startup(cfg)  # jax.distributed first (if asked), then the global mesh
+    parallel.check_divisible({"finetune.batch_size (or the smallest budget)":
+                              min(cfg.finetune.batch_size, *cfg.budgets)}, mesh)
+    parallel.writer_checks("preflight and cached-stage guard",
+                           lambda: _decisive_prepare(cfg, out_dir))
+    out = Path(out_dir).expanduser()
+    data, texts, cand = parallel.writer_first("data",
+                                              lambda: pipeline.load_decisive_data(cfg))
+    st = pipeline.setup(cfg, data, texts, mesh=mesh, keep_base=True)
+    feats = _decisive_features(out, cfg, st, data, mesh)
     cost = np.asarray(coreset.cost_matrix(feats["pool_emb"], feats["val_emb"], feats["grad"],
                                           pipeline.lam_of(cfg)))
     sels = _decisive_selections(out, cfg, feats, cost)
     jobs = [("base", None), ("full", list(range(cost.shape[0]))),
             *((k, v["indices"]) for k, v in sels.items())]
+    done = set(_shared([name for name, _ in jobs if (out / "runs" / f"{name}.json").exists()]
+                       if parallel.is_writer() else None))
     for name, idx in jobs:
-        if not (out / "runs" / f"{name}.json").exists():
-            _decisive_job(out, cfg, st, cand, name, idx, sels.get(name, {}))
+        if name not in done:
+            _decisive_job(out, cfg, st, cand, name, idx, sels.get(name, {}), mesh)
+    if not parallel.is_writer():
+        return {"report": None}
     np.save(out / "test_users.npy", np.asarray(data.splits["test"].user))
     return {"report": goracs_report.decisive_report(out, cfg)}
 

@@ -56,29 +56,32 @@ def selection_features(model, enc, *, batch_size: int, chunk: int,
 
 
 def averaged_el2n(model, train, *, runs: int, steps: int, batch_size: int, lr: float,
-                  eval_batch_size: int) -> np.ndarray:
+                  eval_batch_size: int, mesh=None) -> np.ndarray:
     """EL2N ``[N]`` averaged over ``runs`` copies of ``model`` LoRA-tuned ``steps`` steps on
-    the pool (minibatch seeds 100, 101, …; ``runs = 0`` or ``steps = 0``: the model as is)."""
+    the pool (minibatch seeds 100, 101, …; ``runs = 0`` or ``steps = 0``: the model as is);
+    tuning and scoring data-parallel over ``mesh`` when given."""
     scores = []
     for r in range(max(runs, 1)):
         m = nnx.clone(model)
         if runs > 0 and steps > 0:
             lmrec.finetune(m, *train, steps=steps, batch_size=batch_size, lr=lr, seed=100 + r,
-                           progress=False)
-        scores.append(lmrec.el2n_scores(m, *train, batch_size=eval_batch_size))
+                           progress=False, mesh=mesh)
+        scores.append(lmrec.el2n_scores(m, *train, batch_size=eval_batch_size, mesh=mesh))
     return np.mean(scores, 0)
 
 
 def averaged_grand(base, train, *, inits: int, lora_rank: int, lora_alpha: float,
-                   batch_size: int, chunk: int) -> np.ndarray:
+                   batch_size: int, chunk: int, mesh=None) -> np.ndarray:
     """GraNd ``[N]``: the full-LoRA gradient norm averaged over ``inits`` LoRA
-    initialisations (seeds 1000, 1001, …) of the LM ``base`` (without LoRA)."""
+    initialisations (seeds 1000, 1001, …) of the LM ``base`` (without LoRA); rows split
+    over ``mesh`` when given."""
     norms = []
     for k in range(inits):
         m = nnx.clone(base)
         models.add_lora(m, rank=lora_rank, alpha=lora_alpha, targets=("q_proj", "v_proj"),
                         rngs=nnx.Rngs(1000 + k))
-        norms.append(lmrec.lora_grad_norms(m, *train, batch_size=batch_size, chunk=chunk))
+        norms.append(lmrec.lora_grad_norms(m, *train, batch_size=batch_size, chunk=chunk,
+                                           mesh=mesh))
     return np.mean(norms, 0)
 
 
@@ -93,27 +96,31 @@ def surrogate_influence(samples, num_items: int, *, dim: int, steps: int,
                                          damping=damping)
 
 
-def decisive_features(cfg, model, base, enc, data, cache: Path | None = None
+def decisive_features(cfg, model, base, enc, data, cache: Path | None = None, mesh=None
                       ) -> dict[str, np.ndarray]:
     """The decisive protocol's features: GORACS's (ĝ, embeddings) and the baselines'
     scores: EL2N averaged over ``el2n.runs`` briefly fine-tuned models, GraNd averaged over
     ``grand.inits`` LoRA initialisations, DEALRec's surrogate influence.
 
     With ``cache`` (an ``.npz`` path) they are loaded from it when it exists, else computed
-    and written there (through a temporary file)."""
+    and written there (through a temporary file). With ``mesh`` the LM's gradients,
+    embeddings, fine-tunes and scores run data-parallel (every process must call this; the
+    launcher passes no ``cache`` then and lets process 0 write it); the small surrogate
+    recommender trains on each process's default device."""
     if cache is not None and cache.exists():
         return dict(np.load(cache))
     feat_cfg, tr = cfg.features, enc["train"]
     feats = {"grad": lmrec.grad_norms(model, *tr, batch_size=feat_cfg.batch_size,
-                                      chunk=feat_cfg.chunk),
-             **_embeddings(model, enc, feat_cfg.batch_size)}
+                                      chunk=feat_cfg.chunk, mesh=mesh),
+             **_embeddings(model, enc, feat_cfg.batch_size, mesh)}
     feats["el2n"] = averaged_el2n(model, tr, runs=cfg.el2n.runs, steps=cfg.el2n.steps,
                                   batch_size=cfg.finetune.batch_size, lr=cfg.finetune.lr,
-                                  eval_batch_size=feat_cfg.batch_size)
+                                  eval_batch_size=feat_cfg.batch_size, mesh=mesh)
     feats["grand"] = averaged_grand(base, tr, inits=cfg.grand.inits,
                                     lora_rank=cfg.model.lora_rank,
                                     lora_alpha=cfg.model.lora_alpha,
-                                    batch_size=feat_cfg.batch_size, chunk=feat_cfg.chunk)
+                                    batch_size=feat_cfg.batch_size, chunk=feat_cfg.chunk,
+                                    mesh=mesh)
     dealrec_cfg = cfg.dealrec
     feats["influence"] = surrogate_influence(data.splits["train"], len(data.titles),
                                              dim=dealrec_cfg.surrogate_dim,

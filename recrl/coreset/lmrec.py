@@ -201,10 +201,16 @@ def answer_loglik(model: models.Llama, tokens: np.ndarray, mask: np.ndarray,
     r""":math:`\sum_{t\in\text{answer}}\log\pi(y_t\mid\cdot)` per row, ``[N]``. With
     ``mesh`` each batch is split over the devices."""
     graphdef, state = nnx.split(model)
-    targets = _max_targets(loss_mask)
-    return parallel.map_rows(
-        lambda st, t, m, lm: _answer_loglik(graphdef, st, t, m, lm, targets), state,
-        (tokens, mask, loss_mask), batch_size, mesh)
+    return parallel.map_rows(_loglik_rows(graphdef, _max_targets(loss_mask)), state,
+                             (tokens, mask, loss_mask), batch_size, mesh)
+
+
+@functools.lru_cache(maxsize=16)
+def _loglik_rows(graphdef, max_targets: int):
+    """The row function of :func:`answer_loglik`, one object per (model structure, answer
+    length), so that repeated calls (validation during a fine-tune) reuse the compiled
+    step of :func:`recrl.parallel.map_rows`."""
+    return lambda st, t, m, lm: _answer_loglik(graphdef, st, t, m, lm, max_targets)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -343,16 +349,16 @@ def _el2n(graphdef, state, tokens, mask, loss_mask):
 
 
 def el2n_scores(model: models.Llama, tokens: np.ndarray, mask: np.ndarray,
-                loss_mask: np.ndarray, *, batch_size: int = 64) -> np.ndarray:
+                loss_mask: np.ndarray, *, batch_size: int = 64,
+                mesh: Mesh | None = None) -> np.ndarray:
     r"""EL2N (Paul et al. 2021) of each sample: the error L2 norm
     :math:`\|\mathrm{softmax}(z_t) - e_{y_t}\|_2` of every answer token, averaged over the
     answer (``[N]`` float32). Needs contiguous prompt + answer rows (:func:`encode_pairs`).
-    The paper averages it over a few briefly trained models (the launcher does)."""
+    The paper averages it over a few briefly trained models (the launcher does). With
+    ``mesh`` each batch is split over the devices."""
     graphdef, state = nnx.split(model)
-    rows = [slice(lo, lo + batch_size) for lo in range(0, tokens.shape[0], batch_size)]
-    return np.concatenate([np.asarray(_el2n(
-        graphdef, state, jnp.asarray(tokens[r]), jnp.asarray(mask[r]),
-        jnp.asarray(loss_mask[r], bool))) for r in rows])
+    return parallel.map_rows(lambda st, t, m, lm: _el2n(graphdef, st, t, m, lm), state,
+                             (tokens, mask, np.asarray(loss_mask, bool)), batch_size, mesh)
 
 
 def lora_grad_norms(model: models.Llama, tokens: np.ndarray, mask: np.ndarray,
@@ -370,9 +376,11 @@ def lora_grad_norms(model: models.Llama, tokens: np.ndarray, mask: np.ndarray,
 
 
 def mean_answer_nll(model: models.Llama, tokens: np.ndarray, mask: np.ndarray,
-                    loss_mask: np.ndarray, *, batch_size: int = 256) -> np.ndarray:
-    """Per-sample mean NLL of the answer tokens (the fine-tuning loss), ``[N]`` float32."""
-    ll = answer_loglik(model, tokens, mask, loss_mask, batch_size=batch_size)
+                    loss_mask: np.ndarray, *, batch_size: int = 256,
+                    mesh: Mesh | None = None) -> np.ndarray:
+    """Per-sample mean NLL of the answer tokens (the fine-tuning loss), ``[N]`` float32;
+    with ``mesh`` each batch is split over the devices (every process gets every row)."""
+    ll = answer_loglik(model, tokens, mask, loss_mask, batch_size=batch_size, mesh=mesh)
     return (-ll / np.maximum(np.asarray(loss_mask)[:, 1:].sum(1), 1)).astype(np.float32)
 
 
@@ -380,7 +388,8 @@ def finetune_early_stopping(model: models.Llama, train: tuple, val: tuple, *,
                             max_steps: int, eval_every: int, patience: int,
                             batch_size: int = 16, lr: float = 1e-3, seed: int = 0,
                             eval_batch_size: int = 256,
-                            checkpoint_dir: str | os.PathLike | None = None) -> dict:
+                            checkpoint_dir: str | os.PathLike | None = None,
+                            mesh: Mesh | None = None) -> dict:
     """LoRA AdamW on ``train = (tokens, mask, loss_mask)`` for at most ``max_steps`` steps,
     with the mean validation loss (:func:`mean_answer_nll` over ``val``) measured at step 0
     and every ``eval_every`` steps (and after the last); stops after ``patience``
@@ -391,6 +400,11 @@ def finetune_early_stopping(model: models.Llama, train: tuple, val: tuple, *,
     evaluation: adapters, optimiser state, best adapters and the curve; a rerun with the
     same arguments continues from the last evaluation and ends as an uninterrupted run.
 
+    With ``mesh`` the steps are data-parallel (:func:`finetune`; every process of a
+    multi-process run calls this, and takes part in the checkpoint saves) and the
+    validation loss is computed with the rows split over the mesh; every process gets
+    every row's loss, so all take the same early-stopping decisions.
+
     Returns ``{"best_step", "steps_run", "val_curve": [[step, loss], ...]}``.
     """
     if max_steps < 0 or eval_every < 1 or patience < 1:
@@ -400,7 +414,8 @@ def finetune_early_stopping(model: models.Llama, train: tuple, val: tuple, *,
 
     def val_loss(p) -> float:
         nnx.update(model, p)
-        return float(mean_answer_nll(model, *val, batch_size=eval_batch_size).mean())
+        return float(mean_answer_nll(model, *val, batch_size=eval_batch_size,
+                                     mesh=mesh).mean())
 
     ckpt = None if checkpoint_dir is None else Checkpointer(checkpoint_dir, max_to_keep=1)
     state, best = _early_stopping_start(ckpt, params, lr, val_loss)
@@ -425,10 +440,12 @@ def finetune_early_stopping(model: models.Llama, train: tuple, val: tuple, *,
         sft_loop(_nll_loss(graphdef, _max_targets(train[2])), state["params"], rest,
                  tuple(train), steps=max_steps,
                  batch_size=min(batch_size, train[0].shape[0]), lr=lr, seed=seed,
-                 opt_state=state["opt_state"], start_step=best["done"], on_step=on_step)
+                 opt_state=state["opt_state"], start_step=best["done"], on_step=on_step,
+                 mesh=mesh)
     if ckpt is not None:
         ckpt.close()
-    nnx.update(model, state["best"])
+    nnx.update(model, state["best"] if mesh is None
+               else jax.tree.map(jnp.asarray, jax.device_get(state["best"])))
     return {"best_step": best["step"], "steps_run": best["done"], "val_curve": best["curve"]}
 
 

@@ -270,13 +270,15 @@ def evaluate(model, encode, cfg, texts, cand, titles, full=None, mesh=None) -> d
     return out
 
 
-def decisive_evaluate(model, encode, cfg, texts, enc, cand, titles) -> dict[str, np.ndarray]:
+def decisive_evaluate(model, encode, cfg, texts, enc, cand, titles, mesh=None
+                      ) -> dict[str, np.ndarray]:
     """Per test window: mean answer-token NLL of the target title and its rank among the
-    candidates."""
-    nll = lmrec.mean_answer_nll(model, *enc["test"])
+    candidates (rows split over ``mesh`` when given; every process gets every window)."""
+    nll = lmrec.mean_answer_nll(model, *enc["test"], mesh=mesh)
     ranks = lmrec.target_ranks(lmrec.catalogue_scores(
         model, encode, texts["test"]["prompt"], titles, cand,
-        max_prompt=cfg.model.max_prompt, max_answer=cfg.model.max_answer, progress=False))
+        max_prompt=cfg.model.max_prompt, max_answer=cfg.model.max_answer, progress=False,
+        mesh=mesh))
     return {"nll": nll, "ranks": ranks}
 
 
@@ -369,11 +371,12 @@ def decisive_selection(cfg, table: dict[str, selectors.Method], method: str, n: 
             "exact_poo": objective.poo_exact(cost, idx)}
 
 
-def decisive_finetune(cfg, st: Setup, idx, cand, checkpoint_dir=None
+def decisive_finetune(cfg, st: Setup, idx, cand, checkpoint_dir=None, mesh=None
                       ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """The decisive protocol's run on ``idx`` (None: no fine-tuning): early-stopped LoRA
     fine-tuning of a copy of the model (checkpointed in ``checkpoint_dir``), then
-    :func:`decisive_evaluate`; ``(info, per-window results)``."""
+    :func:`decisive_evaluate`; ``(info, per-window results)``. With ``mesh`` both run
+    data-parallel, and every process must call this (each gets the same results)."""
     import time
 
     model, ft_cfg = nnx.clone(st.model), cfg.finetune
@@ -384,8 +387,9 @@ def decisive_finetune(cfg, st: Setup, idx, cand, checkpoint_dir=None
             model, tuple(x[np.asarray(idx)] for x in st.enc["train"]), st.enc["val"],
             max_steps=ft_cfg.max_steps, eval_every=ft_cfg.eval_every,
             patience=ft_cfg.patience, batch_size=ft_cfg.batch_size, lr=ft_cfg.lr,
-            seed=ft_cfg.seed, checkpoint_dir=checkpoint_dir)
+            seed=ft_cfg.seed, checkpoint_dir=checkpoint_dir, mesh=mesh)
     t1 = time.perf_counter()
-    per = decisive_evaluate(model, st.encode, cfg, st.texts, st.enc, cand, st.data.titles)
+    per = decisive_evaluate(model, st.encode, cfg, st.texts, st.enc, cand, st.data.titles,
+                            mesh)
     info.update(finetune_seconds=t1 - t0, eval_seconds=time.perf_counter() - t1)
     return info, per
