@@ -1,0 +1,104 @@
+"""GORACS ``protocol=decisive`` with real multi-process JAX (slow: ``make test-slow``).
+
+``tests/multiprocess/decisive_worker.py`` runs the launcher's ``run_decisive`` (features,
+selections, early-stopped fine-tunes with Orbax checkpoints, test evaluation) on a small
+decisive config as 2 OS processes × 2 CPU devices joined by ``jax.distributed`` on
+127.0.0.1, as 1 process × 4 devices and as 1 process × 1 device, then reruns it after
+process 0 removed one finished run. The selections, features and per-window test results
+must agree, only process 0 may have written files (outside the checkpoints), and the rerun
+must redo the removed run only. The three configurations run at the same time.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.multiprocess import decisive_worker
+from tests.multiprocess.test_multiprocess import CONFIGS, _assert_close, _free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+TIMEOUT_S = 900
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    base = tmp_path_factory.mktemp("decisive")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
+        "RECRL_DATA": str(base / "data"), "JAX_PLATFORMS": "cpu"}
+    env.pop("XLA_FLAGS", None)  # the worker sets its own device count
+    procs = {}
+    for name, (nproc, ndev) in CONFIGS.items():
+        out = base / name
+        out.mkdir()
+        port = _free_port()
+        procs[name] = (out, [subprocess.Popen(
+            [sys.executable, "-m", "tests.multiprocess.decisive_worker", str(out),
+             str(nproc), str(pid), str(port), str(ndev)], cwd=ROOT, env=env,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for pid in range(nproc)])
+    try:
+        for name, (_, ps) in procs.items():
+            logs = [p.communicate(timeout=TIMEOUT_S)[0] for p in ps]
+            for p, log in zip(ps, logs, strict=True):
+                assert p.returncode == 0, f"{name} worker failed:\n{log[-4000:]}"
+    finally:
+        for _, ps in procs.values():
+            for p in ps:
+                if p.poll() is None:
+                    p.kill()
+    return {name: (out, len(ps)) for name, (out, ps) in procs.items()}
+
+
+def _decisive(out: Path) -> tuple[dict, dict, dict]:
+    """Selections, features and ``{run: (record, per-window arrays)}`` of the decisive run."""
+    run = out / "decisive"
+    runs = {p.stem: (json.loads(p.read_text()), dict(np.load(p.with_suffix(".npz"))))
+            for p in (run / "runs").glob("*.json")}
+    return (json.loads((run / "selections.json").read_text()),
+            dict(np.load(run / "features.npz")), runs)
+
+
+def test_decisive_protocol_equal_on_2x2_1x4_and_1x1(runs):
+    """``protocol=decisive`` (features, selections, early-stopped fine-tunes, test
+    evaluation) gives the same selections and test results on every layout."""
+    sels, feats, want = _decisive(runs["1x1"][0])
+    assert set(want) == {"base", "full", "goracs_n6", f"{decisive_worker.REDO}"}
+    # fine-tuning changed the model: equal test results below are not the base model's
+    assert abs(want["full"][0]["test_nll"] - want["base"][0]["test_nll"]) > 1e-3
+    for name in ("2x2", "1x4"):
+        got_sels, got_feats, got = _decisive(runs[name][0])
+        assert {k: v["indices"] for k, v in got_sels.items()} == {
+            k: v["indices"] for k, v in sels.items()}, name
+        _assert_close(got_feats, feats, f"decisive features {name} vs 1x1")
+        assert got.keys() == want.keys()
+        for run, (rec, per) in want.items():
+            for key in ("best_step", "steps_run", "HR@10"):
+                assert got[run][0][key] == rec[key], f"{name} {run} {key}"
+            np.testing.assert_allclose(got[run][0]["val_curve"], rec["val_curve"],
+                                       rtol=1e-5, err_msg=f"{name} {run}")
+            np.testing.assert_allclose(got[run][1]["nll"], per["nll"], rtol=1e-5,
+                                       err_msg=f"{name} {run}")
+            np.testing.assert_array_equal(got[run][1]["ranks"], per["ranks"])
+
+
+def test_decisive_only_process_zero_wrote_files_and_rerun_redoes_one_run(runs):
+    for name, (out, nproc) in runs.items():
+        logs = [json.loads((out / f"decisive_writes_p{pid}.json").read_text())
+                for pid in range(nproc)]
+        for pid, log in enumerate(logs[1:], 1):
+            assert log == {"first": [], "second": []}, f"{name}: process {pid} wrote {log}"
+        written = {Path(w.split(" ", 1)[1]).name for w in logs[0]["first"]}
+        assert {"features.npz", "selections.json", "report.md", "test_users.npy",
+                "goracs_n6.json", "goracs_n6.npz", "base.npz", "full.json"} <= written, name
+        # the rerun: only the removed run again (its files through temporary names)
+        redone = {Path(w.split(" ", 1)[1]).name for w in logs[0]["second"]
+                  if "/runs/" in w}
+        assert {n.removesuffix(".tmp") for n in redone} == {
+            f"{decisive_worker.REDO}.json", f"{decisive_worker.REDO}.npz"}, f"{name}: {redone}"
