@@ -343,17 +343,3 @@ def test_rlvr_evaluation_on_the_mesh_equals_one_device():
     got = evaluation.evaluate(graphdef, params, tok, problems, key, mesh=mesh, **kw)
     assert got == want
     assert jnp.isfinite(jnp.asarray(list(want.values()))).all()
-
-
-def test_goracs_decisive_refuses_several_processes(tmp_path, monkeypatch):
-    """The decisive protocol says why it runs in one process and what to run instead,
-    before writing anything (two processes simulated through ``jax.process_count``)."""
-    from experiments import goracs
-    from experiments.configs.goracs import get_config
-
-    monkeypatch.setattr(jax, "process_count", lambda: 2)
-    with pytest.raises(ValueError, match="runs in one process, and this run has 2") as err:
-        goracs.run_decisive(get_config("decisive_tiny"), str(tmp_path / "out"))
-    assert "without --config.distributed" in str(err.value)
-    assert "goracs.py:ml1m" in str(err.value) and "docs/scaling.md" in str(err.value)
-    assert not (tmp_path / "out").exists()
