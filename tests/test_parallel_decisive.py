@@ -119,8 +119,8 @@ def test_decisive_run_on_4_devices_equals_1_device(tmp_path, monkeypatch):
     assert len(runs1) == 12 and runs1.keys() == runs4.keys() and sels1.keys() == sels4.keys()
     for k in feats1:
         np.testing.assert_allclose(feats4[k], feats1[k], rtol=1e-4, atol=1e-6, err_msg=k)
-    # D2-Pruning's kNN graph on the embeddings can change with their float rounding (seen
-    # here once: 2 of its 6 indices); every other selector must pick the same subset
+    # D2-Pruning's kNN graph on the embeddings can change with their float rounding (it
+    # does here: 2 of its 6 indices); every other selector must pick the same subset
     same = {k for k in sels1 if sels4[k]["indices"] == sels1[k]["indices"]}
     assert set(sels1) - same <= {"d2pruning_n6"}
     assert abs(runs1["full"][0]["test_nll"] - runs1["base"][0]["test_nll"]) > 1e-3
