@@ -2,11 +2,12 @@
 (``tests/multiprocess/test_decisive.py``).
 
 Usage: ``python -m tests.multiprocess.decisive_worker OUT NUM_PROCESSES PROCESS_ID PORT
-DEVICES``. Starts like ``tests/multiprocess/worker.py`` (``DEVICES`` fake CPU devices,
+DEVICES [resume]``. Starts like ``tests/multiprocess/worker.py`` (``DEVICES`` fake CPU devices,
 ``jax.distributed`` on ``127.0.0.1:PORT`` when ``NUM_PROCESSES > 1``), then runs the
 launcher's ``run_decisive`` on a small decisive config (two methods) in ``OUT/decisive`` on
 the global mesh, and once more after process 0 has removed one finished run (the rerun must
-redo that run only, every process taking the same decision). A Python audit hook records
+redo that run only, every process taking the same decision); with ``resume``, only that
+rerun, in a copy of another layout's finished run. A Python audit hook records
 every file this process creates, writes, renames or removes under ``OUT/decisive``, except
 inside the fine-tunes' Orbax checkpoint folders (``*.ckpt``, which every process writes as
 Orbax requires); each process saves its record to ``OUT/decisive_writes_p<PROCESS_ID>.json``.
@@ -63,9 +64,10 @@ def _record_writes(root: Path, sink: list) -> None:
     sys.addaudithook(hook)
 
 
-def decisive_runs(out: Path) -> None:
+def decisive_runs(out: Path, resume: bool = False) -> None:
     """The decisive run, its rerun after process 0 removed run ``REDO``, and the record of
-    this process's writes (``first`` run, ``second`` run)."""
+    this process's writes (``first`` run, ``second`` run). With ``resume`` only the rerun
+    (in a copy of another layout's ``OUT/decisive`` from which the test removed ``REDO``)."""
     import jax
 
     from experiments import goracs
@@ -76,12 +78,13 @@ def decisive_runs(out: Path) -> None:
     sink = [log["first"]]
     _record_writes(run_dir, sink)
     cfg = decisive_config()
-    goracs.run_decisive(cfg, str(run_dir))
-    parallel.barrier("decisive:first run")
-    sink[0] = None  # the test's own change below is not recorded
-    if parallel.is_writer():
-        (run_dir / "runs" / f"{REDO}.json").unlink()
-    parallel.barrier("decisive:one run removed")
+    if not resume:
+        goracs.run_decisive(cfg, str(run_dir))
+        parallel.barrier("decisive:first run")
+        sink[0] = None  # the test's own change below is not recorded
+        if parallel.is_writer():
+            (run_dir / "runs" / f"{REDO}.json").unlink()
+        parallel.barrier("decisive:one run removed")
     sink[0] = log["second"]
     goracs.run_decisive(cfg, str(run_dir))
     sink[0] = None
@@ -93,7 +96,7 @@ def main(argv: list[str]) -> None:
 
     out, nproc, pid, port, ndev = argv[1], *map(int, argv[2:6])
     start(nproc, pid, port, ndev)
-    decisive_runs(Path(out))
+    decisive_runs(Path(out), resume=argv[6:] == ["resume"])
     from recrl import parallel
 
     parallel.barrier("done")

@@ -4,13 +4,16 @@
 selections, early-stopped fine-tunes with Orbax checkpoints, test evaluation) on a small
 decisive config as 2 OS processes × 2 CPU devices joined by ``jax.distributed`` on
 127.0.0.1, as 1 process × 4 devices and as 1 process × 1 device, then reruns it after
-process 0 removed one finished run. The selections, features and per-window test results
-must agree, only process 0 may have written files (outside the checkpoints), and the rerun
-must redo the removed run only. The three configurations run at the same time.
+process 0 removed one finished run; then 2 × 2 resumes a copy of 1 × 1's run and 1 × 1 a
+copy of 2 × 2's, each with one finished run removed. The selections, features and
+per-window test results must agree, only process 0 may have written files (outside the
+checkpoints), and each rerun must redo the removed run only. The configurations of each
+phase run at the same time.
 """
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -26,23 +29,18 @@ TIMEOUT_S = 900
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    base = tmp_path_factory.mktemp("decisive")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
-        "RECRL_DATA": str(base / "data"), "JAX_PLATFORMS": "cpu"}
-    env.pop("XLA_FLAGS", None)  # the worker sets its own device count
-    procs = {}
-    for name, (nproc, ndev) in CONFIGS.items():
-        out = base / name
-        out.mkdir()
-        port = _free_port()
-        procs[name] = (out, [subprocess.Popen(
-            [sys.executable, "-m", "tests.multiprocess.decisive_worker", str(out),
-             str(nproc), str(pid), str(port), str(ndev)], cwd=ROOT, env=env,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            for pid in range(nproc)])
+RESUMES = {"2x2 resumes 1x1": ("1x1", 2, 2), "1x1 resumes 2x2": ("2x2", 1, 1)}
+
+
+def _start(out: Path, nproc: int, ndev: int, env: dict, *extra: str) -> list:
+    port = _free_port()
+    return [subprocess.Popen(
+        [sys.executable, "-m", "tests.multiprocess.decisive_worker", str(out), str(nproc),
+         str(pid), str(port), str(ndev), *extra], cwd=ROOT, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for pid in range(nproc)]
+
+
+def _wait(procs: dict[str, tuple[Path, list]]) -> None:
     try:
         for name, (_, ps) in procs.items():
             logs = [p.communicate(timeout=TIMEOUT_S)[0] for p in ps]
@@ -53,7 +51,30 @@ def runs(tmp_path_factory):
             for p in ps:
                 if p.poll() is None:
                     p.kill()
-    return {name: (out, len(ps)) for name, (out, ps) in procs.items()}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The three layouts; then 2 × 2 resuming 1 × 1's finished run and 1 × 1 resuming
+    2 × 2's, each with the run ``REDO`` removed. ``{name: (out, processes)}``."""
+    base = tmp_path_factory.mktemp("decisive")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
+        "RECRL_DATA": str(base / "data"), "JAX_PLATFORMS": "cpu"}
+    env.pop("XLA_FLAGS", None)  # the worker sets its own device count
+    procs = {}
+    for name, (nproc, ndev) in CONFIGS.items():
+        (base / name).mkdir()
+        procs[name] = (base / name, _start(base / name, nproc, ndev, env))
+    _wait(procs)
+    resumed = {}
+    for name, (src, nproc, ndev) in RESUMES.items():
+        out = base / name.replace(" ", "_")
+        shutil.copytree(base / src / "decisive", out / "decisive")
+        (out / "decisive" / "runs" / f"{decisive_worker.REDO}.json").unlink()
+        resumed[name] = (out, _start(out, nproc, ndev, env, "resume"))
+    _wait(resumed)
+    return {name: (out, len(ps)) for name, (out, ps) in {**procs, **resumed}.items()}
 
 
 def _decisive(out: Path) -> tuple[dict, dict, dict]:
@@ -72,7 +93,7 @@ def test_decisive_protocol_equal_on_2x2_1x4_and_1x1(runs):
     assert set(want) == {"base", "full", "goracs_n6", f"{decisive_worker.REDO}"}
     # fine-tuning changed the model: equal test results below are not the base model's
     assert abs(want["full"][0]["test_nll"] - want["base"][0]["test_nll"]) > 1e-3
-    for name in ("2x2", "1x4"):
+    for name in ("2x2", "1x4", *RESUMES):
         got_sels, got_feats, got = _decisive(runs[name][0])
         assert {k: v["indices"] for k, v in got_sels.items()} == {
             k: v["indices"] for k, v in sels.items()}, name
@@ -95,8 +116,12 @@ def test_decisive_only_process_zero_wrote_files_and_rerun_redoes_one_run(runs):
         for pid, log in enumerate(logs[1:], 1):
             assert log == {"first": [], "second": []}, f"{name}: process {pid} wrote {log}"
         written = {Path(w.split(" ", 1)[1]).name for w in logs[0]["first"]}
-        assert {"features.npz", "selections.json", "report.md", "test_users.npy",
-                "goracs_n6.json", "goracs_n6.npz", "base.npz", "full.json"} <= written, name
+        if name in RESUMES:  # only the rerun: features, selections and 3 runs were there
+            assert not written and not any("features" in w or "selections" in w
+                                           for w in logs[0]["second"]), name
+        else:
+            assert {"features.npz", "selections.json", "report.md", "test_users.npy",
+                    "goracs_n6.json", "goracs_n6.npz", "base.npz", "full.json"} <= written, name
         # the rerun: only the removed run again (its files through temporary names)
         redone = {Path(w.split(" ", 1)[1]).name for w in logs[0]["second"]
                   if "/runs/" in w}
