@@ -95,6 +95,25 @@ def test_decisive_refuses_a_fine_tune_batch_that_does_not_split(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_decisive_stages_are_kept_across_process_counts(tmp_path):
+    """The cached-stage guard of ``run_decisive``: other distributed settings (a rerun on
+    another process or device count) keep the finished stages; another model does not."""
+    from experiments import goracs
+    from experiments.configs.goracs import get_config
+    from recrl import rundir
+
+    cfg = get_config("decisive_tiny")
+    out = goracs._decisive_prepare(cfg, str(tmp_path / "out"))
+    (out / "features.npz").write_bytes(b"finished stage")
+    cfg.update(distributed=True, coordinator_address="10.0.0.1:1234", num_processes=2,
+               process_id=1, num_devices=8)
+    goracs._decisive_prepare(cfg, str(out))
+    assert (out / "features.npz").read_bytes() == b"finished stage"
+    cfg.model.dim = 48
+    with pytest.raises(rundir.StageMismatchError, match="model.dim"):
+        goracs._decisive_prepare(cfg, str(out))
+
+
 @pytest.mark.slow
 def test_decisive_run_on_4_devices_equals_1_device(tmp_path, monkeypatch):
     """``decisive_tiny`` end to end (10 subsets of 9 methods, plus base and full: 12 runs)
