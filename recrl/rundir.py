@@ -127,6 +127,8 @@ def guard_stages(out: str | os.PathLike, cfg: Any, stages: Mapping[str, Iterable
             warnings.warn(f"{out / stage} has no recorded config; assuming it matches",
                           RuntimeWarning, stacklevel=2)
             continue
+        # keys declared free since the record was written no longer count
+        old = {k: v for k, v in old.items() if k.split(".")[0] not in free}
         diff = _diff(old, new[stage])
         if diff:
             changed[stage] = diff

@@ -99,12 +99,19 @@ def test_decisive_stages_are_kept_across_process_counts(tmp_path):
     """The cached-stage guard of ``run_decisive``: other distributed settings (a rerun on
     another process or device count) keep the finished stages; another model does not."""
     from experiments import goracs
+    from experiments.configs import validate as config_check
     from experiments.configs.goracs import get_config
     from recrl import rundir
 
     cfg = get_config("decisive_tiny")
-    out = goracs._decisive_prepare(cfg, str(tmp_path / "out"))
+    out = tmp_path / "out"
+    # a run directory whose record still counts the distributed settings (as before they
+    # were declared free)
+    rundir.guard_stages(out, cfg, config_check.GORACS_DECISIVE_STAGES,
+                        config_check.GORACS_DECISIVE_FREE)
+    assert "num_processes" in (out / rundir.FINGERPRINTS).read_text()
     (out / "features.npz").write_bytes(b"finished stage")
+    goracs._decisive_prepare(cfg, str(out))
     cfg.update(distributed=True, coordinator_address="10.0.0.1:1234", num_processes=2,
                process_id=1, num_devices=8)
     goracs._decisive_prepare(cfg, str(out))
