@@ -419,6 +419,9 @@ def finetune_early_stopping(model: models.Llama, train: tuple, val: tuple, *,
 
     ckpt = None if checkpoint_dir is None else Checkpointer(checkpoint_dir, max_to_keep=1)
     state, best = _early_stopping_start(ckpt, params, lr, val_loss)
+    if mesh is not None:  # saved with the step's (replicated) arrays: Orbax refuses, with
+        # several processes, the host-local ones of the model or of a restored checkpoint
+        state["best"] = parallel.on_mesh(state["best"], mesh)
 
     def on_step(done: int, p, opt_state) -> bool:
         best["done"] = done

@@ -11,6 +11,8 @@ rerun, in a copy of another layout's finished run. A Python audit hook records
 every file this process creates, writes, renames or removes under ``OUT/decisive``, except
 inside the fine-tunes' Orbax checkpoint folders (``*.ckpt``, which every process writes as
 Orbax requires); each process saves its record to ``OUT/decisive_writes_p<PROCESS_ID>.json``.
+Then (not with ``resume``) :func:`checkpointed_fine_tunes`: an early-stopped fine-tune
+continued from its checkpoint on the mesh.
 """
 
 from __future__ import annotations
@@ -91,12 +93,44 @@ def decisive_runs(out: Path, resume: bool = False) -> None:
     (out / f"decisive_writes_p{jax.process_index()}.json").write_text(json.dumps(log))
 
 
+def checkpointed_fine_tunes(out: Path) -> None:
+    """Early-stopped fine-tunes of a tiny LoRA model on the mesh (the decisive protocol's):
+    4 steps with a checkpoint, continued from it to 6 (``resumed``), against 6 steps
+    without one (``uninterrupted``); and one whose first evaluation is no better than step
+    0 (``diverged``, lr 5), so that it saves the untouched adapters. Saves the results and
+    adapters to ``OUT/fine_tunes_p<PROCESS_ID>.json``."""
+    import jax
+    import numpy as np
+    from flax import nnx
+
+    from recrl import models, parallel
+    from recrl.coreset import lmrec
+    from tests.test_parallel_decisive import _rows, _tiny_lora_model
+
+    mesh = parallel.data_mesh()
+    train, val = _rows(12, 1), _rows(6, 2)
+    kw = dict(eval_every=2, patience=2, batch_size=4, seed=3, eval_batch_size=4, mesh=mesh)
+    got = {}
+    for name, steps, lr, ckpt in (("stopped", 4, 5e-2, "ckpt"), ("resumed", 6, 5e-2, "ckpt"),
+                                  ("uninterrupted", 6, 5e-2, None),
+                                  ("diverged", 6, 5.0, "ckpt_diverged")):
+        model = _tiny_lora_model()
+        info = lmrec.finetune_early_stopping(
+            model, train, val, max_steps=steps, lr=lr,
+            checkpoint_dir=None if ckpt is None else out / ckpt, **kw)
+        adapters = jax.tree.leaves(parallel.to_host(nnx.state(model, models.LoRAParam)))
+        got[name] = {**info, "adapters": [np.asarray(a).tolist() for a in adapters]}
+    (out / f"fine_tunes_p{jax.process_index()}.json").write_text(json.dumps(got))
+
+
 def main(argv: list[str]) -> None:
     from tests.multiprocess.worker import start
 
     out, nproc, pid, port, ndev = argv[1], *map(int, argv[2:6])
     start(nproc, pid, port, ndev)
     decisive_runs(Path(out), resume=argv[6:] == ["resume"])
+    if argv[6:] != ["resume"]:
+        checkpointed_fine_tunes(Path(out))
     from recrl import parallel
 
     parallel.barrier("done")

@@ -127,3 +127,26 @@ def test_decisive_only_process_zero_wrote_files_and_rerun_redoes_one_run(runs):
                   if "/runs/" in w}
         assert {n.removesuffix(".tmp") for n in redone} == {
             f"{decisive_worker.REDO}.json", f"{decisive_worker.REDO}.npz"}, f"{name}: {redone}"
+
+
+def test_early_stopped_fine_tune_continues_from_its_checkpoint(runs):
+    """On every layout a fine-tune continued from the checkpoint of its first 4 steps ends
+    as the uninterrupted one (the same curve and adapters, on every process), and all
+    layouts agree with 1 × 1; a fine-tune whose best point stays step 0 saves and ends."""
+    want = json.loads((runs["1x1"][0] / "fine_tunes_p0.json").read_text())
+    assert want["uninterrupted"]["best_step"] > 0
+    assert want["stopped"]["steps_run"] == 4 and want["resumed"]["steps_run"] == 6
+    assert want["diverged"]["best_step"] == 0 and len(want["diverged"]["val_curve"]) == 3
+    for name, (out, nproc) in runs.items():
+        if name in RESUMES:
+            continue
+        for pid in range(nproc):
+            got = json.loads((out / f"fine_tunes_p{pid}.json").read_text())
+            assert got["resumed"] == got["uninterrupted"], f"{name} process {pid}"
+            for run in ("resumed", "diverged"):
+                assert got[run]["best_step"] == want[run]["best_step"], name
+                np.testing.assert_allclose(got[run]["val_curve"], want[run]["val_curve"],
+                                           rtol=1e-5, err_msg=f"{name} {run}")
+                for a, b in zip(got[run]["adapters"], want[run]["adapters"], strict=True):
+                    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6,
+                                               err_msg=f"{name} {run}")
