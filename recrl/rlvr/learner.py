@@ -117,6 +117,24 @@ class Learner:
 
         return draw
 
+    def _place(self, batch: Rollouts, ref_logp: jax.Array | None,
+               demos: DemoPrefixes | None) -> tuple[Any, Any, DemoPrefixes | None]:
+        """The update's inputs as they are (no mesh) or on the mesh: each process builds its
+        groups of the batch, of ``ref_logp`` and of ``demos.index`` (split with the groups);
+        the ``U`` demonstration prefixes are replicated."""
+        if self.mesh is None:
+            return batch, ref_logp, demos
+        index = None if demos is None else np.asarray(demos.index)
+        placed, ref_in, index_in = parallel.global_rows(
+            lambda r: (select_groups(batch, np.arange(r.start, r.stop)),
+                       None if ref_logp is None else np.asarray(ref_logp)[r],
+                       None if index is None else index[r]),
+            self.cfg.prompts_per_step, self.mesh)
+        if demos is not None:
+            demos = DemoPrefixes(*parallel.replicate((demos.tokens, demos.mask), self.mesh),
+                                 index_in)
+        return placed, ref_in, demos
+
     def step(self, problems_fn: Callable[[int], Sequence[tasks.Problem]],
              key: jax.Array) -> dict[str, float]:
         """Samples a batch (``problems_fn(n)`` gives ``n`` training problems), updates, logs."""
@@ -127,16 +145,11 @@ class Learner:
         demos = demo_prefixes(self.pool, batch.demo, cfg.num_demo) if cfg.num_demo else None
         ref_logp = (rollout_logprobs(self.graphdef, self.ref_params, batch, cfg.temperature,
                                      demos) if self.ref_params is not None else None)
-        placed, ref_in = batch, ref_logp
-        if self.mesh is not None and demos is None:  # each process builds its groups
-            placed, ref_in = parallel.global_rows(
-                lambda r: (select_groups(batch, np.arange(r.start, r.stop)),
-                           None if ref_logp is None else np.asarray(ref_logp)[r]),
-                cfg.prompts_per_step, self.mesh)
+        placed, ref_in, demos_in = self._place(batch, ref_logp, demos)
         for _ in range(cfg.ppo_epochs):
             self.params, self.opt_state, m = train_step(self.graphdef, self.params,
                                                         self.opt_state, placed, cfg, self.tx,
-                                                        ref_in, demos)
+                                                        ref_in, demos_in)
         demo = np.asarray(batch.demo) >= 0
         r = np.asarray(batch.reward)
         out = {k: float(v) for k, v in m.items()}
