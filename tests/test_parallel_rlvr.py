@@ -105,3 +105,64 @@ def test_in_context_learner_on_the_mesh_equals_one_device():
     assert moved > 1e-4, f"the updates did not move the parameters ({moved})"
     for a, b in zip(jax.tree.leaves(p4), jax.tree.leaves(p1), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def _scripted_traces(problems, copies=3):
+    """Reference solutions, every 3rd with a wrong first step, every 4th with a wrong answer."""
+    probs = [p for p in problems for _ in range(copies)]
+    texts = []
+    for i, p in enumerate(probs):
+        steps = list(p.steps)
+        if i % 3 == 2:
+            steps[0] = (*steps[0][:3], steps[0][3] + 1)
+        texts.append(tasks.format_steps(steps, p.answer + (i % 4 == 3)))
+    return probs, texts
+
+
+def test_eg_quality_study_on_the_mesh_equals_one_device(monkeypatch, tmp_path):
+    """The quality experiment's per-trace EG numbers (9 correct traces: two EG chunks of 8,
+    6 demos and 2 probes padded on the mesh) and the study's ``compute_eg`` rows are one
+    device's; a process other than 0 computes them too but writes nothing."""
+    import ml_collections
+
+    from recrl.rlvr import evidence, quality, study
+
+    tok, graphdef, params = _tiny()
+    splits = tasks.make_splits(4, 1, 2, 0, seed=7, num_ops=(2,))
+    probs, texts = _scripted_traces(splits.train)
+    length, mean_lp = np.arange(12) % 5 + 1, -0.1 * (np.arange(12) % 7)
+    monkeypatch.setattr(quality, "sample_texts", lambda *a, **k: (texts, length, mean_lp))
+    qcfg = ml_collections.ConfigDict(dict(shots=1, n_questions=4, samples=3, n_probes=2,
+                                          temperature=1.0, max_new_tokens=8))
+    mesh = parallel.data_mesh(N_DEV)
+    want, got = (quality.quality_experiment(qcfg, splits, tok, graphdef, params, mesh=m)
+                 for m in (None, mesh))
+    assert want["n_correct"] == got["n_correct"] == 9
+    assert np.ptp(want["per_trace"]["eg"]) > 1e-3
+    for k in ("eg", "eg_per_token", "log_weight"):
+        np.testing.assert_allclose(got["per_trace"][k], want["per_trace"][k], rtol=1e-5,
+                                   atol=1e-5, err_msg=k)
+        assert abs(got["rho"][k] - want["rho"][k]) < 1e-6 or np.isnan(want["rho"][k])
+
+    traces = [dict(id=i, question=i // 3, text=t, reward=tasks.answer_reward(t, p))
+              for i, (t, p) in enumerate(zip(texts, probs, strict=True))]
+    # the quality experiment's shapes (its compiled steps are reused)
+    demo_len = max(len(evidence.encode_demos(tok, [p.question], [t])[0][0])
+                   for t, p, tr in zip(texts, probs, traces, strict=True) if tr["reward"] > 0)
+    scfg = ml_collections.ConfigDict(dict(eg_chunk=quality.EG_CHUNK, demo_len=demo_len))
+    rows = {}
+    for name, m in (("one", None), ("mesh", parallel.data_mesh(N_DEV))):
+        rows[name] = study.compute_eg(graphdef, params, tok, splits.train, traces,
+                                      splits.probe, scfg, str(tmp_path / f"{name}.jsonl"), m)
+    assert sorted(rows["one"]) == [t["id"] for t in traces if t["reward"] > 0]
+    for i, r in rows["one"].items():
+        for k in ("eg", "eg_per_token", "log_weight"):
+            np.testing.assert_allclose(rows["mesh"][i][k], r[k], rtol=1e-5, atol=1e-5)
+    assert len((tmp_path / "mesh.jsonl").read_text().splitlines()) == 9
+    # process 1 of 2 (simulated): the same values, no file
+    monkeypatch.setattr(parallel, "is_writer", lambda: False)
+    other = study.compute_eg(graphdef, params, tok, splits.train, traces, splits.probe, scfg,
+                             str(tmp_path / "other.jsonl"), mesh)
+    assert other.keys() == rows["mesh"].keys() and not (tmp_path / "other.jsonl").exists()
+    study.export_labels(list(other.values()), splits.train, str(tmp_path / "l.csv"), 2, 0)
+    assert not (tmp_path / "l.csv").exists()
