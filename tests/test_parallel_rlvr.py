@@ -13,7 +13,7 @@ from flax import nnx
 
 from recrl import models, parallel
 from recrl.models.char_tokenizer import CharTokenizer
-from recrl.rlvr import config, learner, rollouts, tasks
+from recrl.rlvr import config, learner, loss, rollouts, tasks
 
 N_DEV = 4
 
@@ -41,7 +41,8 @@ def _reward(text, problem):  # varies within groups, so every update moves the p
 
 def test_in_context_sampling_on_the_mesh_equals_one_device():
     """The tokens, log-probs and rewards of a demo-prefix batch (2 of 4 slots after a
-    demonstration) are one device's, and the sampled rows come back split over the mesh."""
+    demonstration) are one device's; the sampled rows come back split over the mesh, and the
+    update's inputs and the KL reference log-probs are split too."""
     tok, graphdef, params = _tiny()
     splits = tasks.make_splits(4, 6, 0, 0, seed=2)
     cfg = _ic_config()
@@ -68,9 +69,12 @@ def test_in_context_sampling_on_the_mesh_equals_one_device():
     # the update's inputs: the groups and their demo index split, the U prefixes replicated
     lrn = learner.Learner(graphdef, params, tok, cfg, splits.demo, mesh=mesh)
     demos = rollouts.demo_prefixes(pool, want.demo, 2)
-    placed, ref, d = lrn._place(want, want.old_logp, demos)
+    placed, d = lrn._place(want, demos)
     assert [s.data.shape for s in placed.completion.addressable_shards] == [(1, 4, 8)] * N_DEV
+    ref = loss.rollout_logprobs(graphdef, lrn.ref_params, placed, cfg.temperature, d)
     assert [s.data.shape for s in ref.addressable_shards] == [(1, 4, 8)] * N_DEV
+    np.testing.assert_allclose(parallel.to_host(ref), loss.rollout_logprobs(
+        graphdef, params, want, cfg.temperature, demos), rtol=1e-5, atol=1e-5)
     assert [s.data.shape for s in d.index.addressable_shards] == [(1, 2)] * N_DEV
     assert d.tokens.sharding.is_equivalent_to(parallel.replicated(mesh), 2)
     for a, b in zip(parallel.to_host(d), demos, strict=True):

@@ -11,7 +11,7 @@ launchers' start-up), then runs a few training steps of each pipeline on the glo
   synthetic config, with an untrained SASRec as the reward model;
 - In-Context RLVR: ``Learner.step`` (data-parallel sampling and update) of a tiny Llama,
   then Evidence Gain weights and greedy held-out completions (rows split over the mesh),
-  and one step of an in-context method (``ic_grpo``: demonstration prefixes shared as KV
+  and two steps of an in-context method (``ic_grpo``: demonstration prefixes shared as KV
   prefixes, the prompts split over the mesh);
 - GORACS: ``lmrec.finetune`` (data-parallel LoRA fine-tune) of a tiny Llama, then the
   per-sample gradient norms of its pool (``lmrec.grad_norms``, rows split over the mesh).
@@ -106,24 +106,27 @@ def icrlvr_part(mesh) -> dict:
 
 
 def incontext_part(mesh) -> dict:
-    """One ``ic_grpo`` learner step: 2 of the 4 rollouts per prompt continue a demonstration
-    shared as a KV prefix (sampling and update split over the prompts)."""
+    """Two ``ic_grpo`` learner steps (the first at learning rate 0, the warm-up's start): 2 of
+    the 4 rollouts per prompt continue a demonstration shared as a KV prefix (sampling and
+    update split over the prompts)."""
     import jax
     import numpy as np
 
     from recrl.rlvr import config, learner, tasks
 
     tok, graphdef, params = _tiny_llama_policy()
-    splits = tasks.make_splits(4, 8, 0, 0, seed=1)
+    splits = tasks.make_splits(8, 8, 0, 0, seed=1)
     cfg = config.method_config(config.Method("grpo", in_context=True), num_demo=2,
                                group_size=4, prompts_per_step=4, max_prompt_len=32,
                                max_new_tokens=8, lr=1e-2, warmup_steps=1)
     lrn = learner.Learner(graphdef, params, tok, cfg, splits.demo, reward_fn=_odd_length,
                           seed=0, mesh=mesh)
-    out = lrn.step(lambda n: splits.train[:n], jax.random.key(5))
+    for step in range(2):
+        lrn.step(lambda n, step=step: splits.train[step * n:(step + 1) * n],
+                 jax.random.fold_in(jax.random.key(5), step))
     return {**_flat("init/incontext", params), **_flat("incontext", lrn.params),
-            "incontext_rewards": np.array([out["reward"], out["reward_demo"],
-                                           out["reward_bare"], out["loss"]])}
+            "incontext_rewards": np.array([[h["reward"], h["reward_demo"], h["reward_bare"],
+                                            h["loss"]] for h in lrn.history])}
 
 
 def icrlvr_scores(lrn, splits, mesh) -> dict:
