@@ -26,6 +26,10 @@ def _tiny():
     return tok, graphdef, params
 
 
+def _splits():  # one demonstration pool shape for both tests: their compiled steps are shared
+    return tasks.make_splits(8, 6, 0, 0, seed=0)
+
+
 def _ic_config(**changes):
     # ic_grpo: 2 of the 4 rollouts per prompt continue a demonstration; a KL term so the
     # reference log-probs are split with the groups too
@@ -44,11 +48,11 @@ def test_in_context_sampling_on_the_mesh_equals_one_device():
     demonstration) are one device's; the sampled rows come back split over the mesh, and the
     update's inputs and the KL reference log-probs are split too."""
     tok, graphdef, params = _tiny()
-    splits = tasks.make_splits(4, 6, 0, 0, seed=2)
+    splits = _splits()
     cfg = _ic_config()
     pool = rollouts.encode_demo_pool(tok, splits.demo)
     mesh = parallel.data_mesh(N_DEV)
-    got = [rollouts.sample_rollouts(graphdef, params, tok, splits.train, splits.demo,
+    got = [rollouts.sample_rollouts(graphdef, params, tok, splits.train[4:], splits.demo,
                                     jax.random.key(3), cfg, random.Random(0), _reward, pool,
                                     mesh=m)[0] for m in (None, mesh)]
     want, on_mesh = got
@@ -85,7 +89,7 @@ def test_in_context_learner_on_the_mesh_equals_one_device():
     """Two ``ic_grpo`` learner steps (sampling, KL reference, update with demo prefixes): the
     rewards, losses and parameters on 4 devices equal one device's."""
     tok, graphdef, params = _tiny()
-    splits = tasks.make_splits(8, 6, 0, 0, seed=0)
+    splits = _splits()
     cfg = _ic_config()
     mesh = parallel.data_mesh(N_DEV)
     runs = []
