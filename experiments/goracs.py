@@ -95,8 +95,7 @@ def run(cfg, out_dir: str) -> dict:
     mesh = parallel.startup(cfg)  # jax.distributed first, then the global mesh
     out = config_check.preflight(cfg, out_dir, config_check.validate_goracs)
     parallel.writer_checks("cached-stage guard", lambda: rundir.guard_stages(
-        out, cfg, config_check.GORACS_STAGES,
-        (*config_check.GORACS_FREE, *parallel.CONFIG_FIELDS),  # any process / device count
+        out, cfg, config_check.GORACS_STAGES, config_check.GORACS_FREE,
         retrain=cfg.get("retrain_changed", False)))
     data, texts, cand, full = parallel.writer_first("data", lambda: pipeline.load_data(cfg))
     st = pipeline.setup(cfg, data, texts, mesh=mesh)
@@ -227,11 +226,11 @@ def _decisive_job(out: Path, cfg, st: pipeline.Setup, cand, name: str, idx, sel:
 
 def _decisive_prepare(cfg, out_dir: str) -> Path:
     """Config checks, the cached-stage guard and ``runs/`` (process 0 only: it writes).
-    The distributed settings (``parallel.CONFIG_FIELDS``) change no stage: a run resumes
-    with any process or device count."""
+    The distributed settings are free keys of the guard: a run resumes with any process or
+    device count."""
     out = config_check.preflight(cfg, out_dir, config_check.validate_goracs)
     rundir.guard_stages(out, cfg, config_check.GORACS_DECISIVE_STAGES,
-                        (*config_check.GORACS_DECISIVE_FREE, *parallel.CONFIG_FIELDS),
+                        config_check.GORACS_DECISIVE_FREE,
                         retrain=cfg.get("retrain_changed", False))
     (out / "runs").mkdir(parents=True, exist_ok=True)
     return out
