@@ -39,3 +39,29 @@ def test_transformers_model_has_the_same_outputs():
     toks = models.sample(graphdef, params, prompt, np.ones(prompt.shape, bool),
                          __import__("jax").random.key(0), config=greedy).tokens
     np.testing.assert_array_equal(lm_transformers._hf_generate(hf, prompt, 6, False), toks)
+
+
+def test_accuracy_columns_by_hand():
+    ours, ref = np.array([[-1.0, -2.0]]), np.array([[-1.5, -2.0]])
+    # max |diff| 0.5, mean 0.25, sequence sums -3 vs -3.5: relative 0.5 / 3.5
+    assert lm_transformers._vs_reference("score", ours, ref) == (
+        "|log-prob diff| max 0.500 mean 0.2500, sums rel 1.4e-01")
+    assert lm_transformers._vs_reference("greedy", np.array([[1, 2, 3, 4]]),
+                                         np.array([[1, 2, 5, 6]])) == "tokens equal 50%"
+    assert lm_transformers._vs_transformers("greedy", np.array([[7, 8]]),
+                                            np.array([[7, 9]])) == "tokens equal 50%"
+
+
+@pytest.mark.skipif(not HAVE_TORCH, reason="needs torch + transformers (the [bench] extra)")
+def test_bf16_compare_rows_label_both_dtypes(capsys):
+    lm.main(["--model", "tiny", "--compare", "transformers", "--dtype", "bfloat16",
+             "--batch", "1", "--new", "3", "--completion", "4", "--threads", "1"])
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()
+            if line.split()[:1] in (["greedy"], ["sample"], ["score"])]
+    # one row per op and transformers dtype, recrl in bf16 against fp32 and bf16
+    assert sorted((r[0], r[3], r[4]) for r in rows) == sorted(
+        (op, "bf16", d) for op in ("greedy", "sample", "score") for d in ("fp32", "bf16"))
+    score = [" ".join(r) for r in rows if r[0] == "score"]
+    assert all("| |log-prob diff| max" in r for r in score)  # recrl-bf16 vs recrl-fp32
+    greedy = [" ".join(r) for r in rows if r[0] == "greedy"]
+    assert all(r.count("tokens equal") == 2 for r in greedy)
