@@ -13,12 +13,12 @@ Target (issue 2): >= 50x faster than the loop on CPU.
 from __future__ import annotations
 
 import argparse
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks.timing import median_seconds
 from recrl import estimators as est
 
 
@@ -71,15 +71,6 @@ def recrl_step(rewards, lengths, logp, mean, std):
     return jax.value_and_grad(est.policy_gradient_loss)(logp, adv, mask)
 
 
-def bench(fn, *args, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--prompts", type=int, default=512)
@@ -93,8 +84,8 @@ def main() -> None:
     loss_ref = loop_reference(*batch)
     if not np.isclose(float(loss_jax), loss_ref, rtol=1e-4, atol=1e-5):
         raise SystemExit(f"results differ: recrl {float(loss_jax)} vs loop {loss_ref}")
-    t_jax = bench(recrl_step, *on_device, repeat=max(args.repeat, 20))
-    t_ref = bench(loop_reference, *batch, repeat=args.repeat)
+    t_jax = median_seconds(recrl_step, *on_device, repeats=max(args.repeat, 20), warmup=False)
+    t_ref = median_seconds(loop_reference, *batch, repeats=args.repeat, warmup=False)
     shape = f"P={args.prompts} G={args.samples} T={args.max_len}"
     print(f"device: {jax.devices()[0].device_kind}, jax {jax.__version__}; {shape}")
     print(f"{'implementation':38s} {'median time':>12s}")

@@ -25,6 +25,7 @@ resident memory. The paper's pool size (block moves only, no reference):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import resource
 import time
@@ -100,7 +101,7 @@ TABLE_HEAD = ("| moves | s/move | dual estimate s/move | checks s/move | checks/
               "iterations/check | ms/iteration | compiles |\n|---|---|---|---|---|---|---|---|")
 
 
-def main(argv=None) -> None:
+def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--pool", type=int, default=15000)
     ap.add_argument("--val", type=int, default=5000)
@@ -134,10 +135,28 @@ def main(argv=None) -> None:
                     help="exact POO of this many random n-subsets (seeds 0..), for comparison")
     ap.add_argument("--window", type=int, default=10,
                     help="print time per accepted move over windows of this many moves")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
 
-    import jax
-    import jax.numpy as jnp
+
+@dataclasses.dataclass
+class Bench:
+    """One benchmark problem and what its searches produced."""
+
+    args: argparse.Namespace
+    cost: np.ndarray
+    init: np.ndarray
+    exact_init: float
+    compile_events: list[float]
+    # (name, refine seconds, moves, checks, exact POO); recrl rows first, then the reference's
+    rows: list[tuple[str, float, int, int, float]] = dataclasses.field(default_factory=list)
+    # recrl run name -> [(seconds, selection) after each accepted move]
+    progress: dict[str, list] = dataclasses.field(default_factory=dict)
+    ref_progress: list[float] = dataclasses.field(default_factory=list)  # reference's own
+    ref_swaps: int = 0
+
+
+def setup(args: argparse.Namespace) -> Bench:
+    """Features, cost matrix and the greedy start (timed and printed)."""
     from jax import monitoring
 
     from recrl import coreset
@@ -146,8 +165,6 @@ def main(argv=None) -> None:
     monitoring.register_event_duration_secs_listener(
         lambda event, secs, **_: compile_events.append(secs)
         if event.endswith("backend_compile_duration") else None)
-
-    t_start = time.perf_counter()
     p, v, g = synthetic_features(args.pool, args.val, args.dim)
     t = time.perf_counter()
     cost = np.asarray(coreset.cost_matrix(p, v, g, args.lam))
@@ -160,121 +177,162 @@ def main(argv=None) -> None:
           f" cut={args.cut}, max_checks={args.max_checks}, lambda={args.lam}")
     print(f"cost matrix {t_cost:.2f} s; greedy init {t_init:.2f} s ({k} rows by positive gain);"
           f" exact POO(init) = {exact_init:.6f}")
+    return Bench(args, cost, init, exact_init, compile_events)
 
-    cost_j = jnp.asarray(cost)
+
+def refine_kwargs(args: argparse.Namespace) -> dict:
+    """recrl's ``coreset.refine`` settings from the flags."""
     exact_after = {"auto": "auto", "none": None}.get(args.exact_after.lower(), None)
     if args.exact_after.lower() not in ("auto", "none"):
         exact_after = int(args.exact_after)
-    kw = dict(max_iters=args.swaps, cut=args.cut, max_checks=args.max_checks,
-              epsilon=args.epsilon, threshold=args.threshold, momentum=args.momentum,
-              exact_after=exact_after, verify=args.verify)
-    rows, progress = [], {}  # progress[name] = [(seconds, selection) after each move]
+    return dict(max_iters=args.swaps, cut=args.cut, max_checks=args.max_checks,
+                epsilon=args.epsilon, threshold=args.threshold, momentum=args.momentum,
+                exact_after=exact_after, verify=args.verify)
 
-    def ours(name: str, **extra) -> None:
-        # compile (untimed) the Sinkhorn path and the exact path's (the dual estimate from
-        # exact duals), so the window where the search switches to exact carries no compile
-        coreset.refine(cost_j, init, **{**kw, **extra, "max_iters": 2})
-        coreset.refine(cost_j, init, **{**kw, **extra, "max_iters": 1, "verify": "exact"})
-        prog: list[tuple[float, np.ndarray]] = []
-        # per move: (checks, iterations, compiles, dual-estimate seconds, check seconds)
-        marks: list[tuple[int, int, int, float, float]] = []
-        info: dict = {}
-        compiles0 = len(compile_events)
 
-        def on_accept(s: np.ndarray) -> None:  # prints each window as it completes
-            prog.append((time.perf_counter() - t0, s.copy()))
-            marks.append((info["checks"], int(sum(info["iterations"])),
-                          len(compile_events) - compiles0, info["score_seconds"],
-                          info["check_seconds"]))
-            if len(prog) % args.window == 0:
-                print(progress_row(prog, marks, len(prog) - args.window, len(prog) - 1))
+def run_recrl(bench: Bench, cost_j, name: str, **extra) -> None:
+    """One recrl search, printing its per-window table as it goes; appends to ``bench``."""
+    from recrl import coreset
 
-        print(f"{name}: time per accepted move, by windows of {args.window} moves "
-              "(the rest of s/move: the start's solves and bookkeeping; iterations/check: "
-              "Sinkhorn iterations over all the window's checks, 0 once exact verification "
-              "took over; ms/iteration: the window's check time over them)")
-        print(TABLE_HEAD)
-        t0 = time.perf_counter()
-        sel, trace, checks = coreset.refine(cost_j, init, **kw, **extra, info=info,
-                                            on_accept=on_accept)
-        secs = time.perf_counter() - t0
-        if len(prog) % args.window:
-            print(progress_row(prog, marks, len(prog) - len(prog) % args.window, len(prog) - 1))
-        it = np.asarray(info["iterations"] or [0])
-        print(f"{name}: Sinkhorn iterations per check: median {np.median(it):.0f}, max "
-              f"{it.max()}; {info['retries']} unconverged solves continued, "
-              f"{info['exact_fallbacks']} decided exactly; exact verification from check "
-              f"{info['exact_from_check']} ({info['exact_full_solves']} full network-simplex "
-              "solves, the other exact checks updated from the previous plan; updates "
-              f"stopped at check {info['update_stopped_at_check']}); "
-              f"{len(compile_events) - compiles0} compiles during the timed search")
-        rows.append((name, secs, len(trace) - 1, checks, coreset.poo_exact(cost, sel)))
-        progress[name] = prog
+    args, kw = bench.args, {**refine_kwargs(bench.args), **extra}
+    # compile (untimed) the Sinkhorn path and the exact path's (the dual estimate from
+    # exact duals), so the window where the search switches to exact carries no compile
+    coreset.refine(cost_j, bench.init, **{**kw, "max_iters": 2})
+    coreset.refine(cost_j, bench.init, **{**kw, "max_iters": 1, "verify": "exact"})
+    prog: list[tuple[float, np.ndarray]] = []
+    # per move: (checks, iterations, compiles, dual-estimate seconds, check seconds)
+    marks: list[tuple[int, int, int, float, float]] = []
+    info: dict = {}
+    compiles0 = len(bench.compile_events)
 
+    def on_accept(s: np.ndarray) -> None:  # prints each window as it completes
+        prog.append((time.perf_counter() - t0, s.copy()))
+        marks.append((info["checks"], int(sum(info["iterations"])),
+                      len(bench.compile_events) - compiles0, info["score_seconds"],
+                      info["check_seconds"]))
+        if len(prog) % args.window == 0:
+            print(progress_row(prog, marks, len(prog) - args.window, len(prog) - 1))
+
+    print(f"{name}: time per accepted move, by windows of {args.window} moves "
+          "(the rest of s/move: the start's solves and bookkeeping; iterations/check: "
+          "Sinkhorn iterations over all the window's checks, 0 once exact verification "
+          "took over; ms/iteration: the window's check time over them)")
+    print(TABLE_HEAD)
+    t0 = time.perf_counter()
+    sel, trace, checks = coreset.refine(cost_j, bench.init, **kw, info=info,
+                                        on_accept=on_accept)
+    secs = time.perf_counter() - t0
+    if len(prog) % args.window:
+        print(progress_row(prog, marks, len(prog) - len(prog) % args.window, len(prog) - 1))
+    it = np.asarray(info["iterations"] or [0])
+    print(f"{name}: Sinkhorn iterations per check: median {np.median(it):.0f}, max "
+          f"{it.max()}; {info['retries']} unconverged solves continued, "
+          f"{info['exact_fallbacks']} decided exactly; exact verification from check "
+          f"{info['exact_from_check']} ({info['exact_full_solves']} full network-simplex "
+          "solves, the other exact checks updated from the previous plan; updates "
+          f"stopped at check {info['update_stopped_at_check']}); "
+          f"{len(bench.compile_events) - compiles0} compiles during the timed search")
+    bench.rows.append((name, secs, len(trace) - 1, checks, coreset.poo_exact(bench.cost, sel)))
+    bench.progress[name] = prog
+
+
+def run_reference(bench: Bench) -> None:
+    """The reference with recrl's candidate budget, then with its own (the last row is the
+    reference that the ratios compare with)."""
+    args = bench.args
+    budgets = [(args.cut, args.max_checks), (args.ref_cut, args.ref_checks)]
+    for cut, max_checks in dict.fromkeys(budgets):
+        bench.ref_progress = []
+        t = time.perf_counter()
+        _sel_r, trace_r, checks_r = reference_refine(
+            bench.cost, bench.init, max_iters=args.swaps, cut=cut, max_checks=max_checks,
+            on_accept=lambda s, t=t, rp=bench.ref_progress: rp.append(time.perf_counter() - t))
+        t_ref = time.perf_counter() - t
+        bench.rows.append((f"reference (EMD, {cut} x {cut} / {max_checks} checks)", t_ref,
+                           len(trace_r) - 1, checks_r, trace_r[-1]))
+        bench.ref_swaps = len(trace_r) - 1
+
+
+def print_quality(bench: Bench) -> None:
+    """Exact POO of random subsets and of every selection, relative to random."""
+    from recrl import coreset
+
+    args = bench.args
+    rand = [coreset.poo_exact(bench.cost, np.random.default_rng(s).choice(
+        args.pool, args.n, replace=False)) for s in range(args.random)]
+    if not rand:
+        return
+    print(f"random n-subsets (seeds 0-{args.random - 1}): exact POO mean "
+          f"{np.mean(rand):.6f} (std {np.std(rand):.6f}); greedy init "
+          f"{bench.exact_init - np.mean(rand):+.6f} vs random")
+    for name, _, _, _, val in bench.rows:
+        print(f"{name}: exact POO {val:.6f}, {val - np.mean(rand):+.6f} vs random "
+              f"({100 * (val - np.mean(rand)) / abs(np.mean(rand)):+.2f} %)")
+
+
+def print_table(bench: Bench) -> None:
+    print("\n| method | refine s | moves | checks | s/check | exact POO | vs init |")
+    print("|---|---|---|---|---|---|---|")
+    for name, secs, swaps, ch, val in bench.rows:
+        print(f"| {name} | {secs:.1f} | {swaps} | {ch} | {secs / max(ch, 1):.3f} | "
+              f"{val:.6f} | {100 * (val - bench.exact_init) / abs(bench.exact_init):+.2f} % |")
+
+
+def print_vs_reference(bench: Bench) -> None:
+    """Speed ratios over the whole search, and time to reach the reference's exact POO
+    (recrl's selection probed every ``--probe`` moves, exact solves outside the timed loop)."""
+    from recrl import coreset
+
+    ref = bench.rows[-1]
+    t_ref, target = ref[1], ref[4]
+    for name, secs, _, _, val in bench.rows[:len(bench.progress)]:
+        print(f"{name}: {t_ref / secs:.1f}x faster than the reference over the whole "
+              f"search; exact POO difference {val - target:+.6f}")
+    t_ref_done = bench.ref_progress[-1] if bench.ref_progress else 0.0
+    print(f"reference: final exact POO {target:.6f} after {bench.ref_swaps} swaps "
+          f"({t_ref_done:.1f} s to its last accepted swap, {t_ref:.1f} s in all)")
+    for name, prog in bench.progress.items():
+        step = 1 if "block" in name else bench.args.probe
+        hit = None
+        for k in [*range(step - 1, len(prog), step), len(prog) - 1]:
+            if k >= 0 and coreset.poo_exact(bench.cost, prog[k][1]) <= target:
+                hit = (k + 1, prog[k][0])
+                break
+        if hit is None:
+            print(f"{name} did not reach the reference's exact POO")
+        else:
+            print(f"{name} reached it after {hit[0]} moves, {hit[1]:.2f} s: "
+                  f"{t_ref / hit[1]:.1f}x faster to equal exact POO (vs the reference's "
+                  f"whole run), {t_ref_done / hit[1]:.1f}x vs its last improvement")
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    import jax
+    import jax.numpy as jnp
+
+    t_start = time.perf_counter()
+    bench = setup(args)
+    cost_j = jnp.asarray(bench.cost)
     verify = "exact" if (args.verify == "auto" and jax.default_backend() == "cpu") else (
         "sinkhorn" if args.verify == "auto" else args.verify)
     verifier = ("exact checks" if verify == "exact" else "Sinkhorn") + (
         ", verify=auto" if args.verify == "auto" else "")
     if not args.skip_single:
-        ours(f"recrl ({verifier})")
+        run_recrl(bench, cost_j, f"recrl ({verifier})")
     if args.block > 1:
-        ours(f"recrl ({verifier}, block {args.block})", block=args.block)
+        run_recrl(bench, cost_j, f"recrl ({verifier}, block {args.block})", block=args.block)
+    t_total = time.perf_counter() - t_start  # recrl end to end (the reference is timed apart)
     if not args.skip_reference:
-        # the reference with recrl's candidate budget, then with its own (the last row is
-        # the reference that the ratios below compare with)
-        budgets = [(args.cut, args.max_checks), (args.ref_cut, args.ref_checks)]
-        for cut, max_checks in dict.fromkeys(budgets):
-            ref_progress: list[float] = []
-            t = time.perf_counter()
-            _sel_r, trace_r, checks_r = reference_refine(
-                cost, init, max_iters=args.swaps, cut=cut, max_checks=max_checks,
-                on_accept=lambda s, t=t, rp=ref_progress: rp.append(time.perf_counter() - t))
-            t_ref = time.perf_counter() - t
-            rows.append((f"reference (EMD, {cut} x {cut} / {max_checks} checks)", t_ref,
-                         len(trace_r) - 1, checks_r, trace_r[-1]))
-    t_total = time.perf_counter() - t_start  # end to end, before the reference runs
-    rand = [coreset.poo_exact(cost, np.random.default_rng(s).choice(args.pool, args.n,
-                                                                    replace=False))
-            for s in range(args.random)]
-    if rand:
-        print(f"random n-subsets (seeds 0-{args.random - 1}): exact POO mean "
-              f"{np.mean(rand):.6f} (std {np.std(rand):.6f}); greedy init "
-              f"{exact_init - np.mean(rand):+.6f} vs random")
-        for name, _, _, _, val in rows:
-            print(f"{name}: exact POO {val:.6f}, {val - np.mean(rand):+.6f} vs random "
-                  f"({100 * (val - np.mean(rand)) / abs(np.mean(rand)):+.2f} %)")
+        run_reference(bench)
+    print_quality(bench)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
     print(f"end to end (features, cost, init, recrl searches incl. their compile warm-ups "
           f"and exact POO checks): {t_total:.1f} s; peak resident memory {peak:.2f} GiB")
-    print("\n| method | refine s | moves | checks | s/check | exact POO | vs init |")
-    print("|---|---|---|---|---|---|---|")
-    for name, secs, swaps, ch, val in rows:
-        print(f"| {name} | {secs:.1f} | {swaps} | {ch} | {secs / max(ch, 1):.3f} | "
-              f"{val:.6f} | {100 * (val - exact_init) / abs(exact_init):+.2f} % |")
+    print_table(bench)
     if not args.skip_reference:
-        ref = rows[-1]
-        for name, secs, _, _, val in rows[:len(progress)]:
-            print(f"{name}: {ref[1] / secs:.1f}x faster than the reference over the whole "
-                  f"search; exact POO difference {val - ref[4]:+.6f}")
-        # Time to quality: when did recrl's selection first reach the reference's final
-        # exact POO? Probed every --probe moves (exact solves outside the timed loop).
-        target = ref[4]
-        t_ref_done = ref_progress[-1] if ref_progress else 0.0
-        print(f"reference: final exact POO {target:.6f} after {len(trace_r) - 1} swaps "
-              f"({t_ref_done:.1f} s to its last accepted swap, {t_ref:.1f} s in all)")
-        for name, prog in progress.items():
-            step = 1 if "block" in name else args.probe
-            hit = None
-            for k in [*range(step - 1, len(prog), step), len(prog) - 1]:
-                if k >= 0 and coreset.poo_exact(cost, prog[k][1]) <= target:
-                    hit = (k + 1, prog[k][0])
-                    break
-            if hit is None:
-                print(f"{name} did not reach the reference's exact POO")
-            else:
-                print(f"{name} reached it after {hit[0]} moves, {hit[1]:.2f} s: "
-                      f"{t_ref / hit[1]:.1f}x faster to equal exact POO (vs the reference's "
-                      f"whole run), {t_ref_done / hit[1]:.1f}x vs its last improvement")
+        print_vs_reference(bench)
+
 
 if __name__ == "__main__":
     main()

@@ -25,6 +25,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from benchmarks.timing import median_seconds
 from experiments.configs.prorl import METHODS
 from recrl import parallel
 from recrl.prs import rl, simulator
@@ -59,16 +60,6 @@ def time_steps(n_dev: int, args: argparse.Namespace) -> tuple[float, float]:
         state, _ = jax.block_until_ready(step(state, sim_state, h, t, jax.random.key(i + 1)))
         times.append(time.perf_counter() - t0)
     return float(np.median(times)), compile_s
-
-
-def _median_seconds(fn, *args, repeats: int) -> float:
-    jax.block_until_ready(fn(*args))  # compile
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
 
 
 def stage_profile(args: argparse.Namespace) -> dict[str, float]:
@@ -108,11 +99,11 @@ def stage_profile(args: argparse.Namespace) -> dict[str, float]:
     adv = jax.jit(stats_adv)(state, ro)
     r = args.steps
     out = {
-        "rollout sampling": _median_seconds(gen, state.params, h, t, u, repeats=r),
-        "simulator scoring": _median_seconds(jax.jit(score), ss, hh, safe, paths.lengths,
+        "rollout sampling": median_seconds(gen, state.params, h, t, u, repeats=r),
+        "simulator scoring": median_seconds(jax.jit(score), ss, hh, safe, paths.lengths,
                                              tt, repeats=r),
-        "statistics + estimator": _median_seconds(jax.jit(stats_adv), state, ro, repeats=r),
-        "loss + backward": _median_seconds(
+        "statistics + estimator": median_seconds(jax.jit(stats_adv), state, ro, repeats=r),
+        "loss + backward": median_seconds(
             jax.jit(lambda s, ro, a: rl.loss_and_grads(parts, s, ro, a)[0]), state, ro, adv,
             repeats=r),
     }

@@ -23,6 +23,11 @@ Protocol (fixed before the run; docs/icrlvr.md states the decision rule):
 Resumable: traces and EG values are appended to ``traces.jsonl`` / ``eg.jsonl`` chunk by chunk;
 a rerun with the same config skips what is there.
 
+Devices: the launchers' start-up (``--config.distributed`` etc., docs/scaling.md) builds the
+global mesh; the EG scoring (step 3) is split over its devices. Every process runs the same
+stages on the same data (the sampling on its own default device); only process 0 writes
+files, so with several processes ``--out_dir`` must be a directory every process reads.
+
 Launch::
 
     python -m experiments.eg_study --config=experiments/configs/icrlvr.py:eg_study \
@@ -40,6 +45,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from experiments.icrlvr import load_smollm2, tiny_policy
+from recrl import parallel
 from recrl.rlvr import tasks
 from recrl.rlvr.study import (
     SIGNALS,
@@ -57,9 +63,11 @@ FLAGS = flags.FLAGS
 
 
 def run(cfg, out_dir: str, sampler: Sampler | None = None) -> dict:
-    """Runs (or resumes) the study; writes ``results.json`` and ``report.md``."""
+    """Runs (or resumes) the study; writes ``results.json`` and ``report.md`` (process 0)."""
     study_cfg = cfg.study
-    os.makedirs(out_dir, exist_ok=True)
+    mesh = parallel.startup(cfg)  # jax.distributed first, then the global mesh
+    if parallel.is_writer():
+        os.makedirs(out_dir, exist_ok=True)
     if cfg.model.kind == "smollm2":
         tok, graphdef, params = load_smollm2()
     else:
@@ -68,11 +76,12 @@ def run(cfg, out_dir: str, sampler: Sampler | None = None) -> dict:
         lambda shots: make_sampler(graphdef, params, tok, shots, study_cfg))
     res_path = os.path.join(out_dir, "results.json")
     res = json.load(open(res_path)) if os.path.exists(res_path) else {}
+    parallel.barrier("eg_study: results read")  # before process 0 rewrites them
     t0 = time.perf_counter()
     if "pilot" not in res:
         res["pilot"] = pilot(sampler_for, [dict(d) for d in study_cfg.difficulties], study_cfg,
                                cfg.data.seed)
-        json.dump(res, open(res_path, "w"), indent=1)
+        _write_json(res, res_path)
     d = res["pilot"]["chosen"]
     splits = tasks.make_splits(study_cfg.max_questions, study_cfg.shots, study_cfg.n_probes, 0,
                                seed=cfg.data.seed, num_ops=tuple(d["num_ops"]),
@@ -82,8 +91,8 @@ def run(cfg, out_dir: str, sampler: Sampler | None = None) -> dict:
     traces = collect_traces(sample, splits.train, study_cfg, os.path.join(out_dir, "traces.jsonl"),
                             cfg.data.seed)
     t2 = time.perf_counter()
-    egs = compute_eg(graphdef, params, tok, splits.train, traces, splits.probe, study_cfg,
-                     os.path.join(out_dir, "eg.jsonl"))
+    egs = compute_eg(graphdef, parallel.on_mesh(params, mesh), tok, splits.train, traces,
+                     splits.probe, study_cfg, os.path.join(out_dir, "eg.jsonl"), mesh)
     t3 = time.perf_counter()
     correct = [{**t, **egs[t["id"]]} for t in traces if t["reward"] > 0 and t["id"] in egs]
     export_labels(correct, splits.train, os.path.join(out_dir, "label_sample.csv"),
@@ -96,9 +105,16 @@ def run(cfg, out_dir: str, sampler: Sampler | None = None) -> dict:
         analysis=analyse(correct, study_cfg.n_boot, cfg.data.seed),
         hand_agreement=label_agreement(os.path.join(out_dir, "hand_labels.csv"),
                                        {t["id"]: t for t in traces}))
-    json.dump(res, open(res_path, "w"), indent=1)
-    report(res, out_dir)
+    _write_json(res, res_path)
+    if parallel.is_writer():
+        report(res, out_dir)
     return res
+
+
+def _write_json(res: dict, path: str) -> None:
+    if parallel.is_writer():  # only process 0 writes
+        with open(path, "w") as f:
+            json.dump(res, f, indent=1)
 
 
 def decision_lines(decision: dict, agreement: dict | None) -> list[str]:
@@ -152,8 +168,9 @@ def report(res: dict, out_dir: str) -> str:
 
 def main(argv: list[str]) -> None:
     del argv
-    run(FLAGS.config, FLAGS.out_dir)
-    print(open(os.path.join(FLAGS.out_dir, "report.md")).read())
+    run(FLAGS.config, FLAGS.out_dir)  # start-up (distributed, mesh) happens in run()
+    if parallel.is_writer():
+        print(open(os.path.join(FLAGS.out_dir, "report.md")).read())
 
 
 if __name__ == "__main__":

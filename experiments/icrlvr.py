@@ -159,7 +159,7 @@ def run(cfg, out_dir: str) -> dict:
         tok, graphdef, params = (load_smollm2() if cfg.quality.model == "smollm2"
                                  else policy[:3])
         res["quality"] = dict(model=cfg.quality.model, **quality.quality_experiment(
-            cfg.quality, splits, tok, graphdef, params))
+            cfg.quality, splits, tok, graphdef, params, mesh=mesh))
         logging.info("quality: %s", res["quality"])
     if "training" in cfg.parts:
         for seed in cfg.seeds:

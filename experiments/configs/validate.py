@@ -340,9 +340,13 @@ def validate_goracs(cfg: Any) -> None:
 
 # ---------------------------------------------------------------------------------------
 # Cached stages of each launcher's --out_dir and the config keys each depends on
-# (``recrl.rundir.guard_stages``). Keys in *_FREE change no cached result.
+# (``recrl.rundir.guard_stages``). Keys in *_FREE change no cached result; the distributed
+# settings (``recrl.parallel.CONFIG_FIELDS``) are free in every launcher, so a run resumes
+# with another process or device count (results depend on them only through float rounding).
 
-PRORL_FREE = ("variant", "seeds", "methods", "distributed", "num_devices", "retrain_changed")
+DISTRIBUTED_FREE = ("distributed", "coordinator_address", "num_processes", "process_id",
+                    "cpu_collectives", "num_devices")
+PRORL_FREE = ("variant", "seeds", "methods", "retrain_changed", *DISTRIBUTED_FREE)
 
 
 def prorl_stages(cfg: Any) -> dict[str, tuple[str, ...]]:
@@ -356,13 +360,14 @@ def prorl_stages(cfg: Any) -> dict[str, tuple[str, ...]]:
             "rl": (*data, "sim", "evaluator", "policy", "pretrain", "rl", "eval")}
 
 
-ICRLVR_FREE = ("variant", "seeds", "methods", "parts", "quality", "retrain_changed")
+ICRLVR_FREE = ("variant", "seeds", "methods", "parts", "quality", "retrain_changed",
+               *DISTRIBUTED_FREE)
 ICRLVR_STAGES = {"runs": ("data", "model", "sft", "rl", "eval")}
 GORACS_FREE = ("variant", "seeds", "methods", "budgets", "budget_fractions",
-               "retrain_changed")
+               "retrain_changed", *DISTRIBUTED_FREE)
 # the decisive protocol's stages (features, selections, runs) depend on every key not free
 GORACS_DECISIVE_FREE = ("variant", "seeds", "methods", "budgets", "budget_fractions",
-                        "random_subsets", "report", "retrain_changed")
+                        "random_subsets", "report", "retrain_changed", *DISTRIBUTED_FREE)
 GORACS_DECISIVE_STAGES: dict[str, tuple[str, ...]] = {
     "features.npz": (), "selections.json": (), "runs": ()}
 GORACS_STAGES = {"runs": ("dataset", "task", "data", "model", "pretrain", "select", "finetune",

@@ -95,7 +95,8 @@ class Learner:
         self.mesh = mesh  # data-parallel sampling and update over this mesh (None: one device)
         if mesh is not None:
             parallel.check_divisible({"prompts_per_step": cfg.prompts_per_step}, mesh)
-            self.params, self.opt_state = parallel.replicate((self.params, self.opt_state), mesh)
+            self.params, self.opt_state, self.ref_params = parallel.replicate(
+                (self.params, self.opt_state, self.ref_params), mesh)
 
     def _draw(self, problems_fn: Callable[[int], Sequence[tasks.Problem]],
               key: jax.Array) -> Callable[[], Rollouts]:
@@ -117,6 +118,23 @@ class Learner:
 
         return draw
 
+    def _place(self, batch: Rollouts,
+               demos: DemoPrefixes | None) -> tuple[Rollouts, DemoPrefixes | None]:
+        """The update's inputs as they are (no mesh) or on the mesh: each process builds its
+        groups of the batch and of ``demos.index`` (split with the groups); the ``U``
+        demonstration prefixes are replicated."""
+        if self.mesh is None:
+            return batch, demos
+        index = None if demos is None else np.asarray(demos.index)
+        placed, index_in = parallel.global_rows(
+            lambda r: (select_groups(batch, np.arange(r.start, r.stop)),
+                       None if index is None else index[r]),
+            self.cfg.prompts_per_step, self.mesh)
+        if demos is not None:
+            demos = DemoPrefixes(*parallel.replicate((demos.tokens, demos.mask), self.mesh),
+                                 index_in)
+        return placed, demos
+
     def step(self, problems_fn: Callable[[int], Sequence[tasks.Problem]],
              key: jax.Array) -> dict[str, float]:
         """Samples a batch (``problems_fn(n)`` gives ``n`` training problems), updates, logs."""
@@ -125,18 +143,13 @@ class Learner:
                                       dynamic=cfg.dynamic_sampling,
                                       max_rounds=cfg.max_sampling_rounds)
         demos = demo_prefixes(self.pool, batch.demo, cfg.num_demo) if cfg.num_demo else None
-        ref_logp = (rollout_logprobs(self.graphdef, self.ref_params, batch, cfg.temperature,
+        placed, demos = self._place(batch, demos)  # split over the mesh's devices
+        ref_logp = (rollout_logprobs(self.graphdef, self.ref_params, placed, cfg.temperature,
                                      demos) if self.ref_params is not None else None)
-        placed, ref_in = batch, ref_logp
-        if self.mesh is not None and demos is None:  # each process builds its groups
-            placed, ref_in = parallel.global_rows(
-                lambda r: (select_groups(batch, np.arange(r.start, r.stop)),
-                           None if ref_logp is None else np.asarray(ref_logp)[r]),
-                cfg.prompts_per_step, self.mesh)
         for _ in range(cfg.ppo_epochs):
             self.params, self.opt_state, m = train_step(self.graphdef, self.params,
                                                         self.opt_state, placed, cfg, self.tx,
-                                                        ref_in, demos)
+                                                        ref_logp, demos)
         demo = np.asarray(batch.demo) >= 0
         r = np.asarray(batch.reward)
         out = {k: float(v) for k, v in m.items()}

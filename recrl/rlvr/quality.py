@@ -3,7 +3,9 @@ r"""Evidence Gain as a reasoning-quality signal (part (a) of ``experiments/icrlv
 Traces are sampled few-shot, scored, and among the traces with a correct final answer the
 Spearman ρ of step correctness is measured against EG (summed, per token, exact log-weight,
 :mod:`recrl.rlvr.evidence`), trace length and mean token log-prob, with 95 % bootstrap
-intervals over traces; the EG cost per trace per probe is measured on the way.
+intervals over traces; the EG cost per trace per probe is measured on the way. With
+``mesh=`` the EG scoring is split over the mesh's devices (:mod:`recrl.rlvr.evidence`, every
+process gets every value); the sampling runs on each process's default device.
 """
 
 from __future__ import annotations
@@ -67,11 +69,13 @@ def sample_texts(graphdef: nnx.GraphDef, params, tok, prompts: Sequence[Sequence
 
 def _eg_in_chunks(graphdef: nnx.GraphDef, params, tok, questions: Sequence[str],
                   texts: Sequence[str], probes: Sequence[tasks.Problem],
-                  chunk: int = EG_CHUNK) -> tuple[dict[str, np.ndarray], list[float], int]:
+                  chunk: int = EG_CHUNK, mesh=None
+                  ) -> tuple[dict[str, np.ndarray], list[float], int]:
     """EG, EG per token and log-weight of each trace (``chunk`` traces a call, one compiled
-    shape), the seconds of each call (the first includes compilation) and the probe count."""
-    pj = evidence.ProbeSet(*(jnp.asarray(x) for x in evidence.encode_probes(tok, probes)))
-    without = evidence.probe_logp_without(graphdef, params, pj)
+    shape; split over ``mesh``'s devices when given), the seconds of each call (the first
+    includes compilation) and the probe count."""
+    pj = evidence.encode_probes(tok, probes)
+    without = evidence.bare_logp(graphdef, params, pj, mesh)
     demo_len = max(len(evidence.encode_demos(tok, [q], [t])[0][0])
                    for q, t in zip(questions, texts, strict=True))
 
@@ -81,7 +85,7 @@ def _eg_in_chunks(graphdef: nnx.GraphDef, params, tok, questions: Sequence[str],
         t0 = time.perf_counter()
         r = evidence.evidence_gain_batch(graphdef, params, tok, [questions[i] for i in idx],
                                          [texts[i] for i in idx], pj, logp_without=without,
-                                         demo_length=demo_len)
+                                         demo_length=demo_len, mesh=mesh)
         jax.block_until_ready(r.eg)
         return r, time.perf_counter() - t0
 
@@ -111,12 +115,13 @@ def rank_correlations(signals: dict[str, np.ndarray], step_correct: np.ndarray,
 
 
 def quality_experiment(quality_cfg, splits: tasks.Splits, tok, graphdef: nnx.GraphDef, params,
-                       seed: int = 0) -> dict[str, Any]:
+                       seed: int = 0, mesh=None) -> dict[str, Any]:
     """Spearman ρ of EG (and baselines) with step correctness on answer-correct traces.
 
     ``quality_cfg`` (config ``quality``): ``shots`` demonstrations from ``splits.demo`` in
     each prompt, ``samples`` traces for each of the first ``n_questions`` training
-    questions at ``temperature`` with ``max_new_tokens``, EG over ``n_probes`` probes.
+    questions at ``temperature`` with ``max_new_tokens``, EG over ``n_probes`` probes (split
+    over ``mesh``'s devices when given: every process must call this with the same inputs).
     """
     shots = splits.demo[:quality_cfg.shots]
     probs = [p for p in splits.train[:quality_cfg.n_questions] for _ in range(quality_cfg.samples)]
@@ -139,7 +144,7 @@ def quality_experiment(quality_cfg, splits: tasks.Splits, tok, graphdef: nnx.Gra
         return out
     eg, times, n_probes = _eg_in_chunks(graphdef, params, tok, [probs[i].question for i in ok],
                                         [texts[i] for i in ok],
-                                        splits.probe[:quality_cfg.n_probes])
+                                        splits.probe[:quality_cfg.n_probes], mesh=mesh)
     step_correct = s.step_correctness[ok]
     signals = {**eg, "length": length[ok], "mean_logprob": mean_lp[ok]}
     out.update(**rank_correlations(signals, step_correct, seed),

@@ -15,6 +15,7 @@ draws again, up to a round limit; missing groups are filled with dropped ones ma
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -150,22 +151,40 @@ def _sampling_config(tok, cfg: LearnerConfig) -> models.SamplingConfig:
                                  stop_tokens=(tok.eos_id,), pad_id=tok.pad_id)
 
 
+@functools.partial(jax.jit, static_argnums=0, static_argnames="config")
+def _prefix_groups(graphdef: nnx.GraphDef, params, pre: jax.Array, pre_mask: jax.Array,
+                   prompt: jax.Array, pmask: jax.Array, key: jax.Array, *,
+                   config: models.SamplingConfig) -> models.SampleOutput:
+    """``models.sample_prefix_groups`` on ``[P, G, S]`` prompts (group ``j`` = slot ``j``),
+    results ``[P, G, ...]``: the prompt axis ``P`` stays the leading one, the one split over
+    a mesh (the transposes happen inside this ``jit``, on the sharded arrays)."""
+    out = models.sample_prefix_groups(graphdef, params, pre, pre_mask,
+                                      jnp.swapaxes(prompt, 0, 1), jnp.swapaxes(pmask, 0, 1),
+                                      key, config=config)
+    return models.SampleOutput(*(jnp.swapaxes(x, 0, 1) for x in out))
+
+
 def _sample_demo_groups(graphdef: nnx.GraphDef, params, tok, prompt: np.ndarray,
                         pmask: np.ndarray, picks: Sequence[int],
                         pool: tuple[np.ndarray, np.ndarray], key: jax.Array,
-                        cfg: LearnerConfig) -> tuple[np.ndarray, ...]:
+                        cfg: LearnerConfig, mesh: Any = None) -> tuple[np.ndarray, ...]:
     """Slot ``j`` of every prompt is one group of ``models.sample_prefix_groups``: prefix demo
-    ``j`` (``j < G_d``, run once) or none (bare). Returns ``[P, G, T]`` tokens, log-probs and
-    ``[P, G]`` lengths."""
+    ``j`` (``j < G_d``, run once) or none (bare). With ``mesh`` the ``P`` prompts are split
+    over its devices (each process builds its rows) and the ``G`` prefixes are replicated.
+    Returns ``[P, G, T]`` tokens, log-probs and ``[P, G]`` lengths."""
     g, k = cfg.group_size, cfg.num_demo
     pre = np.zeros((g, pool[0].shape[1]), np.int32)
     pre_mask = np.zeros(pre.shape, bool)
     pre[:k], pre_mask[:k] = pool[0][picks], pool[1][picks]
-    out = models.sample_prefix_groups(
-        graphdef, params, jnp.asarray(pre), jnp.asarray(pre_mask),
-        jnp.asarray(prompt.transpose(1, 0, 2)), jnp.asarray(pmask.transpose(1, 0, 2)), key,
-        config=_sampling_config(tok, cfg))
-    return tuple(np.swapaxes(np.asarray(x), 0, 1) for x in out)
+    if mesh is None:
+        pre_in, pt_in, pm_in = (jnp.asarray(pre), jnp.asarray(pre_mask)), jnp.asarray(
+            prompt), jnp.asarray(pmask)
+    else:
+        params, pre_in = parallel.on_mesh(params, mesh), parallel.replicate((pre, pre_mask), mesh)
+        pt_in, pm_in = parallel.global_rows(lambda r: (prompt[r], pmask[r]), len(prompt), mesh)
+    out = _prefix_groups(graphdef, params, *pre_in, pt_in, pm_in, key,
+                         config=_sampling_config(tok, cfg))
+    return tuple(np.asarray(x) for x in parallel.to_host(tuple(out)))
 
 
 def _sample_flat(graphdef: nnx.GraphDef, params, tok, prompt: np.ndarray, pmask: np.ndarray,
@@ -212,8 +231,11 @@ def sample_rollouts(graphdef: nnx.GraphDef, params, tok, problems: Sequence[task
     bare slots have an empty prefix; every row's own cache holds only its prompt and
     completion. ``G_d = 0``: ``models.sample``.
     ``pool``: ``encode_demo_pool(tok, demo_pool)`` (computed here when omitted).
-    With ``mesh`` and ``G_d = 0`` the ``P·G`` prompts are split over its devices (each process
-    builds its rows); the shared-prefix loop (``G_d > 0``) runs unsharded.
+    With ``mesh`` the rows are split over its devices, each process building only its rows
+    (``recrl.parallel.global_rows``): ``G_d = 0``, the ``P·G`` prompts; ``G_d > 0``, the
+    ``P`` prompts of every group, the ``G`` prefixes replicated. Row keys depend on the global
+    row index only, so the samples are those of one device for any mesh (``P`` must be a
+    multiple of the mesh's devices).
 
     Returns:
       ``Rollouts`` and the ``P·G`` decoded (scored) texts, row-major.
@@ -227,7 +249,7 @@ def sample_rollouts(graphdef: nnx.GraphDef, params, tok, problems: Sequence[task
         if pool is None:
             pool = encode_demo_pool(tok, demo_pool)
         toks, logp, lens = _sample_demo_groups(graphdef, params, tok, prompt, pmask, picks,
-                                               pool, key, cfg)
+                                               pool, key, cfg, mesh)
     else:
         toks, logp, lens = _sample_flat(graphdef, params, tok, prompt, pmask, key, cfg, mesh)
     texts, cmask, reward, step_correct = _score(tok, problems, toks, lens, reward_fn)

@@ -5,6 +5,7 @@ r"""The Evidence Gain study's stages (``experiments/eg_study.py``; protocol in
 - :func:`pilot`: answer accuracy per candidate difficulty, and the one the study uses;
 - :func:`collect_traces` / :func:`compute_eg`: traces and their EG, appended chunk by chunk
   to JSONL files (resumable; a partial last line from a killed run is dropped);
+  :func:`compute_eg` splits the EG scoring over a mesh's devices (``mesh=``);
 - :func:`analyse`: Spearman ρ of each signal with step correctness, bootstrap intervals,
   differences, the decision rule;
 - :func:`export_labels` / :func:`label_agreement`: hand-labelling sample and the parser's
@@ -27,7 +28,7 @@ import numpy as np
 from absl import logging
 from tqdm.auto import tqdm
 
-from recrl import models
+from recrl import models, parallel
 from recrl.rlvr import evidence, tasks
 from recrl.rlvr.quality import spearman
 
@@ -84,7 +85,17 @@ def _read_jsonl(path: str) -> list[dict]:
     return out
 
 
+def _read_before_writes(path: str) -> list[dict]:
+    """:func:`_read_jsonl` on every process, then a barrier: no process reads ``path`` after
+    process 0 has appended to it, so all resume from the same rows."""
+    rows = _read_jsonl(path)
+    parallel.barrier(f"read {path}")
+    return rows
+
+
 def _append_jsonl(path: str, rows: Sequence[dict]) -> None:
+    if not parallel.is_writer():  # only process 0 writes; the others hold the same rows
+        return
     with open(path, "a") as f:
         for r in rows:
             f.write(json.dumps(r) + "\n")
@@ -116,13 +127,14 @@ def pilot(sampler_for: Callable[[Any], Sampler], difficulties: Sequence[dict], s
 
 def collect_traces(sample: Sampler, problems: Sequence[tasks.Problem], study_cfg, path: str,
                    seed: int) -> list[dict]:
-    """Appends sampled traces chunk by chunk until ``target_correct`` correct ones (resumable)."""
-    rows = _read_jsonl(path)
+    """Appends sampled traces chunk by chunk until ``target_correct`` correct ones (resumable;
+    every process samples the same traces, process 0 writes them)."""
+    rows = _read_before_writes(path)
     order = [(q, s) for q in range(len(problems)) for s in range(study_cfg.samples)]
     pos = len(rows)
     bar = tqdm(total=study_cfg.target_correct,
                initial=min(_n_correct(rows), study_cfg.target_correct),
-               desc="answer-correct traces")
+               desc="answer-correct traces", disable=not parallel.is_writer())
     while pos < len(order) and _n_correct(rows) < study_cfg.target_correct:
         part = order[pos:pos + study_cfg.chunk]
         probs = [problems[q] for q, _ in part]
@@ -148,21 +160,24 @@ def _n_correct(rows: Sequence[dict]) -> int:
 
 
 def compute_eg(graphdef, params, tok, problems, traces: Sequence[dict], probes, study_cfg,
-               path: str) -> dict[int, dict]:
-    """EG / EG_tok / log w of each correct trace, appended chunk by chunk (resumable)."""
-    done = {r["id"]: r for r in _read_jsonl(path)}
+               path: str, mesh=None) -> dict[int, dict]:
+    """EG / EG_tok / log w of each correct trace, appended chunk by chunk (resumable). With
+    ``mesh`` the scoring is split over its devices (every process calls this with the same
+    traces and gets every value; process 0 writes)."""
+    done = {r["id"]: r for r in _read_before_writes(path)}
     todo = [t for t in traces if t["reward"] > 0 and t["id"] not in done]
     if not todo:
         return done
-    pj = evidence.ProbeSet(*(jnp.asarray(x) for x in evidence.encode_probes(tok, probes)))
-    without = evidence.probe_logp_without(graphdef, params, pj)
+    pj = evidence.encode_probes(tok, probes)
+    without = evidence.bare_logp(graphdef, params, pj, mesh)
     for c in tqdm(range(0, len(todo), study_cfg.eg_chunk), desc=f"EG over {len(probes)} probes",
-                  unit="chunk"):
+                  unit="chunk", disable=not parallel.is_writer()):
         part = todo[c:c + study_cfg.eg_chunk]
         pad = part + [part[-1]] * (study_cfg.eg_chunk - len(part))  # one compiled shape
         r = evidence.evidence_gain_batch(
             graphdef, params, tok, [problems[t["question"]].question for t in pad],
-            [t["text"] for t in pad], pj, logp_without=without, demo_length=study_cfg.demo_len)
+            [t["text"] for t in pad], pj, logp_without=without, demo_length=study_cfg.demo_len,
+            mesh=mesh)
         new = [dict(id=t["id"], eg=float(r.eg[i]), eg_per_token=float(r.eg_per_token[i]),
                     log_weight=float(r.log_weight[i])) for i, t in enumerate(part)]
         _append_jsonl(path, new)
@@ -198,8 +213,9 @@ def analyse(rows: Sequence[dict], n_boot: int, seed: int) -> dict:
 
 
 def export_labels(rows: Sequence[dict], problems, path: str, n: int, seed: int) -> None:
-    """A random sample of correct traces for hand labelling (``hand_sc`` column blank)."""
-    if os.path.exists(path):
+    """A random sample of correct traces for hand labelling (``hand_sc`` column blank;
+    process 0 writes it)."""
+    if not parallel.is_writer() or os.path.exists(path):
         return  # never overwrite a file someone may be filling in
     pick = random.Random(seed).sample(list(rows), min(n, len(rows)))
     with open(path, "w", newline="") as f:

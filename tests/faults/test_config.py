@@ -192,6 +192,32 @@ def test_prorl_rerun_with_changed_lr_refuses_to_relabel(tmp_path):
     assert not (out / "results.json").exists()
 
 
+def test_distributed_settings_are_free_in_every_launcher(tmp_path):
+    """A run stopped on one process/device count resumes on another: the distributed
+    settings change no cached stage of any launcher (and a real dependency still does)."""
+    from experiments.configs import goracs as goracs_cfg
+    from experiments.configs import icrlvr as icrlvr_cfg
+    from recrl import parallel
+
+    assert set(V.DISTRIBUTED_FREE) == set(parallel.CONFIG_FIELDS)
+    cases = [(prorl_cfg.get_config("tiny"), V.prorl_stages, V.PRORL_FREE, "rl", "rl.lr"),
+             (icrlvr_cfg.get_config("tiny"), lambda c: V.ICRLVR_STAGES, V.ICRLVR_FREE, "runs",
+              "rl.lr"),
+             (goracs_cfg.get_config("tiny"), lambda c: V.GORACS_STAGES, V.GORACS_FREE, "runs",
+              "finetune.lr")]
+    for i, (cfg, stages, free, stage, dep) in enumerate(cases):
+        out = tmp_path / str(i)
+        rundir.guard_stages(out, cfg, stages(cfg), free)
+        (out / stage).mkdir(parents=True)
+        cfg.update(distributed=True, coordinator_address="10.0.0.1:1234", num_processes=2,
+                   process_id=1, num_devices=0, cpu_collectives="mpi")
+        assert rundir.guard_stages(out, cfg, stages(cfg), free) == {}
+        section, key = dep.split(".")
+        cfg[section][key] = cfg[section][key] * 3
+        with pytest.raises(rundir.StageMismatchError, match=dep):
+            rundir.guard_stages(out, cfg, stages(cfg), free)
+
+
 # ------------------------------------------------------------------ metrics log
 
 

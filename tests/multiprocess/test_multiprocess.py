@@ -1,8 +1,9 @@
 """Real multi-process JAX: 2 OS processes × 2 CPU devices joined by ``jax.distributed``.
 
 Each configuration runs ``tests/multiprocess/worker.py`` (a few training steps of ProRL's
-launcher ``train_method``, the In-Context RLVR ``Learner`` and the GORACS LoRA fine-tune,
-all on the global data mesh of the launchers' start-up): 2 processes × 2 devices (gloo CPU
+launcher ``train_method``, the In-Context RLVR ``Learner`` of a plain and of an in-context
+method, and the GORACS LoRA fine-tune, all on the global data mesh of the launchers'
+start-up): 2 processes × 2 devices (gloo CPU
 collectives on 127.0.0.1), 1 process × 4 devices and 1 process × 1 device. The parameters
 must agree within float tolerance, both processes must hold the same parameters, and only
 process 0 may have written the metrics files. The three configurations run at the same
@@ -74,7 +75,7 @@ def test_both_processes_hold_the_same_parameters(runs):
         np.testing.assert_array_equal(p0[k], p1[k], err_msg=k)
 
 
-@pytest.mark.parametrize("part", ["prorl", "icrlvr", "goracs"])
+@pytest.mark.parametrize("part", ["prorl", "icrlvr", "incontext", "goracs"])
 def test_parameters_equal_on_2x2_1x4_and_1x1(runs, part):
     got = {name: {k: v for k, v in ps[0].items() if k.startswith(part)}
            for name, (_, ps) in runs.items()}

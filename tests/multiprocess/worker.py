@@ -10,7 +10,9 @@ launchers' start-up), then runs a few training steps of each pipeline on the glo
   metrics.jsonl / TensorBoard / result.json written by process 0 only) on the tiny
   synthetic config, with an untrained SASRec as the reward model;
 - In-Context RLVR: ``Learner.step`` (data-parallel sampling and update) of a tiny Llama,
-  then Evidence Gain weights and greedy held-out completions (rows split over the mesh);
+  then Evidence Gain weights and greedy held-out completions (rows split over the mesh),
+  and two steps of an in-context method (``ic_grpo``: demonstration prefixes shared as KV
+  prefixes, the prompts split over the mesh);
 - GORACS: ``lmrec.finetune`` (data-parallel LoRA fine-tune) of a tiny Llama, then the
   per-sample gradient norms of its pool (``lmrec.grad_norms``, rows split over the mesh).
 
@@ -68,32 +70,63 @@ def prorl_part(mesh, out) -> dict:
     return {**init, **_flat("prorl", state.params)}
 
 
-def icrlvr_part(mesh) -> dict:
-    import jax
+def _tiny_llama_policy():
+    from flax import nnx
 
     from recrl import models
     from recrl.models.char_tokenizer import CharTokenizer
-    from recrl.rlvr import config, learner, tasks
 
     tok = CharTokenizer()
     model = models.create_model(models.tiny_config(
         vocab_size=tok.vocab_size, dim=16, n_layers=1, n_heads=2, n_kv_heads=1, head_dim=8,
         ffn_dim=32, max_seq_len=128), seed=0)
-    from flax import nnx
+    return (tok, *nnx.split(model))
 
-    graphdef, params = nnx.split(model)
+
+def _odd_length(text, problem):  # a reward that varies within groups: every update moves
+    return float(len(text) % 2)
+
+
+def icrlvr_part(mesh) -> dict:
+    import jax
+
+    from recrl.rlvr import config, learner, tasks
+
+    tok, graphdef, params = _tiny_llama_policy()
     init = _flat("init/icrlvr", params)
     splits = tasks.make_splits(32, 8, 2, 4, seed=0)
     cfg = config.preset("grpo", group_size=4, prompts_per_step=4, max_prompt_len=32,
                    max_new_tokens=8, lr=1e-2, warmup_steps=1)
-    # a reward that varies within groups, so every update moves the parameters
-    lrn = learner.Learner(graphdef, params, tok, cfg, reward_fn=lambda t, p: float(len(t) % 2),
-                    seed=0, mesh=mesh)
+    lrn = learner.Learner(graphdef, params, tok, cfg, reward_fn=_odd_length, seed=0, mesh=mesh)
     pool = splits.train
     for step in range(3):
         lrn.step(lambda n, step=step: pool[step * n:(step + 1) * n],
                  jax.random.fold_in(jax.random.key(0), step))
     return {**init, **_flat("icrlvr", lrn.params), **icrlvr_scores(lrn, splits, mesh)}
+
+
+def incontext_part(mesh) -> dict:
+    """Two ``ic_grpo`` learner steps (the first at learning rate 0, the warm-up's start): 2 of
+    the 4 rollouts per prompt continue a demonstration shared as a KV prefix (sampling and
+    update split over the prompts)."""
+    import jax
+    import numpy as np
+
+    from recrl.rlvr import config, learner, tasks
+
+    tok, graphdef, params = _tiny_llama_policy()
+    splits = tasks.make_splits(8, 8, 0, 0, seed=1)
+    cfg = config.method_config(config.Method("grpo", in_context=True), num_demo=2,
+                               group_size=4, prompts_per_step=4, max_prompt_len=32,
+                               max_new_tokens=8, lr=1e-2, warmup_steps=1)
+    lrn = learner.Learner(graphdef, params, tok, cfg, splits.demo, reward_fn=_odd_length,
+                          seed=0, mesh=mesh)
+    for step in range(2):
+        lrn.step(lambda n, step=step: splits.train[step * n:(step + 1) * n],
+                 jax.random.fold_in(jax.random.key(5), step))
+    return {**_flat("init/incontext", params), **_flat("incontext", lrn.params),
+            "incontext_rewards": np.array([[h["reward"], h["reward_demo"], h["reward_bare"],
+                                            h["loss"]] for h in lrn.history])}
 
 
 def icrlvr_scores(lrn, splits, mesh) -> dict:
@@ -179,6 +212,7 @@ def main(argv: list[str]) -> None:
     params, seconds = {}, {}
     for name, part in (("prorl", lambda: prorl_part(mesh, out)),
                        ("icrlvr", lambda: icrlvr_part(plain)),
+                       ("incontext", lambda: incontext_part(plain)),
                        ("goracs", lambda: goracs_part(plain))):
         t0 = time.perf_counter()
         params.update(part())
