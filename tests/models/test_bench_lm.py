@@ -65,3 +65,21 @@ def test_bf16_compare_rows_label_both_dtypes(capsys):
     assert all("| |log-prob diff| max" in r for r in score)  # recrl-bf16 vs recrl-fp32
     greedy = [" ".join(r) for r in rows if r[0] == "greedy"]
     assert all(r.count("tokens equal") == 2 for r in greedy)
+
+
+def test_profile_classifies_every_matmul_of_the_compiled_model():
+    """benchmarks.lm_profile groups the compiled HLO's fusions: 7 weight matmuls and 2
+    attention products per block, one LM head (so its per-group times cover them all)."""
+    import collections
+
+    from benchmarks import lm_profile
+
+    cfg = models.tiny_config(vocab_size=300)
+    graphdef, params = nnx.split(models.create_model(cfg))
+    ids = np.ones((2, 6), np.int32)
+    mask = np.ones(ids.shape, bool)
+    hlo = models.logprobs.lower(graphdef, params, ids, mask, ids, mask).compile().as_text()
+    kinds = collections.Counter(lm_profile._hlo_kinds(hlo, cfg.vocab_size).values())
+    assert kinds["weights"] == 7 * cfg.n_layers
+    assert kinds["attention"] == 2 * cfg.n_layers
+    assert kinds["lm head"] == 1
