@@ -6,6 +6,9 @@
     python -m benchmarks.lm --compare transformers --batch 1 8 16 --new 64 --completion 256
                                                  # recrl vs transformers, same weights, side by
                                                  # side (needs the [bench] extra: torch)
+    python -m benchmarks.lm --compare transformers --dtype bfloat16
+                                                 # recrl in bf16 vs transformers in fp32 and
+                                                 # bf16, with recrl-bf16's error vs recrl-fp32
 
 Rows (compile time excluded: every call is run once before it is timed):
   sample          ``sample`` on a padded batch of B copies of a chat prompt, N new tokens
@@ -123,7 +126,14 @@ def main(argv: list[str] | None = None) -> None:
             print(f"# skipped: {missing}")
             return
     t0 = time.perf_counter()
-    model, prompt_ids, desc = load(args.model, args.dtype)
+    reference = None
+    if args.compare and args.dtype != "float32":  # rounded from the fp32 model, kept as reference
+        model32, prompt_ids, desc = load(args.model, "float32")
+        reference = (model32, *nnx.split(model32))
+        cfg = model32.config.replace(dtype=args.dtype, param_dtype=args.dtype)
+        model = models.model_from_weights(cfg, models.model_weights(model32))
+    else:
+        model, prompt_ids, desc = load(args.model, args.dtype)
     load_s = time.perf_counter() - t0
     graphdef, params = nnx.split(model)
     p = len(prompt_ids)
@@ -135,7 +145,8 @@ def main(argv: list[str] | None = None) -> None:
         lm_transformers.run(model, graphdef, params, prompt_ids, batches=args.batch,
                             n_new=args.new, completion=args.completion,
                             repeats=max(args.repeats, 1),
-                            threads=args.threads or len(os.sched_getaffinity(0)))
+                            threads=args.threads or len(os.sched_getaffinity(0)),
+                            reference=reference)
         return
     rng = np.random.default_rng(0)
     cfg = models.SamplingConfig(max_new_tokens=args.new, temperature=1.0, top_p=0.95)

@@ -11,6 +11,12 @@ Rows: ``greedy`` (``sample`` with temperature 0 vs ``generate(do_sample=False)``
 ``logits_to_keep`` and a log-softmax gather). No stop token: every row generates ``N`` tokens.
 recrl's executables are compiled ahead of time (``lower().compile()``, timed: the
 ``compile s`` column) and the timed calls run them directly.
+
+With a bfloat16 recrl model (``benchmarks.lm --compare transformers --dtype bfloat16``) each
+op is timed against transformers in float32 *and* in bfloat16 (the same weights, rounded once),
+one row per pair, labelled with both dtypes, and the ``vs fp32 recrl`` column says how far
+recrl-bf16 is from recrl-fp32 on the same inputs: greedy/sampled tokens equal (same key), and
+for scoring the max / mean absolute per-token log-prob difference.
 """
 
 from __future__ import annotations
@@ -35,9 +41,9 @@ def available() -> str | None:
     return None
 
 
-def hf_model(model: models.Llama):
-    """A ``transformers.LlamaForCausalLM`` (eval mode) holding ``model``'s weights, in the
-    model's ``param_dtype`` (float32 or bfloat16)."""
+def hf_model(model: models.Llama, dtype: str | None = None):
+    """A ``transformers.LlamaForCausalLM`` (eval mode) holding ``model``'s weights, in
+    ``dtype`` (default: the model's ``param_dtype``; float32 or bfloat16)."""
     import torch
     import transformers
 
@@ -66,7 +72,7 @@ def hf_model(model: models.Llama):
     missing, unexpected = hf.load_state_dict(sd, strict=False)
     if [k for k in missing if k != "lm_head.weight"] or unexpected:
         raise ValueError(f"weights did not map: missing {missing[:4]}, unexpected {unexpected[:4]}")
-    if cfg.param_dtype == "bfloat16":
+    if (dtype or cfg.param_dtype) == "bfloat16":
         hf = hf.to(torch.bfloat16)
     return hf.eval()
 
@@ -107,19 +113,18 @@ def _hf_score(hf, prompt, completion):
         return lp.gather(-1, ids[:, -c:, None])[..., 0].numpy()
 
 
-def _interleaved(ours, theirs, repeats: int) -> tuple[float, float]:
-    """``(best recrl s, best transformers s)`` after one warm-up call of each."""
-    jax.block_until_ready(ours())
-    theirs()
-    best_o = best_t = float("inf")
+def _interleaved(calls, repeats: int) -> list[float]:
+    """Best seconds of each call, run in turn (``calls[0], calls[1], ..., calls[0], ...``)
+    after one warm-up call of each."""
+    for call in calls:
+        jax.block_until_ready(call())
+    best = [float("inf")] * len(calls)
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(ours())
-        best_o = min(best_o, time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        theirs()
-        best_t = min(best_t, time.perf_counter() - t0)
-    return best_o, best_t
+        for i, call in enumerate(calls):
+            t0 = time.perf_counter()
+            jax.block_until_ready(call())
+            best[i] = min(best[i], time.perf_counter() - t0)
+    return best
 
 
 def _compiled(fn, *args, **static):
@@ -130,51 +135,94 @@ def _compiled(fn, *args, **static):
 
 
 def run(model, graphdef, params, prompt_ids, *, batches, n_new: int, completion: int,
-        repeats: int, threads: int) -> None:
-    """Prints the side-by-side table (see the module docstring)."""
+        repeats: int, threads: int, reference=None) -> None:
+    """Prints the side-by-side table (see the module docstring).
+
+    ``reference``: ``(model, graphdef, params)`` of the float32 model that a bfloat16 ``model``
+    was rounded from; transformers then runs that model's weights in float32 and bfloat16.
+    """
     import torch
 
     torch.set_num_threads(threads)
-    hf = hf_model(model)
-    diff = max_logit_difference(graphdef, params, hf, prompt_ids)
+    dtype = model.config.param_dtype
+    ref = reference or (model, graphdef, params)
+    hf_dtypes = ("float32", "bfloat16") if reference is not None else (dtype,)
+    hfs = [hf_model(ref[0], d) for d in hf_dtypes]
     print(f"# transformers {__import__('transformers').__version__}, torch {torch.__version__}"
           f" ({torch.get_num_threads()} threads); process on {len(os.sched_getaffinity(0))}"
-          f" core(s), XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r};"
-          f" max |logit difference| on the prompt {diff:.2e}", flush=True)
-    # float32: the two agree to ~1e-4; bfloat16 roundings differ between the implementations
-    if diff > (1e-2 if model.config.param_dtype == "float32" else 2.0):
-        raise RuntimeError(f"recrl and transformers disagree (max logit difference {diff:.3g})")
-    print(f"\n{'op':7s} {'batch':>5s} {'tokens':>7s} {'recrl s':>8s} {'hf s':>8s}"
-          f" {'recrl t/s':>10s} {'hf t/s':>8s} {'ratio':>6s} {'compile s':>9s}  note")
+          f" core(s), XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}", flush=True)
+    for d, hf in zip(hf_dtypes, hfs, strict=True):
+        diff = max_logit_difference(graphdef, params, hf, prompt_ids)
+        print(f"# max |logit difference| on the prompt, recrl {dtype} vs transformers {d}:"
+              f" {diff:.2e}", flush=True)
+        # float32: the two agree to ~1e-4; bfloat16 roundings differ between the implementations
+        if diff > (1e-2 if dtype == d == "float32" else 2.0):
+            raise RuntimeError(f"recrl and transformers disagree (max logit difference "
+                               f"{diff:.3g})")
+    print(f"\n{'op':7s} {'batch':>5s} {'tokens':>7s} {'recrl':>8s} {'hf':>8s} {'recrl s':>8s}"
+          f" {'hf s':>8s} {'recrl t/s':>10s} {'hf t/s':>8s} {'ratio':>6s} {'compile s':>9s}"
+          f"  vs transformers | vs fp32 recrl")
     rng = np.random.default_rng(0)
     for b in batches:
         prompt, pmask = models.pad_batch([prompt_ids] * b)
         for op in ("greedy", "sample", "score"):
-            ours, theirs, n, check = _row(graphdef, params, hf, op, prompt, pmask, n_new,
-                                          completion, rng, model.config.vocab_size)
-            ours, comp_s = ours
-            t_o, t_t = _interleaved(ours, theirs, repeats)
-            note = check(ours(), theirs())
-            print(f"{op:7s} {b:5d} {b * n:7d} {t_o:8.3f} {t_t:8.3f} {b * n / t_o:10.1f}"
-                  f" {b * n / t_t:8.1f} {t_t / t_o:6.2f} {comp_s:9.1f}  {note}", flush=True)
+            comp = rng.integers(3, model.config.vocab_size, size=(b, completion))
+            _print_rows(op, (graphdef, params), ref[1:] if reference else None, hfs, hf_dtypes,
+                        dtype, (prompt, pmask, comp), n_new, repeats)
 
 
-def _row(graphdef, params, hf, op, prompt, pmask, n_new, completion, rng, vocab):
-    key = jax.random.key(0)
+def _print_rows(op, ours_gp, ref_gp, hfs, hf_dtypes, dtype, inputs, n_new, repeats):
+    """Times ``op`` for recrl and every transformers model (interleaved); one row per model."""
+    prompt, pmask, comp = inputs
+    (ours, comp_s), n = _recrl_call(*ours_gp, op, prompt, pmask, n_new, comp)
+    theirs = [_hf_call(hf, op, prompt, n_new, comp) for hf in hfs]
+    times = _interleaved([ours] + theirs, repeats)
+    out = np.asarray(ours())
+    accuracy = "" if ref_gp is None else _vs_reference(op, out, _recrl_call(
+        *ref_gp, op, prompt, pmask, n_new, comp)[0][0]())
+    b = prompt.shape[0]
+    for d, call, t_t in zip(hf_dtypes, theirs, times[1:], strict=True):
+        t_o = times[0]
+        print(f"{op:7s} {b:5d} {b * n:7d} {_short(dtype):>8s} {_short(d):>8s} {t_o:8.3f}"
+              f" {t_t:8.3f} {b * n / t_o:10.1f} {b * n / t_t:8.1f} {t_t / t_o:6.2f}"
+              f" {comp_s:9.1f}  {_vs_transformers(op, out, call())} | {accuracy}", flush=True)
+
+
+def _short(dtype: str) -> str:
+    return {"float32": "fp32", "bfloat16": "bf16"}[dtype]
+
+
+def _recrl_call(graphdef, params, op, prompt, pmask, n_new, comp):
+    """``((call, compile seconds), tokens per row)`` of recrl's executable for ``op``."""
     if op == "score":
-        comp = rng.integers(3, vocab, size=(prompt.shape[0], completion))
         cmask = np.ones(comp.shape, bool)
         exe, secs = _compiled(models.logprobs, graphdef, params, prompt, pmask, comp, cmask)
-        ours = (lambda: exe(params, prompt, pmask, comp, cmask), secs)
-        check = lambda a, b: f"max |log-prob difference| {np.abs(np.asarray(a) - b).max():.1e}"
-        return ours, lambda: _hf_score(hf, np.asarray(prompt), comp), completion, check
+        return (lambda: exe(params, prompt, pmask, comp, cmask), secs), comp.shape[1]
+    key = jax.random.key(0)
     sample = op == "sample"
     cfg = models.SamplingConfig(max_new_tokens=n_new, temperature=1.0 if sample else 0.0,
                                 top_p=0.95 if sample else 1.0)
     exe, secs = _compiled(models.sample, graphdef, params, prompt, pmask, key, config=cfg)
-    ours = (lambda: exe(params, prompt, pmask, key).tokens, secs)
-    theirs = lambda: _hf_generate(hf, prompt, n_new, sample)
-    if sample:
-        return ours, theirs, n_new, lambda a, b: ""
-    same = lambda a, b: f"greedy tokens equal: {np.mean(np.asarray(a) == b):.0%}"
-    return ours, theirs, n_new, same
+    return (lambda: exe(params, prompt, pmask, key).tokens, secs), n_new
+
+
+def _hf_call(hf, op, prompt, n_new, comp):
+    if op == "score":
+        return lambda: _hf_score(hf, np.asarray(prompt), comp)
+    return lambda: _hf_generate(hf, prompt, n_new, op == "sample")
+
+
+def _vs_transformers(op, ours, theirs) -> str:
+    if op == "score":
+        return f"max |log-prob diff| {np.abs(ours - theirs).max():.1e}"
+    return f"tokens equal {np.mean(ours == theirs):.0%}" if op == "greedy" else "-"
+
+
+def _vs_reference(op, ours, ref) -> str:
+    """recrl (bf16) against recrl fp32 on the same inputs (and, for sampling, the same key)."""
+    ref = np.asarray(ref)
+    if op == "score":
+        d = np.abs(ours - ref)
+        rel = np.abs(ours.sum(1) - ref.sum(1)).max() / np.abs(ref.sum(1)).max()
+        return f"|log-prob diff| max {d.max():.3f} mean {d.mean():.4f}, sums rel {rel:.1e}"
+    return f"tokens equal {np.mean(ours == ref):.0%}"

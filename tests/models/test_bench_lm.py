@@ -39,3 +39,47 @@ def test_transformers_model_has_the_same_outputs():
     toks = models.sample(graphdef, params, prompt, np.ones(prompt.shape, bool),
                          __import__("jax").random.key(0), config=greedy).tokens
     np.testing.assert_array_equal(lm_transformers._hf_generate(hf, prompt, 6, False), toks)
+
+
+def test_accuracy_columns_by_hand():
+    ours, ref = np.array([[-1.0, -2.0]]), np.array([[-1.5, -2.0]])
+    # max |diff| 0.5, mean 0.25, sequence sums -3 vs -3.5: relative 0.5 / 3.5
+    assert lm_transformers._vs_reference("score", ours, ref) == (
+        "|log-prob diff| max 0.500 mean 0.2500, sums rel 1.4e-01")
+    assert lm_transformers._vs_reference("greedy", np.array([[1, 2, 3, 4]]),
+                                         np.array([[1, 2, 5, 6]])) == "tokens equal 50%"
+    assert lm_transformers._vs_transformers("greedy", np.array([[7, 8]]),
+                                            np.array([[7, 9]])) == "tokens equal 50%"
+
+
+@pytest.mark.skipif(not HAVE_TORCH, reason="needs torch + transformers (the [bench] extra)")
+def test_bf16_compare_rows_label_both_dtypes(capsys):
+    lm.main(["--model", "tiny", "--compare", "transformers", "--dtype", "bfloat16",
+             "--batch", "1", "--new", "3", "--completion", "4", "--threads", "1"])
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()
+            if line.split()[:1] in (["greedy"], ["sample"], ["score"])]
+    # one row per op and transformers dtype, recrl in bf16 against fp32 and bf16
+    assert sorted((r[0], r[3], r[4]) for r in rows) == sorted(
+        (op, "bf16", d) for op in ("greedy", "sample", "score") for d in ("fp32", "bf16"))
+    score = [" ".join(r) for r in rows if r[0] == "score"]
+    assert all("| |log-prob diff| max" in r for r in score)  # recrl-bf16 vs recrl-fp32
+    greedy = [" ".join(r) for r in rows if r[0] == "greedy"]
+    assert all(r.count("tokens equal") == 2 for r in greedy)
+
+
+def test_profile_classifies_every_matmul_of_the_compiled_model():
+    """benchmarks.lm_profile groups the compiled HLO's fusions: 7 weight matmuls and 2
+    attention products per block, one LM head (so its per-group times cover them all)."""
+    import collections
+
+    from benchmarks import lm_profile
+
+    cfg = models.tiny_config(vocab_size=300)
+    graphdef, params = nnx.split(models.create_model(cfg))
+    ids = np.ones((2, 6), np.int32)
+    mask = np.ones(ids.shape, bool)
+    hlo = models.logprobs.lower(graphdef, params, ids, mask, ids, mask).compile().as_text()
+    kinds = collections.Counter(lm_profile._hlo_kinds(hlo, cfg.vocab_size).values())
+    assert kinds["weights"] == 7 * cfg.n_layers
+    assert kinds["attention"] == 2 * cfg.n_layers
+    assert kinds["lm head"] == 1
