@@ -116,15 +116,15 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if args.threads is None and args.compare:
         args.threads = 1
-    if args.threads:
-        pin_threads(args.threads)
-    if args.compare:
+    if args.compare:  # checked before pinning: a skipped comparison leaves the process as it was
         from benchmarks import lm_transformers
 
         missing = lm_transformers.available()
         if missing:
             print(f"# skipped: {missing}")
             return
+    if args.threads:
+        pin_threads(args.threads)
     t0 = time.perf_counter()
     reference = None
     if args.compare and args.dtype != "float32":  # rounded from the fp32 model, kept as reference

@@ -3,6 +3,7 @@ and transformers are installed, e.g. the [bench] environment) the weight mapping
 transformers.LlamaForCausalLM checked against recrl's logits and log-probs."""
 
 import importlib.util
+import os
 
 import numpy as np
 import pytest
@@ -14,12 +15,24 @@ from recrl import models
 HAVE_TORCH = all(importlib.util.find_spec(m) for m in ("torch", "transformers"))
 
 
+@pytest.fixture(autouse=True)
+def _unpinned(monkeypatch):
+    """``lm.main(--threads N)`` pins the calling process to ``N`` cores and sets XLA_FLAGS;
+    undo both so the rest of the test session keeps every core."""
+    cores = os.sched_getaffinity(0)
+    monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))
+    yield
+    os.sched_setaffinity(0, cores)
+
+
 @pytest.mark.skipif(HAVE_TORCH, reason="torch is installed: the comparison runs instead")
 def test_compare_without_torch_says_what_is_missing(capsys):
+    cores = os.sched_getaffinity(0)
     lm.main(["--model", "tiny", "--compare", "transformers"])
     out = capsys.readouterr().out
     assert "skipped" in out and "torch" in out and "[bench]" in out
     assert "greedy" not in out  # nothing was timed
+    assert os.sched_getaffinity(0) == cores  # a skipped comparison pins nothing
 
 
 @pytest.mark.skipif(not HAVE_TORCH, reason="needs torch + transformers (the [bench] extra)")
