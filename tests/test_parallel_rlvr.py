@@ -14,6 +14,7 @@ from flax import nnx
 from recrl import models, parallel
 from recrl.models.char_tokenizer import CharTokenizer
 from recrl.rlvr import config, learner, loss, rollouts, tasks
+from tests.rlvr.test_quality import scripted_traces
 
 N_DEV = 4
 
@@ -115,18 +116,6 @@ def test_in_context_learner_on_the_mesh_equals_one_device():
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
-def _scripted_traces(problems, copies=3):
-    """Reference solutions, every 3rd with a wrong first step, every 4th with a wrong answer."""
-    probs = [p for p in problems for _ in range(copies)]
-    texts = []
-    for i, p in enumerate(probs):
-        steps = list(p.steps)
-        if i % 3 == 2:
-            steps[0] = (*steps[0][:3], steps[0][3] + 1)
-        texts.append(tasks.format_steps(steps, p.answer + (i % 4 == 3)))
-    return probs, texts
-
-
 def test_eg_quality_study_on_the_mesh_equals_one_device(monkeypatch, tmp_path):
     """The quality experiment's per-trace EG numbers (9 correct traces: two EG chunks of 8,
     6 demos and 2 probes padded on the mesh) and the study's ``compute_eg`` rows are one
@@ -137,7 +126,7 @@ def test_eg_quality_study_on_the_mesh_equals_one_device(monkeypatch, tmp_path):
 
     tok, graphdef, params = _tiny()
     splits = tasks.make_splits(4, 1, 2, 0, seed=7, num_ops=(2,))
-    probs, texts = _scripted_traces(splits.train)
+    probs, texts = scripted_traces(splits.train)
     length, mean_lp = np.arange(12) % 5 + 1, -0.1 * (np.arange(12) % 7)
     monkeypatch.setattr(quality, "sample_texts", lambda *a, **k: (texts, length, mean_lp))
     qcfg = ml_collections.ConfigDict(dict(shots=1, n_questions=4, samples=3, n_probes=2,

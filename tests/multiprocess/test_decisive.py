@@ -12,7 +12,6 @@ phase run at the same time.
 """
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -22,7 +21,7 @@ import numpy as np
 import pytest
 
 from tests.multiprocess import decisive_worker
-from tests.multiprocess.test_multiprocess import CONFIGS, _assert_close, _free_port
+from tests.multiprocess.test_multiprocess import CONFIGS, _assert_close, _free_port, worker_env
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT_S = 900
@@ -58,10 +57,7 @@ def runs(tmp_path_factory):
     """The three layouts; then 2 × 2 resuming 1 × 1's finished run and 1 × 1 resuming
     2 × 2's, each with the run ``REDO`` removed. ``{name: (out, processes)}``."""
     base = tmp_path_factory.mktemp("decisive")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
-        "RECRL_DATA": str(base / "data"), "JAX_PLATFORMS": "cpu"}
-    env.pop("XLA_FLAGS", None)  # the worker sets its own device count
+    env = worker_env(base)
     procs = {}
     for name, (nproc, ndev) in CONFIGS.items():
         (base / name).mkdir()

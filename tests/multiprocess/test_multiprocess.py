@@ -31,13 +31,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    base = tmp_path_factory.mktemp("multiprocess")
+def worker_env(base: Path) -> dict:
+    """The workers' environment: this checkout first on the path, a data cache under
+    ``base``, CPU only, and no inherited XLA_FLAGS (each worker sets its own device count)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
         "RECRL_DATA": str(base / "data"), "JAX_PLATFORMS": "cpu"}
-    env.pop("XLA_FLAGS", None)  # the worker sets its own device count
+    env.pop("XLA_FLAGS", None)
+    return env
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    base = tmp_path_factory.mktemp("multiprocess")
+    env = worker_env(base)
     procs = {}
     for name, (nproc, ndev) in CONFIGS.items():
         out = base / name

@@ -10,6 +10,18 @@ from recrl.models.char_tokenizer import CharTokenizer
 from recrl.rlvr import evidence, quality, tasks
 
 
+def scripted_traces(problems, copies=3):
+    """Reference solutions, every 3rd with a wrong first step, every 4th with a wrong answer."""
+    probs = [p for p in problems for _ in range(copies)]
+    texts = []
+    for i, p in enumerate(probs):
+        steps = list(p.steps)
+        if i % 3 == 2:
+            steps[0] = (*steps[0][:3], steps[0][3] + 1)
+        texts.append(tasks.format_steps(steps, p.answer + (i % 4 == 3)))
+    return probs, texts
+
+
 def test_quality_experiment_matches_a_direct_computation(monkeypatch):
     tok = CharTokenizer()
     cfg = models.tiny_config(vocab_size=tok.vocab_size, dim=32, ffn_dim=64, n_layers=1)
@@ -17,15 +29,8 @@ def test_quality_experiment_matches_a_direct_computation(monkeypatch):
     splits = tasks.make_splits(4, 1, 2, 0, seed=7, num_ops=(2,))
     qcfg = ml_collections.ConfigDict(dict(shots=1, n_questions=4, samples=3, n_probes=2,
                                           temperature=1.0, max_new_tokens=8))
-    # scripted traces: reference solutions, every 3rd with a wrong first step, every 4th
-    # with a wrong answer (so 9 of 12 are correct: two EG chunks of 8, the second padded)
-    probs = [p for p in splits.train for _ in range(3)]
-    texts = []
-    for i, p in enumerate(probs):
-        steps = list(p.steps)
-        if i % 3 == 2:
-            steps[0] = (*steps[0][:3], steps[0][3] + 1)
-        texts.append(tasks.format_steps(steps, p.answer + (i % 4 == 3)))
+    # 9 of the 12 scripted traces are correct: two EG chunks of 8, the second padded
+    probs, texts = scripted_traces(splits.train)
     length, mean_lp = np.arange(12) % 5 + 1, -0.1 * (np.arange(12) % 7)
     monkeypatch.setattr(quality, "sample_texts", lambda *a, **k: (texts, length, mean_lp))
     out = quality.quality_experiment(qcfg, splits, tok, graphdef, params)
