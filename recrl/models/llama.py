@@ -10,8 +10,9 @@ reads key/value head ``j // (n_heads / n_kv_heads)``) and rotate-half RoPE: dime
 ``i + head_dim/2`` of a head form a pair rotated by ``pos · base^{-2i/head_dim}``. Checkpoints in
 the interleaved-pair layout (GGUF) are permuted to this layout when loaded.
 
-Kernels are stored ``[in, out]`` (``y = x @ W``). Scores, softmax, norms and logits are computed
-in float32 whatever ``cfg.dtype`` is.
+Kernels are stored ``[in, out]`` (``y = x @ W``). Matmuls take ``cfg.dtype`` inputs and accumulate
+in float32; the residual stream, scores, softmax, norms, the SwiGLU gate product and logits are
+float32 whatever ``cfg.dtype`` is (so bfloat16 rounds only what enters a matmul).
 """
 
 from __future__ import annotations
@@ -93,13 +94,15 @@ class Linear(nnx.Module):
         self.lora_scale = 0.0
         self.dtype = cfg.dtype
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        y = x @ self.kernel[...].astype(self.dtype)
+    def __call__(self, x: jax.Array, out_dtype: jnp.dtype | None = None) -> jax.Array:
+        """``x W`` (+ the LoRA term), accumulated in float32 and returned in ``out_dtype``
+        (default ``cfg.dtype``)."""
+        y = jnp.matmul(x, self.kernel[...].astype(self.dtype), preferred_element_type=f32)
         if self.lora_a is not None:
             a = self.lora_a[...].astype(self.dtype)
             b = self.lora_b[...].astype(self.dtype)
-            y = y + ((x @ a) @ b) * jnp.asarray(self.lora_scale, self.dtype)
-        return y
+            y = y + ((x @ a) @ b).astype(f32) * jnp.asarray(self.lora_scale, f32)
+        return y.astype(out_dtype or self.dtype)
 
 
 class Attention(nnx.Module):
@@ -160,7 +163,7 @@ class Attention(nnx.Module):
             n_prefix = pk.shape[0]
             o = jnp.einsum("bkgts,skd->btkgd", p[..., :n_prefix], pv)
             o = o + pv_own(p[..., n_prefix:]).transpose(0, 3, 1, 2, 4)
-        return self.o_proj(o.reshape(b, t, self.n_heads * hd)), new_kv
+        return self.o_proj(o.reshape(b, t, self.n_heads * hd), f32), new_kv
 
 
 class MLP(nnx.Module):
@@ -172,7 +175,10 @@ class MLP(nnx.Module):
         self.down_proj = Linear(cfg.ffn_dim, cfg.dim, cfg, rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+        """float32 output (the residual stream's dtype); the gate product is formed in float32
+        and rounded to ``cfg.dtype`` once, for the down projection."""
+        gated = jax.nn.silu(self.gate_proj(x, f32)) * self.up_proj(x, f32)
+        return self.down_proj(gated.astype(x.dtype), f32)
 
 
 class Block(nnx.Module):
@@ -238,7 +244,10 @@ class Llama(nnx.Module):
             causal = slots[None, :] <= (index + jnp.arange(t))[:, None]
             own_mask = causal[None] & valid[:, None, :]
         cos, sin = rope_angles(positions, cfg.head_dim, cfg.rope_base)
-        x = jnp.take(self.embed[...], tokens, axis=0).astype(cfg.jnp_dtype)
+        # computed once and kept out of the blocks' fusions (XLA would otherwise recompute the
+        # sines and cosines inside each of the 60 RoPE fusions)
+        cos, sin = jax.lax.optimization_barrier((cos, sin))
+        x = jnp.take(self.embed[...], tokens, axis=0).astype(f32)  # the residual stream
         new_k, new_v = [], []
         for i, block in enumerate(self.layers):
             kv = None if cache is None else (cache.k[i], cache.v[i])
@@ -250,6 +259,11 @@ class Llama(nnx.Module):
         if cache is not None:
             cache = KVCache(k=tuple(new_k), v=tuple(new_v), valid=valid, index=index + t)
         return self.final_norm(x), cache
+
+    def head_rows(self, dtype: jnp.dtype) -> jax.Array:
+        """The LM head as ``[vocab, dim]`` rows in ``dtype``: ``logits = hidden @ rowsᵀ``."""
+        w = self.embed[...] if self.lm_head is None else self.lm_head.kernel[...].T
+        return w.astype(dtype)
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """float32 logits ``hidden @ E^T`` (tied) or ``hidden @ W_head`` over the vocabulary."""

@@ -26,12 +26,38 @@ def _last_real(mask: jax.Array) -> jax.Array:
     return jax.lax.cummax(idx, axis=mask.ndim - 1)
 
 
+VOCAB_CHUNK = 512  # LM-head columns per step of the chunked normaliser
+
+
 def _token_logprobs(model: Llama, hidden: jax.Array, targets: jax.Array,
                     temperature: float | jax.Array) -> jax.Array:
-    """``log softmax(model.logits(hidden) / τ)[targets]`` for ``hidden [..., d]``."""
-    logits = model.logits(hidden) / temperature
-    chosen = jnp.take_along_axis(logits, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
-    return chosen - jax.nn.logsumexp(logits, axis=-1)
+    """``log softmax(model.logits(hidden) / τ)[targets]`` for ``hidden [..., d]``, without
+    forming the ``[..., vocab]`` logits: the target's logit is ``h · w_y`` and the normaliser a
+    log-sum-exp over ``VOCAB_CHUNK``-column slices of the head (each slice rematerialised in
+    the gradient). On one CPU core this is 2-4x faster than the full logits for 2,048 rows of
+    SmolLM2's 49,152-entry vocabulary (docs/models.md), and it never holds more than
+    ``rows x VOCAB_CHUNK`` logits.
+    """
+    w = model.head_rows(hidden.dtype)  # [V, d]
+    v, d = w.shape
+    tau = jnp.asarray(temperature, f32)
+    w_y = jnp.take(w, targets.astype(jnp.int32), axis=0)
+    chosen = jnp.einsum("...d,...d->...", hidden.astype(f32), w_y.astype(f32))
+    c = min(VOCAB_CHUNK, v)
+    n = -(-v // c)
+    if n * c != v:
+        w = jnp.pad(w, ((0, n * c - v), (0, 0)))
+    valid = (jnp.arange(n * c) < v).reshape(n, c)
+    rows = hidden.reshape(-1, d)
+
+    def chunk_lse(args):
+        w_c, ok = args
+        z = jnp.einsum("td,vd->tv", rows, w_c, preferred_element_type=f32) / tau
+        return jax.nn.logsumexp(jnp.where(ok, z, -jnp.inf), axis=-1)
+
+    lse = jax.nn.logsumexp(jax.lax.map(jax.checkpoint(chunk_lse), (w.reshape(n, c, d), valid)),
+                           axis=0)
+    return chosen / tau - lse.reshape(hidden.shape[:-1])
 
 
 def _score_tail(model: Llama, tokens: jax.Array, mask: jax.Array, start: int,
