@@ -132,3 +132,36 @@ def test_chunked_logprobs_and_their_gradient_equal_unchunked():
     _check(np.asarray(lp2), _reference(model, PROMPTS, COMPLETIONS), COMPLETIONS)
     for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2), strict=True):
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_vocabulary_chunked_normaliser_and_its_gradient(monkeypatch):
+    """Scoring never forms [rows, vocab] logits: its normaliser runs over vocabulary slices.
+    With 10-column slices of a 103-entry vocabulary (11 slices, the last padded), the
+    log-probs equal the NumPy reference and their gradient the one through the full logits."""
+    from recrl.models import forward, positions_from_mask, scoring
+
+    monkeypatch.setattr(scoring, "VOCAB_CHUNK", 10)
+    seqs = [p + c for p, c in zip(PROMPTS, COMPLETIONS, strict=True)]
+    tokens, mask = pad_batch(seqs, side="right")
+    weights = jnp.asarray(np.random.default_rng(3).normal(size=tokens.shape[1] - 1), jnp.float32)
+    for tied in (True, False):
+        model = make_tiny(tied=tied, seed=7, vocab_size=103)
+        graphdef, state = nnx.split(model)
+        ref = _reference(model, PROMPTS, COMPLETIONS)
+        comp, cmask = pad_batch(COMPLETIONS, side="right")
+        prompt, pmask = pad_batch(PROMPTS, side="left")
+        _check(np.asarray(logprobs(graphdef, state, prompt, pmask, comp, cmask)), ref, COMPLETIONS)
+
+        def chunked(st):
+            return (token_logprobs(graphdef, st, tokens, mask)[:, 1:] * weights).sum()
+
+        def full(st):  # right-padded rows: slot t predicts slot t + 1
+            logits, _ = forward(graphdef, st, tokens, positions_from_mask(mask), mask=mask)
+            lp = jax.nn.log_softmax(logits[:, :-1], axis=-1)
+            lp = jnp.take_along_axis(lp, tokens[:, 1:, None], axis=-1)[..., 0]
+            return (jnp.where(mask[:, 1:], lp, 0.0) * weights).sum()
+
+        (v1, g1), (v2, g2) = jax.value_and_grad(chunked)(state), jax.value_and_grad(full)(state)
+        np.testing.assert_allclose(v1, v2, rtol=1e-5)
+        for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2), strict=True):
+            np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)
