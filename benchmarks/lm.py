@@ -98,7 +98,7 @@ def load(name: str, dtype: str):
     return model, tok.encode_chat(QUESTION), "SmolLM2-135M-Instruct (GGUF Q4_1, dequantised)"
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", choices=["smollm2", "tiny"], default="smollm2")
     ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
@@ -116,6 +116,23 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if args.threads is None and args.compare:
         args.threads = 1
+    return args
+
+
+def load_models(args: argparse.Namespace):
+    """``(model, prompt ids, description, reference)``; with ``--compare`` and a non-float32
+    dtype the model is rounded from the float32 one, kept as ``reference = (model, graphdef,
+    params)``."""
+    if args.compare and args.dtype != "float32":
+        model32, prompt_ids, desc = load(args.model, "float32")
+        cfg = model32.config.replace(dtype=args.dtype, param_dtype=args.dtype)
+        model = models.model_from_weights(cfg, models.model_weights(model32))
+        return model, prompt_ids, desc, (model32, *nnx.split(model32))
+    return (*load(args.model, args.dtype), None)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     if args.compare:  # checked before pinning: a skipped comparison leaves the process as it was
         from benchmarks import lm_transformers
 
@@ -126,18 +143,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         pin_threads(args.threads)
     t0 = time.perf_counter()
-    reference = None
-    if args.compare and args.dtype != "float32":  # rounded from the fp32 model, kept as reference
-        model32, prompt_ids, desc = load(args.model, "float32")
-        reference = (model32, *nnx.split(model32))
-        cfg = model32.config.replace(dtype=args.dtype, param_dtype=args.dtype)
-        model = models.model_from_weights(cfg, models.model_weights(model32))
-    else:
-        model, prompt_ids, desc = load(args.model, args.dtype)
+    model, prompt_ids, desc, reference = load_models(args)
     load_s = time.perf_counter() - t0
     graphdef, params = nnx.split(model)
-    p = len(prompt_ids)
-    print(f"# {desc}, {args.dtype}; prompt {p} tokens; loaded in {load_s:.1f} s")
+    print(f"# {desc}, {args.dtype}; prompt {len(prompt_ids)} tokens; loaded in {load_s:.1f} s")
     print(f"# {jax.devices()[0].device_kind} x{len(jax.devices())}, "
           f"{len(os.sched_getaffinity(0))} of {os.cpu_count()} CPU cores,"
           f" {platform.machine()}, jax {jax.__version__}", flush=True)
@@ -147,7 +156,12 @@ def main(argv: list[str] | None = None) -> None:
                             repeats=max(args.repeats, 1),
                             threads=args.threads or len(os.sched_getaffinity(0)),
                             reference=reference)
-        return
+    else:
+        run_alone(args, model, graphdef, params, prompt_ids)
+
+
+def run_alone(args, model, graphdef, params, prompt_ids) -> None:
+    """recrl's own table (the rows of the module docstring)."""
     rng = np.random.default_rng(0)
     cfg = models.SamplingConfig(max_new_tokens=args.new, temperature=1.0, top_p=0.95)
     print(f"\n{'op':14s} {'batch':>5s} {'tokens':>7s} {'seconds':>8s} {'tokens/s':>9s}  note")
@@ -182,6 +196,7 @@ def main(argv: list[str] | None = None) -> None:
         t_sp = _timeit(part(models.score_completions, graphdef, params, prompt_1d, comp, cmask),
                        args.repeats)
         row("score_prefix", b, b * args.completion, t_sp, f"x{t_sc / t_sp:.1f} vs score")
+
 
 if __name__ == "__main__":
     main()

@@ -89,6 +89,25 @@ def max_logit_difference(graphdef, params, hf, prompt_ids) -> float:
     return float(np.abs(ours - theirs).max())
 
 
+def teacher_forced_agreement(ref_gp, gp, prompt_ids, n_new: int) -> str:
+    """How far ``gp``'s next-token distributions are from ``ref_gp``'s (the float32 model it
+    was rounded from) along ``ref_gp``'s greedy continuation of the prompt. Teacher forcing
+    keeps both on the same context, so one flipped token does not change the rest: mean and
+    max ``KL(ref || ours)`` per position and how often the two argmaxes agree."""
+    prompt, pmask = models.pad_batch([prompt_ids])
+    greedy = models.SamplingConfig(max_new_tokens=n_new, temperature=0.0)
+    new = models.sample(*ref_gp, prompt, pmask, jax.random.key(0), config=greedy).tokens
+    ids = np.concatenate([np.asarray(prompt), np.asarray(new)], axis=1)
+    pos = np.arange(ids.shape[1])[None]
+    lp = [np.asarray(jax.nn.log_softmax(models.forward(*g, ids, pos)[0][0]), np.float64)
+          for g in (ref_gp, gp)]
+    kl = (np.exp(lp[0]) * (lp[0] - lp[1])).sum(-1)
+    agree = np.mean(lp[0].argmax(-1) == lp[1].argmax(-1))
+    return (f"teacher-forced over the prompt + {n_new} greedy fp32 tokens ({len(kl)} positions):"
+            f" KL(fp32 || ours) mean {kl.mean():.1e} max {kl.max():.1e}, argmax equal"
+            f" {agree:.0%}")
+
+
 def _hf_generate(hf, prompt, n_new: int, sample: bool, seed: int = 0):
     import torch
 
@@ -159,6 +178,10 @@ def run(model, graphdef, params, prompt_ids, *, batches, n_new: int, completion:
         if diff > (1e-2 if dtype == d == "float32" else 2.0):
             raise RuntimeError(f"recrl and transformers disagree (max logit difference "
                                f"{diff:.3g})")
+    if reference is not None:
+        print(f"# recrl {dtype} vs recrl float32, "
+              f"{teacher_forced_agreement(ref[1:], (graphdef, params), prompt_ids, n_new)}",
+              flush=True)
     print(f"\n{'op':7s} {'batch':>5s} {'tokens':>7s} {'recrl':>8s} {'hf':>8s} {'recrl s':>8s}"
           f" {'hf s':>8s} {'recrl t/s':>10s} {'hf t/s':>8s} {'ratio':>6s} {'compile s':>9s}"
           f"  vs transformers | vs fp32 recrl")

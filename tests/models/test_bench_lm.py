@@ -69,15 +69,29 @@ def test_accuracy_columns_by_hand():
 def test_bf16_compare_rows_label_both_dtypes(capsys):
     lm.main(["--model", "tiny", "--compare", "transformers", "--dtype", "bfloat16",
              "--batch", "1", "--new", "3", "--completion", "4", "--threads", "1"])
-    rows = [line.split() for line in capsys.readouterr().out.splitlines()
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines()
             if line.split()[:1] in (["greedy"], ["sample"], ["score"])]
     # one row per op and transformers dtype, recrl in bf16 against fp32 and bf16
     assert sorted((r[0], r[3], r[4]) for r in rows) == sorted(
         (op, "bf16", d) for op in ("greedy", "sample", "score") for d in ("fp32", "bf16"))
     score = [" ".join(r) for r in rows if r[0] == "score"]
     assert all("| |log-prob diff| max" in r for r in score)  # recrl-bf16 vs recrl-fp32
+    assert "recrl bfloat16 vs recrl float32, teacher-forced" in out
     greedy = [" ".join(r) for r in rows if r[0] == "greedy"]
     assert all(r.count("tokens equal") == 2 for r in greedy)
+
+
+def test_teacher_forced_agreement_is_zero_for_the_same_model_and_not_for_another():
+    cfg = models.tiny_config(vocab_size=300)
+    a = nnx.split(models.create_model(cfg, seed=0))
+    b = nnx.split(models.create_model(cfg, seed=1))
+    ids = list(range(3, 11))
+    same = lm_transformers.teacher_forced_agreement(a, a, ids, 4)
+    assert "(12 positions): KL(fp32 || ours) mean 0.0e+00 max 0.0e+00, argmax equal 100%" in same
+    other = lm_transformers.teacher_forced_agreement(a, b, ids, 4)
+    kl_mean = float(other.split("mean ")[1].split()[0])
+    assert kl_mean > 1e-3  # two random models differ
 
 
 def test_profile_classifies_every_matmul_of_the_compiled_model():

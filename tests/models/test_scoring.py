@@ -152,10 +152,10 @@ def test_vocabulary_chunked_normaliser_and_its_gradient(monkeypatch):
         prompt, pmask = pad_batch(PROMPTS, side="left")
         _check(np.asarray(logprobs(graphdef, state, prompt, pmask, comp, cmask)), ref, COMPLETIONS)
 
-        def chunked(st):
+        def chunked(st, graphdef=graphdef):
             return (token_logprobs(graphdef, st, tokens, mask)[:, 1:] * weights).sum()
 
-        def full(st):  # right-padded rows: slot t predicts slot t + 1
+        def full(st, graphdef=graphdef):  # right-padded rows: slot t predicts slot t + 1
             logits, _ = forward(graphdef, st, tokens, positions_from_mask(mask), mask=mask)
             lp = jax.nn.log_softmax(logits[:, :-1], axis=-1)
             lp = jnp.take_along_axis(lp, tokens[:, 1:, None], axis=-1)[..., 0]
