@@ -159,33 +159,12 @@ def mine_paths(
     Returns:
       :class:`PathSamples`, ordered by user row then position.
     """
+    if long_runs not in ("split", "truncate"):
+        raise ValueError(f"long_runs must be 'split' or 'truncate', got {long_runs!r}")
     items = seqs.items
     pos, row = seqs.position(), seqs.row_of()
-    eligible = pos >= history
-    if users is not None:
-        chosen = np.zeros(seqs.num_users, bool)
-        chosen[np.asarray(users)] = True
-        eligible &= chosen[row]
-    masks = np.asarray(genre_masks)[items]
-    link = np.zeros(len(items), bool)  # link[j]: item j-1 -> j coherent, both in the region
-    link[1:] = (np.bitwise_and(masks[1:], masks[:-1]) != 0) & (pos[1:] > history)
-    link &= eligible
-    elig = np.flatnonzero(eligible)
-    run_start = ~link[elig]
-    run_id = np.cumsum(run_start) - 1
-    starts = elig[run_start]
-    offset = elig - starts[run_id]  # position inside the run
-    run_len = max_len + 1  # intermediates + the target
-    if long_runs == "split":
-        first = offset % run_len == 0
-        sid = np.cumsum(first) - 1
-        start = elig[first]
-        length = np.bincount(sid, minlength=len(start))
-    elif long_runs == "truncate":
-        start = starts
-        length = np.minimum(np.bincount(run_id, minlength=len(starts)), run_len)
-    else:
-        raise ValueError(f"long_runs must be 'split' or 'truncate', got {long_runs!r}")
+    elig, run_id, starts = _coherent_runs(seqs, genre_masks, users, history)
+    start, length = _cut_runs(elig, run_id, starts, max_len + 1, long_runs)
     keep = length >= 3  # at least 2 intermediates before the target
     start, length = start[keep], length[keep] - 1  # length: intermediates only
     hist = items[start[:, None] + np.arange(-history, 0)]
@@ -198,6 +177,38 @@ def mine_paths(
         lengths=length.astype(np.int32), target=items[start + length].astype(np.int32),
         user=row[start].astype(np.int32), start=pos[start].astype(np.int32),
     )
+
+
+def _coherent_runs(seqs: Sequences, genre_masks: np.ndarray, users: np.ndarray | None,
+                   history: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Maximal genre-coherent runs among the eligible interactions (position ``>= history``,
+    of a chosen user): ``(eligible flat indices, run id of each, flat start of each run)``."""
+    items, pos, row = seqs.items, seqs.position(), seqs.row_of()
+    eligible = pos >= history
+    if users is not None:
+        chosen = np.zeros(seqs.num_users, bool)
+        chosen[np.asarray(users)] = True
+        eligible &= chosen[row]
+    masks = np.asarray(genre_masks)[items]
+    link = np.zeros(len(items), bool)  # link[j]: item j-1 -> j coherent, both in the region
+    link[1:] = (np.bitwise_and(masks[1:], masks[:-1]) != 0) & (pos[1:] > history)
+    link &= eligible
+    elig = np.flatnonzero(eligible)
+    run_start = ~link[elig]
+    return elig, np.cumsum(run_start) - 1, elig[run_start]
+
+
+def _cut_runs(elig: np.ndarray, run_id: np.ndarray, starts: np.ndarray, run_len: int,
+              long_runs: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(flat start, item count)`` of each sample cut from the runs: runs longer than
+    ``run_len`` items are split into consecutive pieces or truncated to their first
+    ``run_len``."""
+    if long_runs == "split":
+        offset = elig - starts[run_id]  # position inside the run
+        first = offset % run_len == 0
+        sid = np.cumsum(first) - 1
+        return elig[first], np.bincount(sid, minlength=int(first.sum()))
+    return starts, np.minimum(np.bincount(run_id, minlength=len(starts)), run_len)
 
 
 def prepare_prorl(ml: MovieLens, config: ProRLConfig | None = None) -> ProRLData:
