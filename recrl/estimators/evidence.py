@@ -153,6 +153,20 @@ def _eg_weights(eg: jax.Array, temperature: float | jax.Array, v: jax.Array) -> 
     return n * e / jnp.maximum(jnp.sum(e, axis=-1, keepdims=True), 1e-30)
 
 
+def _check_advantage_args(reward, log_weight, valid, temperature, baseline, scale) -> None:
+    """``evidence_weighted_advantages``' argument checks: shapes, finite values, options."""
+    assert_shape(log_weight, "log_weight", (..., None), "[..., G]")
+    assert_equal_shape(reward=reward, log_weight=log_weight, valid=valid)
+    check_finite(log_weight, "log_weight")
+    check_finite(reward, "reward")
+    if baseline not in ("mean", "loo"):
+        raise ValueError(f"`baseline` must be 'mean' or 'loo', got {baseline!r}")
+    if baseline == "loo" and scale != "none":
+        raise ValueError("`baseline='loo'` is defined without std scaling: pass scale='none'")
+    if isinstance(temperature, int | float) and temperature <= 0:
+        raise ValueError(f"`temperature` must be > 0, got {temperature}")
+
+
 def evidence_weighted_advantages(
     reward: jax.typing.ArrayLike,
     log_weight: jax.typing.ArrayLike,
@@ -203,16 +217,7 @@ def evidence_weighted_advantages(
     Returns:
       ``[..., G]`` advantages (0 for invalid rollouts and groups with < 2 valid ones).
     """
-    assert_shape(log_weight, "log_weight", (..., None), "[..., G]")
-    assert_equal_shape(reward=reward, log_weight=log_weight, valid=valid)
-    check_finite(log_weight, "log_weight")
-    check_finite(reward, "reward")
-    if baseline not in ("mean", "loo"):
-        raise ValueError(f"`baseline` must be 'mean' or 'loo', got {baseline!r}")
-    if baseline == "loo" and scale != "none":
-        raise ValueError("`baseline='loo'` is defined without std scaling: pass scale='none'")
-    if isinstance(temperature, int | float) and temperature <= 0:
-        raise ValueError(f"`temperature` must be > 0, got {temperature}")
+    _check_advantage_args(reward, log_weight, valid, temperature, baseline, scale)
     r = jnp.asarray(reward, jnp.float32)
     v = jnp.ones_like(r) if valid is None else jnp.asarray(valid, jnp.float32)
     if normalize:
