@@ -47,14 +47,29 @@ def select(pool_features: np.ndarray, val_features: np.ndarray,
     :func:`refine`'s faster CPU default, which can walk a different path of equal-value
     swaps.
     """
+    t0 = time.perf_counter()
+    cost = _checked_cost(pool_features, val_features, grad_norms, n, lam, epsilon, threshold)
+    tb = None if grad_norms is None else np.asarray(grad_norms, np.float64)
+    kw = dict(max_iters=max_iters, cut=cut, max_checks=max_checks, epsilon=epsilon,
+              threshold=threshold, verify=verify, block=block, momentum=momentum,
+              exact_after=exact_after, exact_solver=exact_solver)
+    if pool_labels is None and val_labels is None:
+        r = run_itra(cost, int(n), tie_break=tb, **kw)
+        return Selection(np.sort(r.indices), r.trace, time.perf_counter() - t0, r.checks)
+    indices, trace, checks = _select_per_label(cost, int(n), pool_labels, val_labels, tb, kw)
+    return Selection(indices, trace, time.perf_counter() - t0, checks)
+
+
+def _checked_cost(pool_features, val_features, grad_norms, n, lam, epsilon,
+                  threshold) -> np.ndarray:
+    """The POO cost matrix, after checking the budget, ITRA's tolerances and the features
+    (a clear error for a non-integer budget, bad tolerances or an overflowing cost)."""
     if isinstance(n, bool) or not isinstance(n, numbers.Integral):
         raise TypeError(f"budget `n` must be an integer, got {n!r} ({type(n).__name__})")
-    n = int(n)
     for name, value in (("epsilon", epsilon), ("threshold", threshold)):
         if not (isinstance(value, numbers.Real) and math.isfinite(value) and value > 0):
             raise ValueError(f"`{name}` must be a finite number > 0, got {value!r}")
-    objective.check_inputs(pool_features, val_features, grad_norms, n)
-    t0 = time.perf_counter()
+    objective.check_inputs(pool_features, val_features, grad_norms, int(n))
     cost = np.asarray(objective.cost_matrix(pool_features, val_features,
                                             grad_norms, lam))
     if not np.all(np.isfinite(cost)):
@@ -62,13 +77,12 @@ def select(pool_features: np.ndarray, val_features: np.ndarray,
         raise ValueError(f"the transport cost overflowed (non-finite entries): feature "
                          f"coordinates reach {big:.3g}; rescale pool_features / val_features "
                          "(squared distances must fit float32)")
-    tb = None if grad_norms is None else np.asarray(grad_norms, np.float64)
-    kw = dict(max_iters=max_iters, cut=cut, max_checks=max_checks, epsilon=epsilon,
-              threshold=threshold, verify=verify, block=block, momentum=momentum,
-              exact_after=exact_after, exact_solver=exact_solver)
-    if pool_labels is None and val_labels is None:
-        r = run_itra(cost, n, tie_break=tb, **kw)
-        return Selection(np.sort(r.indices), r.trace, time.perf_counter() - t0, r.checks)
+    return cost
+
+
+def _select_per_label(cost, n, pool_labels, val_labels, tie_break, kw):
+    """The label-enhanced variant: ``n`` split by the validation positive rate, ITRA per
+    label. ``(sorted pool indices, concatenated traces, exact checks)``."""
     if pool_labels is None or val_labels is None:
         raise ValueError("give both pool_labels and val_labels (or neither)")
     pl, vl = np.asarray(pool_labels).astype(bool), np.asarray(val_labels).astype(bool)
@@ -83,10 +97,9 @@ def select(pool_features: np.ndarray, val_features: np.ndarray,
             continue
         if cols.size == 0:  # no validation sample of this label: nothing to match
             cols = np.arange(cost.shape[1])
-        r = run_itra(cost[np.ix_(rows, cols)], k, tie_break=None if tb is None else tb[rows],
-                      **kw)
+        r = run_itra(cost[np.ix_(rows, cols)], k,
+                     tie_break=None if tie_break is None else tie_break[rows], **kw)
         parts.append(rows[r.indices])
         traces.append(r.trace)
         checks += r.checks
-    return Selection(np.sort(np.concatenate(parts)), np.concatenate(traces),
-                     time.perf_counter() - t0, checks)
+    return np.sort(np.concatenate(parts)), np.concatenate(traces), checks
