@@ -225,13 +225,7 @@ def refine(cost: jax.Array, init: np.ndarray, *, max_iters: int = 100, cut: int 
     the seconds spent so far in the dual estimate (``score_seconds``) and in checks
     (``check_seconds``).
     """
-    if verify not in ("auto", "sinkhorn", "exact"):
-        raise ValueError(f"verify must be 'auto', 'sinkhorn' or 'exact'; got {verify!r}")
-    if verify == "auto":
-        verify = "exact" if jax.default_backend() == "cpu" else "sinkhorn"
-    exact_after = _exact_after(exact_after)
-    if exact_solver not in ("update", "pot"):
-        raise ValueError(f"exact_solver must be 'update' or 'pot'; got {exact_solver!r}")
+    verify, exact_after = _verification(verify, exact_after, exact_solver)
     search = _SwapSearch(cost, init, epsilon=epsilon, threshold=threshold, rel_tol=rel_tol,
                          momentum=momentum, max_iterations=max_iterations,
                          retry_iterations=retry_iterations,
@@ -244,6 +238,19 @@ def refine(cost: jax.Array, init: np.ndarray, *, max_iters: int = 100, cut: int 
         if not any(search.try_move(move, on_accept) for move in moves):
             break
     return search.sel, search.trace, search.checks
+
+
+def _verification(verify: str, exact_after: int | str | None,
+                  exact_solver: str) -> tuple[str, int | None]:
+    """``refine``'s verification options, checked, with ``"auto"`` resolved by the default
+    JAX backend: ``(verify, exact_after)``."""
+    if verify not in ("auto", "sinkhorn", "exact"):
+        raise ValueError(f"verify must be 'auto', 'sinkhorn' or 'exact'; got {verify!r}")
+    if verify == "auto":
+        verify = "exact" if jax.default_backend() == "cpu" else "sinkhorn"
+    if exact_solver not in ("update", "pot"):
+        raise ValueError(f"exact_solver must be 'update' or 'pot'; got {exact_solver!r}")
+    return verify, _exact_after(exact_after)
 
 
 UPDATE_MAX_ROWS = 2  # larger moves: one network simplex from scratch (each swapped row
