@@ -423,6 +423,28 @@ def finetune_early_stopping(model: models.Llama, train: tuple, val: tuple, *,
         # several processes, the host-local ones of the model or of a restored checkpoint
         state["best"] = parallel.on_mesh(state["best"], mesh)
 
+    on_step = _evaluation_hook(state, best, val_loss, ckpt, eval_every=eval_every,
+                               max_steps=max_steps, patience=patience)
+    if best["since"] < patience:
+        sft_loop(_nll_loss(graphdef, _max_targets(train[2])), state["params"], rest,
+                 tuple(train), steps=max_steps,
+                 batch_size=min(batch_size, train[0].shape[0]), lr=lr, seed=seed,
+                 opt_state=state["opt_state"], start_step=best["done"], on_step=on_step,
+                 mesh=mesh)
+    if ckpt is not None:
+        ckpt.close()
+    nnx.update(model, state["best"] if mesh is None
+               else jax.tree.map(jnp.asarray, jax.device_get(state["best"])))
+    return {"best_step": best["step"], "steps_run": best["done"], "val_curve": best["curve"]}
+
+
+def _evaluation_hook(state: dict, best: dict, val_loss, ckpt, *, eval_every: int,
+                     max_steps: int, patience: int):
+    """``sft_loop``'s ``on_step`` for ``finetune_early_stopping``: at every ``eval_every``-th
+    step (and the last) it measures the validation loss, keeps the best adapters in
+    ``state["best"]``, updates ``best`` (curve, best loss and step, evaluations since the
+    best), saves to ``ckpt`` and says stop after ``patience`` evaluations without a new
+    best."""
     def on_step(done: int, p, opt_state) -> bool:
         best["done"] = done
         if done % eval_every and done != max_steps:
@@ -439,17 +461,7 @@ def finetune_early_stopping(model: models.Llama, train: tuple, val: tuple, *,
                       meta=best)
         return best["since"] >= patience
 
-    if best["since"] < patience:
-        sft_loop(_nll_loss(graphdef, _max_targets(train[2])), state["params"], rest,
-                 tuple(train), steps=max_steps,
-                 batch_size=min(batch_size, train[0].shape[0]), lr=lr, seed=seed,
-                 opt_state=state["opt_state"], start_step=best["done"], on_step=on_step,
-                 mesh=mesh)
-    if ckpt is not None:
-        ckpt.close()
-    nnx.update(model, state["best"] if mesh is None
-               else jax.tree.map(jnp.asarray, jax.device_get(state["best"])))
-    return {"best_step": best["step"], "steps_run": best["done"], "val_curve": best["curve"]}
+    return on_step
 
 
 def _early_stopping_start(ckpt, params, lr: float, val_loss) -> tuple[dict, dict]:
